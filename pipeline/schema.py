@@ -1,0 +1,39 @@
+"""Column and file names shared across stages: each name is defined here once.
+
+These are contracts (README.md, "Manifest" and "Outputs"): other tools and people read these
+files, so a name changes only on purpose.
+"""
+
+from __future__ import annotations
+
+# Manifest: one row per image (a NIfTI file, a single DICOM file or a DICOM series folder).
+PATIENT_ID = "patient_id"
+IMAGE = "image"
+LABEL = "label"
+SPLIT = "split"
+STUDY_ID = "study_id"
+SERIES_ID = "series_id"
+REQUIRED_MANIFEST_COLUMNS = (PATIENT_ID, IMAGE, LABEL)
+SPLIT_VALUES = ("train", "val", "test")
+
+# Derived per-image identifier: stable, non-identifying, unique within a manifest.
+IMAGE_ID = "image_id"
+
+# Predictions and per-patient tables.
+FOLD = "fold"
+SCORE = "score"
+ROLE = "role"  # which set a prediction belongs to: "test" (held out) or "val" (model selection)
+N_IMAGES = "n_images"
+
+# Run-folder files.
+RESOLVED_CONFIG_FILE = "config.yaml"
+ENVIRONMENT_FILE = "environment.json"
+SPLITS_FILE = "splits.csv"
+PREDICTIONS_FILE = "predictions.csv"
+VAL_PREDICTIONS_FILE = "val_predictions.csv"
+PER_PATIENT_FILE = "per_patient.csv"
+METRICS_FILE = "metrics.json"
+ROC_FILE = "roc.csv"
+ROC_FIGURE_FILE = "roc.png"
+REPORT_FILE = "report.html"
+LOG_FILE = "run.log"
