@@ -1,0 +1,1 @@
+"""One module per CLI command: ``configure(parser)`` declares arguments, ``run(args) -> int`` runs it."""

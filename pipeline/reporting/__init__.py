@@ -1,0 +1,1 @@
+"""Report files: per-patient tables, figures, HTML. Never imports torch or MONAI."""

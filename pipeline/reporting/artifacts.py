@@ -1,0 +1,78 @@
+"""Atomic writers for run artefacts.
+
+A killed process must leave either the previous file or the complete new one, never a partial
+file (pandas' ``to_csv`` killed mid-write leaves a parseable but truncated CSV), so every writer
+goes through a temporary file in the same folder, fsync and ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import pandas as pd
+
+
+def _atomic_write(path: Path, write: Callable[[IO[Any]], None], binary: bool = False) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp_{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def clean_stale_temporaries(folder: Path) -> int:
+    """Remove ``.tmp_*`` files left by a writer that was killed; returns how many were removed."""
+    removed = 0
+    for tmp in Path(folder).glob(".tmp_*"):
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN/inf are not JSON; write them as null so any JSON reader accepts the file."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return _json_safe(obj.item())
+    return obj
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    text = json.dumps(_json_safe(obj), indent=2, sort_keys=False, allow_nan=False)
+    return _atomic_write(path, lambda fh: fh.write(text + "\n"))
+
+
+def write_text(path: Path, text: str) -> Path:
+    return _atomic_write(path, lambda fh: fh.write(text))
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    return _atomic_write(path, lambda fh: fh.write(data), binary=True)
+
+
+def write_csv(path: Path, df: pd.DataFrame) -> Path:
+    return _atomic_write(path, lambda fh: df.to_csv(fh, index=False, lineterminator="\n"))
