@@ -1,0 +1,390 @@
+"""Workflow YAML -> frozen, typed config. Every problem is reported at once.
+
+The schema is the dataclasses below: their field names are the workflow keys (README.md,
+"Workflow reference"), their type hints the accepted types, their defaults the defaults.
+``load_config(path, overrides)`` reads the YAML (``yaml.safe_load`` only), applies
+``--set section.key=value`` overrides, checks every key and value, and raises one
+:class:`~pipeline.errors.ValidationError` listing all problems.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from pipeline.errors import ValidationError
+
+ARCHS = ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet200")
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    label: str = "label"  # manifest column holding the class
+    positive: Any = 1  # value of `label` that is the positive class (score = P(positive))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: Literal["resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet200"] = (
+        "resnet18"
+    )
+    spatial_dims: Literal[2, 3] = 3
+    in_channels: int = 1
+    # ResNet stem: MONAI's default is a 7^d convolution with stride 1 followed by max-pooling; a
+    # stride of 2 (torchvision's stem) costs 4x (2D) / 8x (3D) fewer FLOPs. See README "Model".
+    stem_stride: int = 1
+    stem_kernel: int = 7
+    stem_max_pool: bool = True
+    widen_factor: float = 1.0
+    dropout: float = 0.0
+    pretrained: str | None = None  # local path to a state_dict (.pt), loaded with weights_only=True
+
+
+@dataclass(frozen=True)
+class IntensityConfig:
+    mode: Literal["ct_window", "zscore", "minmax", "none"] = "zscore"
+    window: tuple[float, float] = (-1000.0, 1000.0)  # HU range mapped to [0, 1] for ct_window
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    flip: bool = True  # random flips along every spatial axis
+    rotate90: bool = False  # random 90-degree rotations in the first two axes
+    affine: bool = False  # small random rotation / scaling
+    intensity: bool = True  # random intensity scale and shift
+    noise: bool = False  # additive Gaussian noise
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    spatial_size: tuple[int, ...] = (64, 64, 64)  # network input size, one entry per spatial dim
+    spacing: tuple[float, ...] | None = None  # resample to this voxel size (mm) before resizing
+    resize: Literal["resize", "pad_crop"] = "resize"  # how to reach spatial_size after resampling
+    intensity: IntensityConfig = field(default_factory=IntensityConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    nonfinite: Literal["refuse", "zero", "nan_to_num"] = "refuse"  # NaN/Inf voxel policy
+    cache: Literal["auto", "memory", "disk", "none"] = "auto"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 0
+    seed: int = 0
+    class_balance: Literal["weighted_loss", "sampler", "none"] = "weighted_loss"
+    amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    patience: int = 0  # stop after this many epochs without a better validation AUC (0: never)
+    deterministic: bool = False
+    num_threads: int = 0  # torch CPU threads (0: torch's default)
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    scheme: Literal["kfold", "holdout"] = "kfold"
+    folds: int = 5
+    # fraction of each fold's training patients held out (grouped by patient) to choose the epoch
+    inner_val_fraction: float = 0.2
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    aggregate: Literal["mean", "max", "median"] = "mean"
+    ci_method: Literal["delong", "bootstrap"] = "delong"
+    n_bootstrap: int = 2000
+    threshold_rule: str = "youden"  # youden | sensitivity=0.9 | specificity=0.9 | a fixed number
+    subgroups: tuple[str, ...] = ()  # manifest columns for subgroup metrics
+
+
+@dataclass(frozen=True)
+class WorkflowConfig:
+    study: str
+    manifest: Path
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    output_dir: Path = Path("reports")  # run folder: <output_dir>/<study>/<run_id>/
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML-ready dict of the resolved config (paths as strings, tuples as lists)."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``["train.epochs=3", "data.spatial_size=[32,32,32]"]`` -> nested dict (values parsed as YAML)."""
+    nested: dict[str, Any] = {}
+    problems = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=3")
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                problems.append(f"--set {item!r}: {part} is set both as a value and as a section")
+                break
+        else:
+            node[parts[-1]] = value
+    if problems:
+        raise ValidationError(problems, "command line")
+    return nested
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: Path | str, overrides: Sequence[str] = ()) -> WorkflowConfig:
+    """Read and validate a workflow. Relative paths in it are relative to the workflow file."""
+    raw = read_workflow(path, overrides)
+    return config_from_dict(raw, base_dir=Path(path).parent, source=str(path))
+
+
+def read_workflow(path: Path | str, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The workflow YAML with ``--set`` overrides merged in, before any checking."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValidationError([f"workflow file not found: {path}"], "workflow")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ValidationError([f"{path} is not valid YAML{where}"], "workflow") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ValidationError([f"{path}: expected a mapping of sections, got {type(raw).__name__}"], "workflow")
+    return _merge(raw, parse_overrides(overrides))
+
+
+def config_from_dict(raw: Mapping[str, Any], base_dir: Path, source: str = "workflow") -> WorkflowConfig:
+    """Typed config from a workflow mapping; raises one ValidationError with every problem.
+
+    A value with a type problem is replaced by its default so that the semantic checks still run
+    on everything else and their problems are listed in the same error.
+    """
+    problems: list[str] = []
+    values = _convert(WorkflowConfig, raw, "", problems)
+    cfg = WorkflowConfig(**values)
+    cfg = dataclasses.replace(
+        cfg,
+        manifest=(base_dir / str(cfg.manifest)).resolve(),
+        output_dir=(base_dir / cfg.output_dir).resolve() if "output_dir" in raw else Path("reports").resolve(),
+    )
+    problems += [p for p in check_semantics(cfg, check_manifest="manifest" in raw) if p not in problems]
+    if problems:
+        raise ValidationError(problems, f"workflow {source}")
+    return cfg
+
+
+def check_semantics(cfg: WorkflowConfig, check_manifest: bool = True) -> list[str]:
+    """Cross-field rules the types alone cannot express."""
+    problems = []
+    if check_manifest and not cfg.manifest.is_file():
+        problems.append(f"manifest: file not found: {cfg.manifest}")
+    dims = cfg.model.spatial_dims
+    if len(cfg.data.spatial_size) != dims:
+        problems.append(
+            f"data.spatial_size has {len(cfg.data.spatial_size)} entries but model.spatial_dims is {dims}"
+        )
+    if any(s < 8 for s in cfg.data.spatial_size):
+        problems.append(f"data.spatial_size entries must be >= 8, got {list(cfg.data.spatial_size)}")
+    if cfg.data.spacing is not None and len(cfg.data.spacing) != dims:
+        problems.append(f"data.spacing has {len(cfg.data.spacing)} entries but model.spatial_dims is {dims}")
+    if cfg.data.spacing is not None and any(s <= 0 for s in cfg.data.spacing):
+        problems.append(f"data.spacing must be positive, got {list(cfg.data.spacing)}")
+    lo, hi = cfg.data.intensity.window
+    if lo >= hi:
+        problems.append(f"data.intensity.window must be [low, high] with low < high, got [{lo}, {hi}]")
+    positive_ints = {
+        "train.epochs": cfg.train.epochs,
+        "train.batch_size": cfg.train.batch_size,
+        "model.in_channels": cfg.model.in_channels,
+        "model.stem_stride": cfg.model.stem_stride,
+        "model.stem_kernel": cfg.model.stem_kernel,
+        "evaluation.n_bootstrap": cfg.evaluation.n_bootstrap,
+    }
+    problems += [f"{k} must be >= 1, got {v}" for k, v in positive_ints.items() if v < 1]
+    if cfg.train.lr <= 0:
+        problems.append(f"train.lr must be > 0, got {cfg.train.lr}")
+    if cfg.validation.scheme == "kfold" and cfg.validation.folds < 2:
+        problems.append(f"validation.folds must be >= 2 for scheme kfold, got {cfg.validation.folds}")
+    if not 0 < cfg.validation.inner_val_fraction < 1:
+        problems.append(
+            f"validation.inner_val_fraction must be between 0 and 1, got {cfg.validation.inner_val_fraction}"
+        )
+    if not 0 <= cfg.model.dropout < 1:
+        problems.append(f"model.dropout must be in [0, 1), got {cfg.model.dropout}")
+    if cfg.model.pretrained is not None and not Path(cfg.model.pretrained).is_file():
+        problems.append(f"model.pretrained: file not found: {cfg.model.pretrained}")
+    if not _valid_threshold_rule(cfg.evaluation.threshold_rule):
+        problems.append(
+            "evaluation.threshold_rule must be youden, sensitivity=<0..1>, specificity=<0..1> or a number, "
+            f"got {cfg.evaluation.threshold_rule!r}"
+        )
+    if not cfg.study.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        problems.append(f"study must contain only letters, digits, '-', '_' and '.', got {cfg.study!r}")
+    return problems
+
+
+def _valid_threshold_rule(rule: str) -> bool:
+    rule = rule.strip().lower()
+    if rule == "youden":
+        return True
+    name, sep, value = rule.partition("=")
+    try:
+        number = float(value if sep else name)
+    except ValueError:
+        return False
+    return (not sep) or (name in ("sensitivity", "specificity") and 0 < number < 1)
+
+
+# --------------------------------------------------------------------------- type checking
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin is tuple:
+        args = get_args(tp)
+        inner = _type_name(args[0])
+        return f"list of {inner}" if args[-1] is Ellipsis else f"list of {len(args)} {inner}"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert_value(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
+    """Check ``value`` against type hint ``tp``; return the converted value (or None after a problem)."""
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            problems.append(f"{where}: expected a section (mapping), got {value!r}")
+            return None
+        return tp(**_convert(tp, value, f"{where}.", problems))  # type: ignore[operator]
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            trial: list[str] = []
+            out = _convert_value(arg, value, where, trial)
+            if not trial:
+                return out
+        problems.append(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        return None
+    if origin is Literal:
+        if value in get_args(tp) and type(value) in {type(a) for a in get_args(tp)}:
+            return value
+        close = difflib.get_close_matches(str(value), [str(a) for a in get_args(tp)], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        problems.append(f"{where}: must be one of {_type_name(tp)}, got {value!r}{hint}")
+        return None
+    if origin is tuple:
+        args = get_args(tp)
+        if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+            problems.append(f"{where}: expected {_type_name(tp)}, got {value!r}")
+            return None
+        if args[-1] is not Ellipsis and len(value) != len(args):
+            problems.append(f"{where}: expected {_type_name(tp)}, got {len(value)} entries")
+            return None
+        item_types = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
+        n_before = len(problems)
+        items = [_convert_value(t, v, f"{where}[{i}]", problems) for i, (t, v) in enumerate(zip(item_types, value))]
+        return tuple(items) if len(problems) == n_before else None
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        # YAML 1.1 reads 1e-4 (no dot) as a string; accept it as the number it plainly is.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+    elif tp is Path:
+        if isinstance(value, str | Path):
+            return Path(value)
+    problems.append(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    return None
+
+
+def _convert(cls: type, raw: Mapping[str, Any], prefix: str, problems: list[str]) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out: dict[str, Any] = {}
+    for key in raw:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else f" (known: {', '.join(fields)})"
+            problems.append(f"unknown key {prefix}{key}{hint}")
+    for name, f in fields.items():
+        has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        if name in raw:
+            before = len(problems)
+            out[name] = _convert_value(hints[name], raw[name], f"{prefix}{name}", problems)
+            if len(problems) > before and has_default and not dataclasses.is_dataclass(hints[name]):
+                del out[name]  # fall back to the default so later checks can run
+        elif not has_default:
+            problems.append(f"missing required key {prefix}{name}")
+            out[name] = ""
+    return out
+
+
+def dump_config(cfg: WorkflowConfig) -> str:
+    """The resolved config as YAML, for the run folder (reloadable with ``load_config``)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,95 @@
+"""Patient-grouped, label-stratified splits and the leakage check (pandas + scikit-learn only).
+
+A split table has one row per (fold, patient) with the patient's ``role`` in that fold:
+``train`` (fits the weights), ``val`` (chooses the epoch and the operating threshold) or
+``test`` (held out; its predictions are the study's result). With k-fold cross-validation every
+patient is ``test`` in exactly one fold; with a holdout there is one fold, taken from the
+manifest's ``split`` column.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from pipeline.errors import LeakageError
+from pipeline.schema import FOLD, PATIENT_ID, ROLE, SPLIT
+
+ROLES = ("train", "val", "test")
+
+
+def _grouped_split(patients: pd.DataFrame, n_splits: int, seed: int) -> list[np.ndarray]:
+    """Test-fold index arrays (positions in ``patients``) from StratifiedGroupKFold by patient."""
+    n_splits = min(n_splits, len(patients))
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    y = patients["target"].to_numpy()
+    groups = patients[PATIENT_ID].to_numpy()
+    return [test for _, test in splitter.split(np.zeros(len(patients)), y, groups)]
+
+
+def _inner_val(train_patients: pd.DataFrame, fraction: float, seed: int) -> set[str]:
+    """Carve the validation patients out of a fold's training patients, stratified by label."""
+    n_splits = max(2, round(1 / fraction))
+    # StratifiedGroupKFold needs at least n_splits members per class to stratify well; fall back
+    # to fewer splits (a larger validation share) rather than an empty class in validation.
+    min_class = int(train_patients["target"].value_counts().min()) if train_patients["target"].nunique() > 1 else 0
+    n_splits = max(2, min(n_splits, min_class)) if min_class >= 2 else 2
+    first = _grouped_split(train_patients, n_splits, seed)[0]
+    return set(train_patients[PATIENT_ID].iloc[first])
+
+
+def kfold_splits(patients: pd.DataFrame, folds: int, inner_val_fraction: float, seed: int) -> pd.DataFrame:
+    """Split table for k-fold CV over ``patients`` (columns patient_id, target; one row per patient)."""
+    if len(patients) < folds:
+        raise ValueError(f"{len(patients)} patients cannot be split into {folds} folds")
+    rows = []
+    for fold, test_idx in enumerate(_grouped_split(patients, folds, seed)):
+        test = set(patients[PATIENT_ID].iloc[test_idx])
+        train = patients[~patients[PATIENT_ID].isin(test)]
+        val = _inner_val(train, inner_val_fraction, seed + 1000 + fold)
+        for pid in patients[PATIENT_ID]:
+            role = "test" if pid in test else "val" if pid in val else "train"
+            rows.append((fold, pid, role))
+    return pd.DataFrame(rows, columns=[FOLD, PATIENT_ID, ROLE])
+
+
+def holdout_splits(table: pd.DataFrame) -> pd.DataFrame:
+    """Split table for the holdout scheme: the manifest's split column, one fold (0)."""
+    per_patient = table.groupby(PATIENT_ID, sort=False)[SPLIT].first()
+    return pd.DataFrame({FOLD: 0, PATIENT_ID: per_patient.index, ROLE: per_patient.to_numpy()})
+
+
+def check_splits(splits: pd.DataFrame, scheme: str) -> None:
+    """Raise LeakageError if any patient is on two sides of a split.
+
+    Checks: each (fold, patient) has one role; with k-fold, each patient is ``test`` in exactly
+    one fold; every fold has train, val and test patients.
+    """
+    problems = []
+    unknown = sorted(set(splits[ROLE]) - set(ROLES))
+    if unknown:
+        problems.append(f"unknown role(s) {unknown}")
+    roles_per = splits.groupby([FOLD, PATIENT_ID])[ROLE].nunique()
+    for (fold, pid), n in roles_per[roles_per > 1].items():
+        problems.append(f"fold {fold}: patient {pid} has {n} roles")
+    if scheme == "kfold":
+        test_count = splits[splits[ROLE] == "test"].groupby(PATIENT_ID)[FOLD].nunique()
+        every = splits[PATIENT_ID].unique()
+        test_count = test_count.reindex(every, fill_value=0)
+        for pid, n in test_count[test_count != 1].items():
+            problems.append(f"patient {pid} is in the test set of {n} folds (expected exactly 1)")
+    for fold, part in splits.groupby(FOLD):
+        missing = [r for r in ROLES if r not in set(part[ROLE])]
+        if missing:
+            problems.append(f"fold {fold} has no {'/'.join(missing)} patients")
+    if problems:
+        shown = "; ".join(problems[:10]) + (f"; ... and {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise LeakageError(f"split check failed: {shown}")
+
+
+def describe_splits(splits: pd.DataFrame, patients: pd.DataFrame) -> pd.DataFrame:
+    """Patients and positives per fold and role, for the log and the report."""
+    merged = splits.merge(patients[[PATIENT_ID, "target"]], on=PATIENT_ID)
+    out = merged.groupby([FOLD, ROLE])["target"].agg(patients="size", positives="sum").reset_index()
+    return out

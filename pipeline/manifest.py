@@ -1,0 +1,163 @@
+"""Cohort manifest CSV -> validated table. Every problem is reported at once.
+
+A manifest has one row per image (a NIfTI file, a single DICOM file or a DICOM series folder):
+required columns ``patient_id``, ``image`` (relative to the manifest's folder) and the label
+column; optional ``split`` (train/val/test), ``study_id``, ``series_id`` and any other columns,
+which flow through to the per-patient table and can define subgroups.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline.errors import ValidationError
+from pipeline.schema import IMAGE, IMAGE_ID, PATIENT_ID, SERIES_ID, SPLIT, SPLIT_VALUES, STUDY_ID
+
+# Characters that make a spreadsheet evaluate a cell as a formula (CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_MAX_LISTED = 20  # problems of one kind listed before "... and N more"
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """A validated manifest.
+
+    ``table``: one row per image with the manifest's columns plus ``image_id`` (stable and
+    non-identifying: ``<patient_id>#<n>``), ``path`` (absolute image path) and ``target``
+    (1 for the positive class, 0 otherwise).
+    ``extra_columns``: manifest columns that are not part of the contract (site, sex, age...).
+    """
+
+    table: pd.DataFrame
+    label_col: str
+    positive: Any
+    extra_columns: tuple[str, ...]
+    manifest_path: Path
+
+    @property
+    def patients(self) -> pd.DataFrame:
+        """One row per patient: patient_id, target and the extra columns (first value per patient)."""
+        cols = [PATIENT_ID, "target", *self.extra_columns]
+        return self.table[cols].groupby(PATIENT_ID, sort=False, as_index=False).first()
+
+
+def _listed(kind: str, items: list[str]) -> list[str]:
+    shown = [f"{kind}: {item}" for item in items[:_MAX_LISTED]]
+    if len(items) > _MAX_LISTED:
+        shown.append(f"{kind}: ... and {len(items) - _MAX_LISTED} more")
+    return shown
+
+
+def _coerce_positive(values: pd.Series, positive: Any) -> Any:
+    """Match the workflow's ``positive`` (parsed from YAML) to the label column's values, read as text."""
+    text = str(positive)
+    if text in set(values):
+        return text
+    # YAML turns 1 into int and "1.0" may be how pandas wrote it; compare numerically as a fallback.
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    for v in set(values):
+        try:
+            if float(v) == number:
+                return v
+        except ValueError:
+            continue
+    return text
+
+
+def load_manifest(
+    path: Path | str,
+    *,
+    label_col: str = "label",
+    positive: Any = 1,
+    require_split: bool = False,
+    check_files: bool = True,
+    extra_required: tuple[str, ...] = (),
+) -> Cohort:
+    """Read and validate a manifest; raise one ValidationError listing every problem."""
+    path = Path(path)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except FileNotFoundError:
+        raise ValidationError([f"manifest not found: {path}"], "manifest") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise ValidationError([f"{path} is not a readable CSV: {type(exc).__name__}"], "manifest") from None
+    df.columns = [c.strip() for c in df.columns]
+    problems: list[str] = []
+    required = [PATIENT_ID, IMAGE, label_col, *extra_required] + ([SPLIT] if require_split else [])
+    missing = [c for c in dict.fromkeys(required) if c not in df.columns]
+    if missing:
+        problems.append(f"missing column(s): {', '.join(missing)} (columns present: {', '.join(df.columns)})")
+        raise ValidationError(problems, f"manifest {path}")
+    if df.empty:
+        raise ValidationError([f"{path} has no rows"], f"manifest {path}")
+    for col in (PATIENT_ID, IMAGE, label_col):
+        df[col] = df[col].str.strip()
+    rows = df.index + 2  # line numbers as a spreadsheet shows them (header is line 1)
+
+    empty = [f"line {r}: {col} is empty" for col in (PATIENT_ID, IMAGE, label_col) for r in rows[df[col] == ""]]
+    problems += _listed("empty value", empty)
+    bad_ids = [
+        f"line {r}: {pid!r}"
+        for r, pid in zip(rows, df[PATIENT_ID])
+        if pid.startswith(_FORMULA_START) or not re.fullmatch(r"[\w.\-^ ]{1,128}", pid)
+    ]
+    problems += _listed(
+        "patient_id must be 1-128 letters, digits, '_', '-', '.', and must not start with = + - @", bad_ids
+    )
+
+    labelled = df[df[label_col] != ""]
+    labels_per_patient = labelled.groupby(PATIENT_ID)[label_col].nunique()
+    conflicting = labels_per_patient[labels_per_patient > 1].index.tolist()
+    problems += _listed(
+        "patient with more than one label",
+        [f"{p} has labels {sorted(set(labelled.loc[labelled[PATIENT_ID] == p, label_col]))}" for p in conflicting],
+    )
+
+    classes = sorted(set(labelled[label_col]))
+    pos = _coerce_positive(labelled[label_col], positive)
+    if classes and pos not in classes:
+        problems.append(f"task.positive {positive!r} is not a value of column {label_col!r} (values: {classes})")
+    if len(classes) > 2:
+        problems.append(
+            f"column {label_col!r} has {len(classes)} values {classes[:10]}: a binary task needs exactly 2 "
+            "(map the other classes to one label or filter the manifest)"
+        )
+    elif len(classes) == 1:
+        problems.append(f"column {label_col!r} has a single value {classes}: both classes are needed")
+
+    if SPLIT in df.columns:
+        df[SPLIT] = df[SPLIT].str.strip().str.lower()
+        bad_split = [f"line {r}: {v!r}" for r, v in zip(rows, df[SPLIT]) if v not in SPLIT_VALUES and v != ""]
+        problems += _listed(f"split must be one of {', '.join(SPLIT_VALUES)}", bad_split)
+        if require_split:
+            problems += _listed("split is empty", [f"line {r}" for r in rows[df[SPLIT] == ""]])
+            splits_per_patient = df[df[SPLIT] != ""].groupby(PATIENT_ID)[SPLIT].nunique()
+            leaked = splits_per_patient[splits_per_patient > 1].index.tolist()
+            problems += _listed("patient in more than one split (leakage)", leaked)
+            present = set(df[SPLIT])
+            problems += [f"split {s!r} has no rows" for s in SPLIT_VALUES if s not in present]
+
+    base = path.parent
+    df["path"] = [str((base / p).resolve()) if p else "" for p in df[IMAGE]]
+    duplicated = df[df.duplicated("path", keep="first") & (df[IMAGE] != "")]
+    problems += _listed("image listed twice", [f"line {r}: {img}" for r, img in zip(duplicated.index + 2, duplicated[IMAGE])])
+    if check_files:
+        missing_files = [f"line {r}: {img}" for r, img, p in zip(rows, df[IMAGE], df["path"]) if img and not Path(p).exists()]
+        problems += _listed("image not found (paths are relative to the manifest's folder)", missing_files)
+
+    if problems:
+        raise ValidationError(problems, f"manifest {path}")
+
+    df["target"] = (df[label_col] == pos).astype(int)
+    df[IMAGE_ID] = df[PATIENT_ID] + "#" + (df.groupby(PATIENT_ID).cumcount() + 1).astype(str)
+    contract = {PATIENT_ID, IMAGE, label_col, SPLIT, STUDY_ID, SERIES_ID, IMAGE_ID, "path", "target"}
+    extra = tuple(c for c in df.columns if c not in contract)
+    return Cohort(table=df, label_col=label_col, positive=pos, extra_columns=extra, manifest_path=path.resolve())

@@ -1,0 +1,105 @@
+"""Workflow validation: types, unknown keys, overrides, and every problem listed at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import WorkflowConfig, dump_config, load_config, parse_overrides
+from pipeline.errors import ValidationError
+
+
+def write(tmp_path: Path, data: dict) -> Path:
+    (tmp_path / "m.csv").write_text("patient_id,image,label\n")
+    path = tmp_path / "wf.yaml"
+    path.write_text(yaml.safe_dump({"study": "s", "manifest": "m.csv", **data}))
+    return path
+
+
+def test_defaults_and_resolved_paths(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, {}))
+    assert isinstance(cfg, WorkflowConfig)
+    assert cfg.manifest == (tmp_path / "m.csv").resolve()
+    assert cfg.model.arch == "resnet18"
+    assert cfg.validation.scheme == "kfold"
+    assert cfg.validation.folds == 5
+    assert cfg.data.spatial_size == (64, 64, 64)
+
+
+def test_overrides_are_typed_and_nested(tmp_path: Path) -> None:
+    cfg = load_config(
+        write(tmp_path, {"train": {"epochs": 30}}),
+        ["train.epochs=3", "data.spatial_size=[16, 16, 8]", "train.lr=1e-4", "model.arch=resnet50"],
+    )
+    assert cfg.train.epochs == 3
+    assert cfg.data.spatial_size == (16, 16, 8)
+    assert cfg.train.lr == pytest.approx(1e-4)
+    assert cfg.model.arch == "resnet50"
+    assert parse_overrides(["a.b.c=1"]) == {"a": {"b": {"c": 1}}}
+
+
+def test_every_problem_is_listed_at_once(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        {
+            "manifest": "absent.csv",
+            "trian": {"epochs": 3},
+            "model": {"arch": "resnet19", "spatial_dims": 4},
+            "train": {"epochs": "ten", "batch_size": 0},
+            "data": {"spatial_size": [32, 32]},
+        },
+    )
+    with pytest.raises(ValidationError) as info:
+        load_config(path)
+    text = str(info.value)
+    assert "unknown key trian (did you mean train?)" in text
+    assert "model.arch" in text and "resnet19" in text and "did you mean 'resnet18'" in text
+    assert "model.spatial_dims" in text
+    assert "train.epochs: expected int, got 'ten'" in text
+    # semantic checks still run next to the type problems
+    assert "manifest: file not found" in text
+    assert "train.batch_size must be >= 1" in text
+    assert "data.spatial_size has 2 entries but model.spatial_dims is 3" in text
+
+
+def test_semantic_problems(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        {
+            "manifest": "absent.csv",
+            "model": {"spatial_dims": 2},
+            "data": {"spatial_size": [32, 32, 32]},
+            "train": {"batch_size": 0},
+            "evaluation": {"threshold_rule": "sensitivity=2"},
+        },
+    )
+    with pytest.raises(ValidationError) as info:
+        load_config(path)
+    problems = "\n".join(info.value.problems)
+    assert "manifest: file not found" in problems
+    assert "data.spatial_size has 3 entries but model.spatial_dims is 2" in problems
+    assert "train.batch_size must be >= 1" in problems
+    assert "evaluation.threshold_rule" in problems
+
+
+def test_bad_override_syntax(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="expected KEY=VALUE"):
+        load_config(write(tmp_path, {}), ["train.epochs"])
+
+
+def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("study: s\nmodel: {arch: [\n")
+    with pytest.raises(ValidationError, match="not valid YAML"):
+        load_config(path)
+
+
+def test_resolved_config_round_trips(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, {"evaluation": {"subgroups": ["site"]}}), ["train.epochs=2"])
+    dumped = tmp_path / "run" / "config.yaml"
+    dumped.parent.mkdir()
+    dumped.write_text(dump_config(cfg))
+    again = load_config(dumped)
+    assert again == cfg
