@@ -1,0 +1,155 @@
+"""Run the deterministic transform chain once per image, guarded, and cache the result.
+
+Each image is loaded and preprocessed once per study (not once per fold or epoch); a scan that
+fails is recorded with its reason code and skipped, and the rest of the cohort goes on.
+The cache lives in memory when the cohort fits, otherwise on disk as one ``.pt`` file per image
+holding only the tensor (no path, no header text), named by a hash of the preprocessing
+fingerprint and the image file's content hash, so a change of either invalidates it. Cached files
+are loaded with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from monai.data import Dataset
+from monai.transforms import Compose, MapTransform
+from tqdm import tqdm
+
+from pipeline.errors import ScanError
+from pipeline.schema import IMAGE, IMAGE_ID, PATIENT_ID
+
+log = logging.getLogger(__name__)
+
+KEY = IMAGE
+MEMORY_FRACTION = 0.25  # "auto" caches in memory when the cohort needs less than this share of RAM
+
+
+@dataclass
+class PreparedCohort:
+    """Preprocessed samples by image id, and the images that could not be used.
+
+    ``samples[image_id]`` is ``{"image": tensor (C, *spatial) float32 or a cache file path,
+    "image_id": str, "target": float}``. ``failures`` has columns image_id, patient_id, reason, message.
+    """
+
+    samples: dict[str, dict[str, Any]]
+    failures: pd.DataFrame
+    cache: str
+    cache_dir: Path | None = None
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def items(self, image_ids: Sequence[str]) -> list[dict[str, Any]]:
+        return [self.samples[i] for i in image_ids if i in self.samples]
+
+
+def _failure_reason(exc: BaseException) -> tuple[str, str]:
+    """Find our ScanError in the exception chain (MONAI wraps transform errors in RuntimeError)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ScanError):
+            return seen.reason, seen.detail
+        seen = seen.__cause__ or seen.__context__
+    # Third-party messages can carry file paths, so only the exception type is reported.
+    return "preprocessing_error", f"{type(exc).__name__} while preprocessing"
+
+
+def choose_cache(policy: str, n_images: int, bytes_per_image: int) -> str:
+    """``auto`` -> memory when the cohort takes under MEMORY_FRACTION of physical RAM, else disk."""
+    if policy != "auto":
+        return policy
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 8 << 30
+    return "memory" if n_images * bytes_per_image < MEMORY_FRACTION * total else "disk"
+
+
+def cache_key(fingerprint: str, content_hash: str) -> str:
+    return hashlib.sha256(f"{fingerprint}\n{content_hash}".encode()).hexdigest()[:32]
+
+
+def prepare_cohort(
+    table: pd.DataFrame,
+    transform: Compose,
+    *,
+    fingerprint: str,
+    content_hashes: dict[str, str],
+    cache: str,
+    cache_dir: Path | None,
+    bytes_per_image: int,
+    progress: bool = True,
+) -> PreparedCohort:
+    """Preprocess every image of ``table`` (columns image_id, patient_id, path, target)."""
+    mode = choose_cache(cache, len(table), bytes_per_image)
+    if mode == "disk":
+        if cache_dir is None:
+            raise ValueError("a disk cache needs a cache directory")
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    samples: dict[str, dict[str, Any]] = {}
+    failures = []
+    hits = 0
+    rows = table[[IMAGE_ID, PATIENT_ID, "path", "target"]].itertuples(index=False)
+    for image_id, patient_id, path, target in tqdm(
+        rows, total=len(table), desc="preprocess", unit="img", disable=not progress, leave=False
+    ):
+        sample: dict[str, Any] = {IMAGE_ID: image_id, "target": float(target)}
+        cached = None
+        if mode == "disk":
+            assert cache_dir is not None
+            cached = cache_dir / f"{cache_key(fingerprint, content_hashes[image_id])}.pt"
+            if cached.is_file():
+                samples[image_id] = {**sample, KEY: str(cached)}
+                hits += 1
+                continue
+        try:
+            out = transform({KEY: path, IMAGE_ID: image_id})
+            tensor = torch.as_tensor(out[KEY]).float().contiguous()
+            if not torch.isfinite(tensor).all():
+                raise ScanError("nonfinite_after_preprocessing", "non-finite values after preprocessing", image_id)
+        except Exception as exc:  # one bad scan must not abort the cohort
+            reason, message = _failure_reason(exc)
+            failures.append((image_id, patient_id, reason, message))
+            log.warning("%s: skipped (%s): %s", image_id, reason, message)
+            continue
+        if cached is not None:
+            tmp = cached.with_suffix(f".tmp{os.getpid()}")
+            torch.save(tensor, tmp)
+            os.replace(tmp, cached)
+            samples[image_id] = {**sample, KEY: str(cached)}
+        else:
+            samples[image_id] = {**sample, KEY: tensor}
+    fail_df = pd.DataFrame(failures, columns=[IMAGE_ID, PATIENT_ID, "reason", "message"])
+    return PreparedCohort(samples, fail_df, mode, cache_dir if mode == "disk" else None, {"cache_hits": hits})
+
+
+class LoadCachedd(MapTransform):
+    """Load a tensor saved by the disk cache (``weights_only=True``: a cache file never runs code)."""
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            if isinstance(d[key], str):
+                d[key] = torch.load(d[key], map_location="cpu", weights_only=True)
+        return d
+
+
+def sample_dataset(items: list[dict[str, Any]], augment: Callable[..., Any] | None = None) -> Dataset:
+    """A MONAI Dataset over prepared samples, applying ``augment`` (training) after the cache."""
+    chain: list[Any] = [LoadCachedd(keys=KEY)]
+    if augment is not None:
+        chain.append(augment)
+    return Dataset(data=items, transform=Compose(chain))
+
+
+def targets(items: list[dict[str, Any]]) -> np.ndarray:
+    return np.array([it["target"] for it in items], dtype=np.float32)

@@ -1,0 +1,89 @@
+"""What a run folder records so the run can be reproduced: versions, git commit, seeds, hardware,
+and a content hash of every input image and of the manifest. Never imports torch at module level.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+PACKAGES = ("cohortnet", "torch", "monai", "nibabel", "pydicom", "numpy", "scipy", "scikit-learn", "pandas")
+_CHUNK = 1 << 20
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def content_hash(path: Path | str) -> str:
+    """SHA-256 of a file, or of a folder (a DICOM series) as the hash of its files' relative names
+    and hashes in sorted order. Names are hashed, never stored."""
+    path = Path(path)
+    if path.is_file():
+        return file_sha256(path)
+    digest = hashlib.sha256()
+    for child in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(child.relative_to(path)).encode())
+        digest.update(file_sha256(child).encode())
+    return digest.hexdigest()
+
+
+def git_commit(start: Path | None = None) -> str | None:
+    """The commit of the cohortnet checkout (with ``+dirty`` when it has local changes), if any."""
+    where = start or Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=where, capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha + ("+dirty" if dirty else "")
+
+
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def environment_record(seed: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    record: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "packages": package_versions(),
+        "git_commit": git_commit(),
+        "seed": seed,
+        "cuda": {
+            "available": cuda,
+            "device": torch.cuda.get_device_name(0) if cuda else None,
+            "cuda_version": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if cuda else None,
+        },
+        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+    }
+    record.update(extra or {})
+    return record

@@ -1,0 +1,74 @@
+"""Figures for the study report (matplotlib, headless). Each returns PNG bytes."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def roc_figure(
+    pooled: pd.DataFrame,
+    *,
+    auc: float | None,
+    ci: tuple[float | None, float | None] = (None, None),
+    folds: Sequence[tuple[str, pd.DataFrame]] = (),
+    operating_point: tuple[float, float] | None = None,
+    title: str = "ROC",
+) -> bytes:
+    """ROC curve from a table with columns fpr, tpr; per-fold curves in grey; the locked
+    operating point (1 - specificity, sensitivity) as a marker."""
+    fig, ax = plt.subplots(figsize=(5.2, 5.0))
+    for name, table in folds:
+        ax.plot(table["fpr"], table["tpr"], color="0.75", lw=1, label=None if name != folds[0][0] else "folds")
+    label = "pooled"
+    if auc is not None:
+        label += f" AUC {auc:.3f}"
+        if ci[0] is not None and ci[1] is not None:
+            label += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+    ax.plot(pooled["fpr"], pooled["tpr"], color="C0", lw=2, label=label)
+    if operating_point is not None:
+        ax.plot(*operating_point, "o", color="C3", label="locked threshold")
+    ax.plot([0, 1], [0, 1], ls="--", color="0.5", lw=1)
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity", ylabel="sensitivity", title=title)
+    ax.set_aspect("equal")
+    ax.legend(loc="lower right", fontsize=8)
+    return _png(fig)
+
+
+def calibration_figure(bins: pd.DataFrame, title: str = "Calibration") -> bytes:
+    """Reliability diagram from a table with columns mean_predicted, observed_fraction, count."""
+    fig, ax = plt.subplots(figsize=(5.2, 5.0))
+    ax.plot([0, 1], [0, 1], ls="--", color="0.5", lw=1, label="perfect")
+    ax.plot(bins["mean_predicted"], bins["observed_fraction"], "o-", color="C0", label="model")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted probability", ylabel="observed fraction positive")
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize=8)
+    return _png(fig)
+
+
+def training_curves_figure(histories: Sequence[tuple[str, pd.DataFrame]]) -> bytes:
+    """Train/validation loss and validation AUC per epoch, one line per fold."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for i, (name, hist) in enumerate(histories):
+        color = f"C{i % 10}"
+        left.plot(hist["epoch"], hist["train_loss"], color=color, lw=1, label=f"{name} train")
+        left.plot(hist["epoch"], hist["val_loss"], color=color, lw=1, ls="--")
+        right.plot(hist["epoch"], hist["val_auc"], color=color, lw=1, label=name)
+    left.set(xlabel="epoch", ylabel="loss (solid train, dashed val)")
+    right.set(xlabel="epoch", ylabel="validation AUC", ylim=(0, 1.02))
+    right.legend(fontsize=7, ncol=2)
+    return _png(fig)

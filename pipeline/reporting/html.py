@@ -1,0 +1,144 @@
+"""The study report: one self-contained HTML file (figures embedded), built from the run folder."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from pipeline import __version__
+from pipeline.schema import ENVIRONMENT_FILE, RESOLVED_CONFIG_FILE
+
+THRESHOLD_METRICS = ("sensitivity", "specificity", "ppv", "npv", "accuracy", "balanced_accuracy", "f1")
+MAX_PATIENT_ROWS = 5000  # beyond this the HTML gets unwieldy; per_patient.csv has every row
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+@dataclass
+class ReportInputs:
+    """What the report shows; figures are PNG bytes."""
+
+    study: str
+    run_id: str
+    scheme_text: str
+    model_text: str
+    metrics: dict[str, Any]
+    per_patient: pd.DataFrame
+    split_summary: pd.DataFrame
+    excluded: pd.DataFrame
+    fold_training: dict[str, dict[str, Any]]  # fold -> {"best_epoch", "best_val_auc"}
+    n_images: int
+    roc_png: bytes
+    calibration_png: bytes | None = None
+    curves_png: bytes | None = None
+
+
+def _b64(data: bytes | None) -> str | None:
+    return base64.b64encode(data).decode("ascii") if data else None
+
+
+def _threshold_rows(metrics: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
+    rows = []
+    for name in THRESHOLD_METRICS:
+        if name in metrics:
+            rows.append((name.replace("_", " "), metrics[name], metrics.get(f"{name}_ci_low"), metrics.get(f"{name}_ci_high")))
+    return rows
+
+
+def _fold_rows(metrics: dict[str, Any], training: dict[str, dict[str, Any]]) -> tuple[list[dict[str, Any]], Any]:
+    folds = metrics.get("folds") or {}
+    per_fold = folds.get("per_fold", folds) if isinstance(folds, dict) else {}
+    rows = []
+    for fold, values in per_fold.items():
+        if not isinstance(values, dict):
+            continue
+        rows.append(
+            {
+                "fold": fold,
+                "n": values.get("n"),
+                "n_positive": values.get("n_positive"),
+                "auc": values.get("auc"),
+                "auc_ci_low": values.get("auc_ci_low"),
+                "auc_ci_high": values.get("auc_ci_high"),
+                **training.get(str(fold), {}),
+            }
+        )
+    summary = None
+    if isinstance(folds, dict) and "auc_mean" in folds:
+        summary = {"mean": folds.get("auc_mean"), "sd": folds.get("auc_sd")}
+    return rows, summary
+
+
+def _calibration_rows(metrics: dict[str, Any]) -> list[tuple[str, Any]]:
+    cal = metrics.get("calibration") or {}
+    keys = ("brier", "calibration_intercept", "calibration_slope", "ece")
+    return [(k.replace("_", " "), cal[k]) for k in keys if k in cal]
+
+
+def _subgroup_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for column, groups in (metrics.get("subgroups") or {}).items():
+        for value, res in (groups or {}).items():
+            if isinstance(res, dict):
+                rows.append({"column": column, "value": value, "note": res.get("warning", ""), **res})
+    return rows
+
+
+def render_report(run_dir: Path, inputs: ReportInputs) -> str:
+    env = Environment(
+        loader=PackageLoader("pipeline.reporting", "templates"),
+        autoescape=select_autoescape(["html"]),
+    )
+    env.globals["fmt"] = fmt
+    fold_rows, fold_summary = _fold_rows(inputs.metrics, inputs.fold_training)
+    pp = inputs.per_patient.head(MAX_PATIENT_ROWS)
+    config_path = run_dir / RESOLVED_CONFIG_FILE
+    env_path = run_dir / ENVIRONMENT_FILE
+    environment_text = json.dumps(json.loads(env_path.read_text()), indent=2) if env_path.is_file() else ""
+    context = {
+        "study": inputs.study,
+        "run_id": inputs.run_id,
+        "scheme_text": inputs.scheme_text,
+        "model_text": inputs.model_text,
+        "generated": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "version": __version__,
+        "git_commit": json.loads(environment_text).get("git_commit") if environment_text else None,
+        "metrics": {k: inputs.metrics.get(k) for k in inputs.metrics} | {
+            k: inputs.metrics.get(k) for k in ("auc", "auc_ci_low", "auc_ci_high", "ci_method", "n_patients",
+                                               "n_positive", "threshold", "threshold_rule", "threshold_source")
+        },
+        "n_images": inputs.n_images,
+        "n_excluded": len(inputs.excluded),
+        "roc_png": _b64(inputs.roc_png),
+        "calibration_png": _b64(inputs.calibration_png),
+        "curves_png": _b64(inputs.curves_png),
+        "threshold_rows": _threshold_rows(inputs.metrics),
+        "confusion": inputs.metrics.get("confusion_matrix"),
+        "fold_rows": fold_rows,
+        "fold_summary": fold_summary,
+        "calibration_rows": _calibration_rows(inputs.metrics),
+        "subgroup_rows": _subgroup_rows(inputs.metrics),
+        "split_rows": inputs.split_summary.to_dict("records"),
+        "excluded_rows": inputs.excluded.to_dict("records"),
+        "patient_columns": list(pp.columns),
+        "patient_rows": [[fmt(v) for v in row] for row in pp.itertuples(index=False)],
+        "config_text": config_path.read_text() if config_path.is_file() else "",
+        "environment_text": environment_text,
+        "files": {"config": RESOLVED_CONFIG_FILE, "environment": ENVIRONMENT_FILE},
+        "listing": sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")),
+    }
+    return env.get_template("report.html").render(**context)

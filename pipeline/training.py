@@ -1,0 +1,306 @@
+"""Train one fold: AdamW with a warm-up + cosine schedule, a class-balanced loss or sampler,
+bf16 autocast where it is available and faster, and the best epoch chosen on the fold's
+validation patients. The chosen weights are saved as a plain state_dict (``model.pt``).
+
+Resume: after every epoch the complete training state (model, optimizer, scheduler, best weights,
+history) is written atomically to ``last.pt``; a restarted run continues after the last complete
+epoch. Every epoch's randomness (shuffling, augmentation, dropout) is seeded from
+``(seed, epoch)`` alone, so a resumed run draws exactly what an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from monai.data import DataLoader
+from monai.transforms import Compose
+from monai.utils import set_determinism
+from sklearn.metrics import roc_auc_score
+from torch import nn
+from torch.utils.data import WeightedRandomSampler
+
+from pipeline.config import TrainConfig
+from pipeline.datasets import sample_dataset, targets
+from pipeline.inference import predict_logits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FoldResult:
+    best_epoch: int
+    best_val_auc: float | None
+    history: pd.DataFrame  # one row per epoch: epoch, train_loss, val_loss, val_auc, lr, seconds, data_seconds
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    samples: int
+    seconds: float
+    data_seconds: float  # time spent waiting for the next batch
+
+
+@dataclass
+class _State:
+    """What ``last.pt`` holds besides the model, optimizer and scheduler."""
+
+    epoch: int = 0
+    best_score: tuple[float, float] = (-math.inf, -math.inf)
+    best_epoch: int = 0
+    stale: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is cuda but no CUDA device is available")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def use_bf16(amp: str, device: torch.device) -> bool:
+    """``auto``: bf16 autocast on a CUDA device that supports it; fp32 on CPU unless asked for."""
+    if amp == "off":
+        return False
+    if amp == "bf16":
+        return True
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy, torch and MONAI; full determinism (slower on GPU) only when asked."""
+    set_determinism(seed=seed, use_deterministic_algorithms=True if deterministic else None)
+    # set_determinism also pins cuDNN to deterministic kernels; undo that unless asked, for speed.
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 100_003 + epoch * 7_919) % (2**31 - 1)
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to the base lr, then cosine decay to zero, stepped once per batch."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def make_loader(items: list[dict[str, Any]], cfg: TrainConfig, augment: Any, generator: torch.Generator) -> DataLoader:
+    """Training loader: shuffled (or class-balanced sampling), trailing singleton batch dropped."""
+    y = targets(items)
+    n_pos = float(y.sum())
+    sampler = None
+    if cfg.class_balance == "sampler" and 0 < n_pos < len(y):
+        weights = np.where(y == 1, 0.5 / n_pos, 0.5 / (len(y) - n_pos))
+        sampler = WeightedRandomSampler(weights.tolist(), num_samples=len(y), replacement=True, generator=generator)
+    # BatchNorm cannot normalise a batch of one sample; drop a trailing singleton batch.
+    drop_last = len(items) % cfg.batch_size == 1
+    return DataLoader(
+        sample_dataset(items, augment),
+        batch_size=cfg.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=drop_last,
+        num_workers=0,
+        generator=generator,
+    )
+
+
+def make_loss(cfg: TrainConfig, y: np.ndarray, device: torch.device) -> nn.Module:
+    """BCE on one logit; with ``weighted_loss`` positives weigh n_negative / n_positive."""
+    n_pos = float(y.sum())
+    if cfg.class_balance == "weighted_loss" and 0 < n_pos < len(y):
+        pos_weight = torch.tensor([(len(y) - n_pos) / n_pos], device=device)
+        return nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    return nn.BCEWithLogitsLoss()
+
+
+def run_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    loss_fn: nn.Module,
+    *,
+    device: torch.device,
+    bf16: bool,
+) -> EpochStats:
+    """One pass over ``loader``; returns the mean loss and where the time went."""
+    model.train()
+    losses, samples, waited = [], 0, 0.0
+    start = tick = time.perf_counter()
+    for batch in loader:
+        x = batch["image"].to(device, non_blocking=True)
+        y = batch["target"].to(device, non_blocking=True).float()
+        waited += time.perf_counter() - tick
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x).reshape(len(x), -1)[:, 0]
+        loss = loss_fn(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        losses.append(loss.detach())
+        samples += len(x)
+        tick = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    mean = float(torch.stack(losses).mean()) if losses else math.nan
+    return EpochStats(mean, samples, time.perf_counter() - start, waited)
+
+
+def validation_metrics(model: nn.Module, items: list[dict[str, Any]], device: torch.device, bf16: bool, batch: int) -> tuple[float, float | None]:
+    """(BCE loss, AUC or None when the validation set holds one class) on ``items``."""
+    logits = predict_logits(model, items, device=device, bf16=bf16, batch_size=batch)
+    y = targets(items)
+    loss = float(nn.functional.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(y)))
+    auc = float(roc_auc_score(y, logits)) if 0 < y.sum() < len(y) else None
+    return loss, auc
+
+
+def train_fold(
+    model: nn.Module,
+    train_items: list[dict[str, Any]],
+    val_items: list[dict[str, Any]],
+    cfg: TrainConfig,
+    *,
+    augment: Compose,
+    device: torch.device,
+    checkpoint: Path,
+    seed: int,
+    label: str = "",
+) -> FoldResult:
+    """Fit ``model`` in place on ``train_items``; keep the epoch with the best validation AUC.
+
+    Ties in validation AUC go to the lower validation loss. The best state is written to
+    ``checkpoint`` (a state_dict) and loaded into ``model`` before returning. The resumable
+    training state lives beside it in ``last.pt`` and is removed once the fold is complete.
+    """
+    seed_everything(seed, cfg.deterministic)
+    bf16 = use_bf16(cfg.amp, device)
+    model.to(device)
+    generator = torch.Generator()
+    loader = make_loader(train_items, cfg, augment, generator)
+    loss_fn = make_loss(cfg, targets(train_items), device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, len(loader))
+    scheduler = warmup_cosine(optimizer, steps_per_epoch * cfg.warmup_epochs, steps_per_epoch * cfg.epochs)
+    last = checkpoint.with_name("last.pt")
+    state = _State()
+    best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    if last.is_file():
+        state, best_state = _load_training_state(last, model, optimizer, scheduler)
+        log.info("%sresuming after epoch %d", label, state.epoch)
+    for epoch in range(state.epoch + 1, cfg.epochs + 1):
+        if cfg.patience and state.stale >= cfg.patience:
+            break
+        es = epoch_seed(seed, epoch)
+        torch.manual_seed(es)
+        generator.manual_seed(es)
+        augment.set_random_state(seed=es)
+        stats = run_epoch(model, loader, optimizer, scheduler, loss_fn, device=device, bf16=bf16)
+        val_loss, val_auc = validation_metrics(model, val_items, device, bf16, cfg.batch_size * 2)
+        score = (val_auc if val_auc is not None else 0.0, -val_loss)
+        improved = score > state.best_score
+        if improved:
+            state.best_score, state.best_epoch, state.stale = score, epoch, 0
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        else:
+            state.stale += 1
+        state.epoch = epoch
+        state.history.append(
+            {"epoch": epoch, "train_loss": stats.loss, "val_loss": val_loss, "val_auc": val_auc,
+             "lr": optimizer.param_groups[0]["lr"], "seconds": stats.seconds, "data_seconds": stats.data_seconds}
+        )
+        auc_text = f"{val_auc:.3f}" if val_auc is not None else "n/a"
+        log.info(
+            "%sepoch %d/%d  train loss %.4f  val loss %.4f  val AUC %s%s  (%.1fs, %.0f samples/s)",
+            label, epoch, cfg.epochs, stats.loss, val_loss, auc_text, " *" if improved else "",
+            stats.seconds, stats.samples / max(stats.seconds, 1e-9),
+        )
+        _save_training_state(last, model, optimizer, scheduler, state, best_state)
+        if cfg.patience and state.stale >= cfg.patience:
+            log.info("%sno better validation AUC for %d epochs: stopping", label, cfg.patience)
+    model.load_state_dict(best_state)
+    save_state_dict(best_state, checkpoint)
+    last.unlink(missing_ok=True)
+    best_row = state.history[state.best_epoch - 1] if state.best_epoch else {}
+    return FoldResult(state.best_epoch, best_row.get("val_auc"), pd.DataFrame(state.history))
+
+
+def _save_training_state(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    state: _State,
+    best_state: dict[str, torch.Tensor],
+) -> None:
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "best_model": best_state,
+        "epoch": state.epoch,
+        "best_score": list(state.best_score),
+        "best_epoch": state.best_epoch,
+        "stale": state.stale,
+        "history": [{k: (math.nan if v is None else float(v)) for k, v in row.items()} for row in state.history],
+        "torch_rng": torch.get_rng_state(),
+    }
+    save_state_dict(payload, path)
+
+
+def _load_training_state(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> tuple[_State, dict[str, torch.Tensor]]:
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    torch.set_rng_state(payload["torch_rng"])
+    history = [
+        {k: (None if k == "val_auc" and math.isnan(v) else (int(v) if k == "epoch" else v)) for k, v in row.items()}
+        for row in payload["history"]
+    ]
+    state = _State(
+        epoch=int(payload["epoch"]),
+        best_score=(float(payload["best_score"][0]), float(payload["best_score"][1])),
+        best_epoch=int(payload["best_epoch"]),
+        stale=int(payload["stale"]),
+        history=history,
+    )
+    return state, payload["best_model"]
+
+
+def save_state_dict(state: dict[str, Any], path: Path) -> None:
+    """Write atomically (temporary file + rename), so a killed run never leaves half a checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_state_dict(model: nn.Module, path: Path) -> nn.Module:
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model
