@@ -1,0 +1,303 @@
+"""DICOM headers: read one file defensively and keep only what geometry, decoding and grouping need.
+
+``read_header`` never raises anything but ``ScanError``: every pydicom failure is mapped to a
+reason code and a message of our own, because pydicom's messages can carry header values.
+Identifying values are collected for the redactor and kept in memory only (``DicomHeader``'s
+``patient_key``/``study_uid``/``accession`` serve pseudonyms and label joins, never outputs).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+
+from pipeline.errors import ScanError
+from pipeline.io import planes as plane_builders
+from pipeline.io.planes import Plane
+from pipeline.io.sniff import DICOM, DICOM_NO_META, EMPTY, sniff
+from pipeline.privacy import (
+    DESCRIPTIVE_KEYWORDS,
+    IDENTIFYING_KEYWORDS,
+    clean_description,
+    identifying_values,
+    register_identifying,
+)
+
+DEFER_SIZE = 1024  # bytes: larger values (pixel data, private blobs) are not read into memory
+MAX_FILE_BYTES = 4 * 1024**3
+DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, FloatPixelData, DoubleFloatPixelData
+UNDEFINED_LENGTH = 0xFFFFFFFF
+# SOP classes that hold no classifier input even when they carry pixel-like data.
+NON_IMAGE_PREFIXES = (
+    "1.2.840.10008.5.1.4.1.1.66",  # raw data, registration, segmentation, surface segmentation
+    "1.2.840.10008.5.1.4.1.1.88.",  # structured reports, key object selection
+    "1.2.840.10008.5.1.4.1.1.481.2",  # RT dose
+    "1.2.840.10008.5.1.4.1.1.481.3",  # RT structure set
+    "1.2.840.10008.5.1.4.1.1.481.4",  # RT beams treatment record
+    "1.2.840.10008.5.1.4.1.1.481.5",  # RT plan
+    "1.2.840.10008.5.1.4.1.1.481.6",  # RT brachy treatment record
+    "1.2.840.10008.5.1.4.1.1.481.7",  # RT treatment summary
+    "1.2.840.10008.5.1.4.1.1.481.8",  # RT ion plan
+    "1.2.840.10008.5.1.4.1.1.481.9",  # RT ion beams treatment record
+    "1.2.840.10008.5.1.4.1.1.11.",  # presentation states
+    "1.2.840.10008.5.1.4.1.1.104.",  # encapsulated PDF / CDA / STL
+    "1.2.840.10008.5.1.4.1.1.9.",  # waveforms
+    "1.2.840.10008.5.1.4.1.1.67",  # real world value mapping
+    "1.2.840.10008.5.1.4.1.1.68.",  # surface scan
+    "1.2.840.10008.5.1.4.1.1.78.",  # lensometry and other measurements
+    "1.2.840.10008.5.1.4.34.",  # second-generation RT
+)
+_EOF_ERRORS = (EOFError,)
+
+
+@dataclass(frozen=True)
+class DicomHeader:
+    """The non-pixel content of one DICOM file that cohortnet uses.
+
+    ``planes`` lists its 2D image planes: one for a single-frame file, one per frame for a
+    multi-frame file and one per tile for a Siemens mosaic.
+    """
+
+    path: Path
+    size: int
+    sop_class: str
+    sop_instance: str
+    transfer_syntax: str
+    modality: str
+    series_uid: str
+    study_uid: str
+    rows: int
+    cols: int
+    n_frames: int
+    samples: int
+    photometric: str
+    bits_stored: int
+    pixel_rep: int
+    image_type: tuple[str, ...]
+    planes: tuple[Plane, ...]
+    description: str = ""
+    series_number: str = ""
+    acquisition: str = ""
+    echo: str = ""
+    gantry_tilt: float = 0.0
+    has_modality_lut: bool = False
+    spacing_source: str = "PixelSpacing"
+    warnings: tuple[str, ...] = ()
+    # identifying, memory only:
+    patient_key: str = field(default="", repr=False)
+    accession: str = field(default="", repr=False)
+    study_key: str = field(default="", repr=False)
+    identifying: frozenset[str] = field(default=frozenset(), repr=False)
+
+    @property
+    def ts_name(self) -> str:
+        return UID(self.transfer_syntax).name if self.transfer_syntax else "unknown"
+
+
+def read_dataset(path: Path, *, source: str, pixels: bool) -> Dataset:
+    """Parse ``path``; ``pixels=False`` defers every value over 1 KiB (hostile lengths cost nothing)."""
+    kind = sniff(path)
+    if kind == EMPTY:
+        raise ScanError("empty_file", "zero-byte file", source)
+    if kind not in (DICOM, DICOM_NO_META):
+        raise ScanError(
+            "corrupt_file", "not a DICOM file by content (no 'DICM' marker or data element)", source
+        )
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ScanError("too_large", f"file of {size} bytes exceeds the {MAX_FILE_BYTES}-byte cap", source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, force=kind == DICOM_NO_META, defer_size=None if pixels else DEFER_SIZE)
+    except _EOF_ERRORS as exc:
+        raise ScanError("truncated", f"file ends inside the header ({type(exc).__name__})", source) from None
+    except Exception as exc:  # pydicom raises many types; their texts may quote header values
+        raise ScanError(
+            "corrupt_file", f"DICOM header cannot be parsed ({type(exc).__name__})", source
+        ) from None
+    if not ds.file_meta.get("TransferSyntaxUID"):
+        _infer_transfer_syntax(ds)
+    return ds
+
+
+def _infer_transfer_syntax(ds: Dataset) -> None:
+    """Files without File Meta (non-conformant): take the encoding pydicom detected while parsing."""
+    implicit, little = ds.original_encoding
+    if implicit is None:
+        return
+    uid = pydicom.uid.ImplicitVRLittleEndian if implicit else pydicom.uid.ExplicitVRLittleEndian
+    ds.file_meta.TransferSyntaxUID = uid if little else pydicom.uid.ExplicitVRBigEndian
+    ds.file_meta._cohortnet_inferred_ts = True  # reported as the warning "no_file_meta"
+
+
+def _get(ds: Dataset, keyword: str) -> Any:
+    """A value, or None when absent, empty or invalid (pydicom raises on access for bad IS/DS)."""
+    try:
+        value = ds.get(keyword)
+    except Exception:
+        return None
+    return None if value is None or value == "" else value
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = _get(ds, keyword)
+    return str(value).strip() if value is not None else ""
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    value = _get(ds, keyword)
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _required_int(ds: Dataset, keyword: str, source: str) -> int:
+    value = _int(ds, keyword)
+    if value is None or value < 0:
+        raise ScanError("corrupt_header", f"{keyword} is missing or invalid", source)
+    return value
+
+
+def is_non_image_class(sop_class: str) -> bool:
+    return sop_class.startswith(NON_IMAGE_PREFIXES)
+
+
+def parse_header(ds: Dataset, path: Path, *, source: str, deferred: bool = True) -> DicomHeader:
+    """Validate ``ds`` (a dataset from ``read_dataset``) and extract a ``DicomHeader``.
+
+    ``deferred``: ``ds`` was read with deferred values, whose lengths are checked against the file.
+    Raises ScanError for DICOMDIRs, non-image SOP classes, localizers, unsupported transfer
+    syntaxes, missing or truncated pixel data and invalid matrix values.
+    """
+    with warnings.catch_warnings():  # pydicom warns with the offending value, which may identify
+        warnings.simplefilter("ignore")
+        return _parse_header(ds, path, source, deferred)
+
+
+def _parse_header(ds: Dataset, path: Path, source: str, deferred: bool) -> DicomHeader:
+    identifying = identifying_values(ds, IDENTIFYING_KEYWORDS - DESCRIPTIVE_KEYWORDS)
+    register_identifying(identifying)
+    sop_class = _text(ds, "SOPClassUID") or str(ds.file_meta.get("MediaStorageSOPClassUID", ""))
+    if sop_class == DICOMDIR_CLASS or "DirectoryRecordSequence" in ds:
+        raise ScanError("dicomdir", "DICOMDIR media directory, not an image", source)
+    if sop_class and is_non_image_class(sop_class):
+        raise ScanError("not_an_image", f"SOP class '{UID(sop_class).name}' is not an image", source)
+    image_type = tuple(str(v).upper() for v in (_get(ds, "ImageType") or ()))
+    if "LOCALIZER" in image_type or "SCOUT" in image_type:
+        raise ScanError("localizer", "ImageType marks a localizer/scout image", source)
+    if not any(t in ds for t in PIXEL_TAGS):
+        raise ScanError("no_pixel_data", "image without Pixel Data", source)
+    transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
+    _check_transfer_syntax(transfer_syntax, source)
+    rows, cols = _required_int(ds, "Rows", source), _required_int(ds, "Columns", source)
+    if rows == 0 or cols == 0:
+        raise ScanError("corrupt_header", f"matrix of {rows}x{cols} pixels", source)
+    n_frames = _int(ds, "NumberOfFrames") if "NumberOfFrames" in ds else 1
+    if n_frames is None or n_frames < 1:
+        raise ScanError("corrupt_header", "NumberOfFrames (0028,0008) is missing or invalid", source)
+    samples = _int(ds, "SamplesPerPixel") or 1
+    bits_allocated = _required_int(ds, "BitsAllocated", source)
+    if deferred:
+        _check_deferred_lengths(ds, path, source)
+    _check_pixel_data(ds, rows * cols * n_frames * samples, bits_allocated, source)
+    built = plane_builders.build_planes(ds, rows=rows, cols=cols, n_frames=n_frames, source=source)
+    warn = list(built.warnings)
+    if getattr(ds.file_meta, "_cohortnet_inferred_ts", False):
+        warn.append("no_file_meta")
+    return DicomHeader(
+        path=path,
+        size=path.stat().st_size,
+        sop_class=sop_class,
+        sop_instance=_text(ds, "SOPInstanceUID"),
+        transfer_syntax=transfer_syntax,
+        modality=_text(ds, "Modality").upper(),
+        series_uid=_text(ds, "SeriesInstanceUID"),
+        study_uid=_text(ds, "StudyInstanceUID"),
+        rows=rows,
+        cols=cols,
+        n_frames=n_frames,
+        samples=samples,
+        photometric=_text(ds, "PhotometricInterpretation").upper() or "MONOCHROME2",
+        bits_stored=_int(ds, "BitsStored") or bits_allocated,
+        pixel_rep=_int(ds, "PixelRepresentation") or 0,
+        image_type=image_type,
+        planes=built.planes,
+        description=clean_description(_text(ds, "SeriesDescription"), identifying),
+        series_number=_text(ds, "SeriesNumber"),
+        acquisition=_text(ds, "AcquisitionNumber"),
+        echo=_text(ds, "EchoNumbers"),
+        gantry_tilt=float(_get(ds, "GantryDetectorTilt") or 0.0),
+        has_modality_lut="ModalityLUTSequence" in ds,
+        spacing_source=built.spacing_source,
+        warnings=tuple(warn),
+        patient_key=_text(ds, "PatientID"),
+        accession=_text(ds, "AccessionNumber"),
+        study_key=_text(ds, "StudyID"),
+        identifying=frozenset(identifying),
+    )
+
+
+def _check_transfer_syntax(uid: str, source: str) -> None:
+    """Refuse a transfer syntax no installed pydicom plugin decodes (pydicom keeps the registry)."""
+    if not uid:
+        raise ScanError("corrupt_header", "no Transfer Syntax UID and none could be inferred", source)
+    try:
+        available = pydicom.pixels.get_decoder(uid).is_available
+    except NotImplementedError:
+        available = False
+    if not available:
+        raise ScanError(
+            "unsupported_transfer_syntax", f"no decoder for transfer syntax {uid} ({UID(uid).name})", source
+        )
+
+
+def _check_deferred_lengths(ds: Dataset, path: Path, source: str) -> None:
+    """A deferred value must fit in the file (hostile lengths such as 0x7FFFFFF0 are caught here)."""
+    size = path.stat().st_size
+    for tag in ds.keys():  # noqa: SIM118 (iterating a Dataset would convert every element)
+        elem = ds.get_item(tag, keep_deferred=True)
+        length, tell = getattr(elem, "length", None), getattr(elem, "value_tell", None)
+        if (
+            elem is None
+            or length in (None, UNDEFINED_LENGTH)
+            or tell is None
+            or getattr(elem, "value", 0) is not None
+        ):
+            continue
+        if tell + length > size:
+            reason = "truncated" if int(tag) in PIXEL_TAGS else "corrupt_header"
+            raise ScanError(
+                reason,
+                f"element {tag} claims {length} bytes but the file ends {size - tell} bytes later",
+                source,
+            )
+
+
+def _check_pixel_data(ds: Dataset, n_samples: int, bits_allocated: int, source: str) -> None:
+    """Pixel data must exist and, when uncompressed, hold every sample."""
+    pixel_tag = next(t for t in PIXEL_TAGS if t in ds)
+    uid = UID(str(ds.file_meta.get("TransferSyntaxUID", "")))
+    if uid.is_compressed:
+        return
+    expected = (n_samples * bits_allocated + 7) // 8
+    elem = ds.get_item(pixel_tag, keep_deferred=True)
+    value = getattr(elem, "value", None)
+    length = len(value) if isinstance(value, bytes | bytearray) else getattr(elem, "length", None)
+    if length is not None and length != UNDEFINED_LENGTH and length < expected:
+        raise ScanError("truncated", f"pixel data holds {length} of {expected} bytes", source)
+
+
+def read_header(path: str | Path, *, source: str, pixels: bool = False) -> tuple[DicomHeader, Dataset]:
+    """``(header, dataset)`` for one file; the dataset keeps pixel data when ``pixels=True``."""
+    path = Path(path)
+    ds = read_dataset(path, source=source, pixels=pixels)
+    return parse_header(ds, path, source=source, deferred=not pixels), ds

@@ -1,0 +1,414 @@
+"""``cohortnet scan``: a tree of any depth -> a manifest of usable images and an exclusions table.
+
+Headers only (pixel data deferred); one file's failure is one exclusion row, never an abort.
+Every series, NIfTI file and stray file ends as ok, excluded(reason), error(reason) or
+skipped(reason). Outputs name images and files by ids (``s-``/``n-``/``f-`` digests, keyed when a
+pseudonymisation key is given); paths and identifying values go only to the optional
+re-identification table, which must live outside the output folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm import tqdm
+
+from pipeline.errors import ScanError, ValidationError
+from pipeline.io import checks, sniff
+from pipeline.io.dicom import DicomHeader, read_header
+from pipeline.io.ids import Ids
+from pipeline.io.labels import LabelTable, read_labels
+from pipeline.io.layout import LAYOUT_DIR, LINK_MODES, Entry, build_layout, image_path
+from pipeline.io.loader import NONFINITE_POLICIES, dicom_meta, iter_files
+from pipeline.io.reasons import ERROR, EXCLUDED, OK, SKIPPED, verdict_of
+from pipeline.io.series import Stack, group_stacks
+from pipeline.io.volume import plan_stack
+from pipeline.privacy import load_key, register_root
+from pipeline.reporting.artifacts import write_csv
+from pipeline.schema import IMAGE, LABEL, PATIENT_ID, SERIES_ID, STUDY_ID
+
+log = logging.getLogger("pipeline.io.scan")
+
+QC_COLUMNS = (
+    "format",
+    "modality",
+    "shape",
+    "spacing",
+    "orientation",
+    "slice_spacing_deviation",
+    "n_files",
+    "n_volumes",
+    "series_description",
+    "transfer_syntax",
+    "photometric",
+    "qc_warnings",
+)
+MANIFEST_COLUMNS = (PATIENT_ID, IMAGE, LABEL, STUDY_ID, SERIES_ID, *QC_COLUMNS)
+EXCLUSION_COLUMNS = (
+    "source",
+    "kind",
+    "verdict",
+    "reason",
+    "message",
+    PATIENT_ID,
+    STUDY_ID,
+    SERIES_ID,
+    "n_files",
+)
+REID_COLUMNS = (
+    "id",
+    "kind",
+    PATIENT_ID,
+    "original_patient_id",
+    STUDY_ID,
+    "original_study_uid",
+    "original_accession",
+    "relative_paths",
+)
+EXIT_OK, EXIT_PARTIAL, EXIT_NOTHING_USABLE = 0, 8, 9
+VERIFY_MODES = ("header", "sample", "full")
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+ALARM_MIN, ALARM_SHARE = 3, 0.10
+
+
+@dataclass
+class ScanSummary:
+    """What ``scan_tree`` wrote and how every input ended."""
+
+    manifest: Path
+    exclusions: Path
+    n_files: int
+    n_images: int
+    counts: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (verdict, reason, kind) -> rows
+    files: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # same key -> files
+    alarms: list[str] = field(default_factory=list)
+    labels_unmatched: int = 0
+    images_unlabelled: int = 0
+    seconds: float = 0.0
+
+    @property
+    def n_failed(self) -> int:
+        return sum(n for (verdict, _, _), n in self.counts.items() if verdict in (EXCLUDED, ERROR))
+
+    @property
+    def exit_code(self) -> int:
+        """0: every image usable; 8: some excluded or broken; 9: nothing usable."""
+        if self.n_images == 0:
+            return EXIT_NOTHING_USABLE
+        return EXIT_PARTIAL if self.n_failed else EXIT_OK
+
+    def format_table(self) -> str:
+        order = {OK: 0, EXCLUDED: 1, ERROR: 2, SKIPPED: 3}
+        lines = [f"{'verdict':<9} {'reason':<28} {'kind':<7} {'count':>7} {'files':>7}"]
+        for key in sorted(self.counts, key=lambda k: (order.get(k[0], 9), k[1], k[2])):
+            verdict, reason, kind = key
+            lines.append(
+                f"{verdict:<9} {reason or '-':<28} {kind:<7} {self.counts[key]:>7} {self.files[key]:>7}"
+            )
+        lines.append(f"{self.n_images} usable image(s) from {self.n_files} file(s) in {self.seconds:.1f} s")
+        lines.extend(f"ALARM: {a}" for a in self.alarms)
+        if self.labels_unmatched or self.images_unlabelled:
+            lines.append(
+                f"labels: {self.images_unlabelled} image(s) without a label, "
+                f"{self.labels_unmatched} label row(s) matched no image"
+            )
+        return "\n".join(lines)
+
+
+@dataclass
+class _Image:
+    """A usable image before labels: manifest row fields, layout entry and the raw keys for labels."""
+
+    row: dict[str, Any]
+    entry: Entry
+    study_keys: tuple[str, ...]
+    patient_keys: tuple[str, ...]
+
+
+@dataclass
+class _Run:
+    root: Path
+    ids: Ids
+    verify: str
+    nonfinite: str
+    images: list[_Image] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    reid: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[DicomHeader] = field(default_factory=list)
+
+    def rel(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def exclude(self, source: str, kind: str, exc: ScanError, n_files: int = 1, **ids: str) -> None:
+        """One exclusions row; messages are ours (no header text), named by ``source``."""
+        self.rows.append(
+            {
+                "source": source,
+                "kind": kind,
+                "verdict": verdict_of(exc.reason),
+                "reason": exc.reason,
+                "message": exc.detail,
+                "n_files": n_files,
+                PATIENT_ID: ids.get("patient", ""),
+                STUDY_ID: ids.get("study", ""),
+                SERIES_ID: ids.get("series", ""),
+            }
+        )
+
+
+@dataclass(frozen=True)
+class _Options:
+    root: Path
+    manifest: Path
+    exclusions: Path
+    labels_csv: Path | None
+    label_col: str | None
+    key_file: Path | None
+    reid_table: Path | None
+    layout: str
+    verify: str
+    nonfinite: str
+
+
+def _validate(o: _Options) -> tuple[bytes | None, LabelTable | None]:
+    """Every argument problem at once (ValidationError, exit 2); returns the key and the labels."""
+    problems: list[str] = []
+    if not o.root.is_dir():
+        problems.append("the folder to scan does not exist or is not a folder")
+    if o.manifest.resolve() == o.exclusions.resolve():
+        problems.append("the manifest and the exclusions table must be different files")
+    for name, value, allowed in (
+        ("layout", o.layout, LINK_MODES),
+        ("verify", o.verify, VERIFY_MODES),
+        ("nonfinite", o.nonfinite, NONFINITE_POLICIES),
+    ):
+        if value not in allowed:
+            problems.append(f"{name} must be one of {', '.join(allowed)}")
+    key = None
+    if o.key_file is not None:
+        try:
+            key = load_key(o.key_file)
+        except ValueError as exc:
+            problems.append(f"pseudonymisation key file: {exc}")
+        except OSError:
+            problems.append("pseudonymisation key file cannot be read")
+    if o.reid_table is not None and o.reid_table.resolve().is_relative_to(o.manifest.resolve().parent):
+        problems.append("the re-identification table must be written outside the manifest's folder")
+    if o.label_col and o.labels_csv is None:
+        problems.append("--label-col needs --labels")
+    table = None
+    if o.labels_csv is not None and not o.labels_csv.is_file():
+        problems.append("labels file does not exist")
+    elif o.labels_csv is not None:
+        table, label_problems = read_labels(o.labels_csv, o.label_col or LABEL)
+        problems.extend(label_problems)
+    if problems:
+        raise ValidationError(problems, "scan arguments")
+    return key, table
+
+
+def scan_tree(
+    root: str | Path,
+    *,
+    out_manifest: str | Path,
+    exclusions_out: str | Path | None = None,
+    labels_csv: str | Path | None = None,
+    label_col: str | None = None,
+    pseudonymize_key_file: str | Path | None = None,
+    reid_table: str | Path | None = None,
+    layout: str = "symlink",
+    verify: str = "sample",
+    nonfinite: str = "refuse",
+    progress: bool = True,
+) -> ScanSummary:
+    """Scan ``root``; write the manifest, the exclusions table and the ``images/`` link layout.
+
+    ``verify``: "header" (no pixels), "sample" (decode one file per series; read NIfTI voxels for
+    the NaN check) or "full" (assemble every series as ``load_scan`` would). Raises
+    ValidationError for bad arguments; never raises for bad images.
+    """
+    started = time.perf_counter()
+    manifest = Path(out_manifest)
+    o = _Options(
+        root=Path(root),
+        manifest=manifest,
+        exclusions=Path(exclusions_out)
+        if exclusions_out
+        else manifest.with_name(manifest.stem + ".exclusions.csv"),
+        labels_csv=Path(labels_csv) if labels_csv else None,
+        label_col=label_col,
+        key_file=Path(pseudonymize_key_file) if pseudonymize_key_file else None,
+        reid_table=Path(reid_table) if reid_table else None,
+        layout=layout,
+        verify=verify,
+        nonfinite=nonfinite,
+    )
+    key, table = _validate(o)
+    register_root(o.root)
+    if key is None:
+        log.warning("no pseudonymisation key: patient and study ids are written as found in the headers")
+    run = _Run(o.root.resolve(), Ids(key), verify, nonfinite)
+    out_dir = manifest.resolve().parent
+    skip = {manifest.resolve(), o.exclusions.resolve(), o.reid_table.resolve() if o.reid_table else None}
+    files = [f for f in iter_files(run.root) if f not in skip and not _inside_layout(f, out_dir)]
+    for path in tqdm(files, desc="scan", unit="file", disable=None if progress else True, file=sys.stderr):
+        _classify_file(run, path)
+    _scan_stacks(run, group_stacks(run.headers))
+    summary = _write(run, o, table)
+    summary.n_files, summary.seconds = len(files), time.perf_counter() - started
+    return summary
+
+
+def _inside_layout(path: Path, out_dir: Path) -> bool:
+    return path.is_relative_to(out_dir / LAYOUT_DIR) or path.parent.name.startswith(f".{LAYOUT_DIR}.")
+
+
+def _file_problem(path: Path, kind: str, fid: str) -> ScanError:
+    """The verdict for a file that is neither a readable DICOM nor a NIfTI."""
+    if kind == sniff.EMPTY:
+        return ScanError("empty_file", "zero-byte file", fid)
+    if kind == "unreadable":
+        return ScanError("corrupt_file", "the file cannot be opened", fid)
+    if path.name.lower().endswith(DICOM_SUFFIXES) or sniff.has_nifti_name(path):
+        return ScanError("corrupt_file", "named like DICOM/NIfTI but its content is neither", fid)
+    return ScanError("not_dicom", "neither DICOM nor NIfTI by content", fid)
+
+
+def _classify_file(run: _Run, path: Path) -> None:
+    rel = run.rel(path)
+    fid = run.ids.file(rel)
+    try:
+        kind = sniff.sniff(path)
+    except OSError:
+        kind = "unreadable"
+    if kind in (sniff.NIFTI, sniff.NIFTI_GZ):
+        _scan_nifti(run, path, kind, rel)
+        return
+    problem = None
+    if kind in (sniff.DICOM, sniff.DICOM_NO_META):
+        try:
+            run.headers.append(read_header(path, source=fid)[0])
+        except ScanError as exc:
+            problem = exc
+    else:
+        problem = _file_problem(path, kind, fid)
+    if problem is not None:
+        run.exclude(fid, "file", problem)
+        run.reid.append({"id": fid, "kind": "file", "relative_paths": rel})
+
+
+def _scan_nifti(run: _Run, path: Path, kind: str, rel: str) -> None:
+    nid = run.ids.nifti(rel)
+    stem = path.name[: -len(".nii.gz")] if path.name.lower().endswith(".nii.gz") else path.stem
+    patient = run.ids.patient(stem, rel)
+    reid = {
+        "id": nid,
+        "kind": "nifti",
+        PATIENT_ID: patient,
+        "original_patient_id": stem,
+        "relative_paths": rel,
+    }
+    run.reid.append(reid)
+    try:
+        info = checks.check_nifti(path, kind, source=nid, verify=run.verify, nonfinite=run.nonfinite)
+    except ScanError as exc:
+        run.exclude(nid, "nifti", exc, patient=patient, series=nid)
+        return
+    suffix = ".nii.gz" if kind == sniff.NIFTI_GZ else ".nii"
+    row = {PATIENT_ID: patient, STUDY_ID: "", SERIES_ID: nid, **checks.nifti_qc(info)}
+    run.images.append(_Image(row, Entry(nid, (path,), suffix), (), (stem, patient)))
+
+
+def _series_reid(run: _Run, stack: Stack, sid: str, patient: str, study: str) -> dict[str, Any]:
+    first = stack.first
+    return {
+        "id": sid,
+        "kind": "series",
+        PATIENT_ID: patient,
+        "original_patient_id": first.patient_key,
+        STUDY_ID: study,
+        "original_study_uid": first.study_uid,
+        "original_accession": first.accession,
+        "relative_paths": ";".join(sorted({run.rel(h.path.parent) for h in stack.headers})),
+    }
+
+
+def _scan_stacks(run: _Run, stacks: Sequence[Stack]) -> None:
+    owners: Counter[Path] = Counter(h.path for s in stacks for h in s.headers)
+    for stack in stacks:
+        sid = run.ids.series(stack.series_uid, stack.index)
+        first, files = stack.first, stack.headers
+        patient = run.ids.patient(first.patient_key, first.study_uid or sid)
+        study = run.ids.study(first.study_uid)
+        run.reid.append(_series_reid(run, stack, sid, patient, study))
+        try:
+            if any(owners[h.path] > 1 for h in files):
+                raise ScanError("multiple_series", "one file holds planes of several stacks", sid)
+            plan = plan_stack(stack, source=sid)
+            checks.verify_stack(plan, mode=run.verify, nonfinite=run.nonfinite, source=sid)
+        except ScanError as exc:
+            run.exclude(sid, "series", exc, n_files=len(files), patient=patient, study=study, series=sid)
+            continue
+        row = {PATIENT_ID: patient, STUDY_ID: study, SERIES_ID: sid, **checks.dicom_qc(dicom_meta(plan))}
+        entry = Entry(sid, tuple(h.path for h in files), ".dcm" if len(files) == 1 else "")
+        study_keys = (first.study_uid, first.accession, first.study_key, study)
+        run.images.append(_Image(row, entry, study_keys, (first.patient_key, patient)))
+
+
+def _label_of(table: LabelTable | None, image: _Image) -> str:
+    if table is None:
+        return ""
+    return table.lookup(image.study_keys if table.by == STUDY_ID else image.patient_keys)
+
+
+def _count(summary: ScanSummary, rows: Sequence[dict[str, Any]], run: _Run) -> None:
+    for r in rows:
+        key = (OK, "", "nifti" if r["format"] == "nifti" else "series")
+        summary.counts[key] += 1
+        summary.files[key] += int(r["n_files"])
+    for r in run.rows:
+        key = (r["verdict"], r["reason"], r["kind"])
+        summary.counts[key] += 1
+        summary.files[key] += int(r["n_files"])
+
+
+def _write(run: _Run, o: _Options, table: LabelTable | None) -> ScanSummary:
+    """Layout first, then the manifest, exclusions and re-identification tables (each atomic)."""
+    images = sorted(run.images, key=lambda im: (im.row[PATIENT_ID], im.row[STUDY_ID], im.row[SERIES_ID]))
+    rows = [{**im.row, IMAGE: image_path(im.entry), LABEL: _label_of(table, im)} for im in images]
+    out_dir = o.manifest.resolve().parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    build_layout(out_dir, [im.entry for im in images], o.layout)
+    write_csv(o.manifest, pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)))
+    write_csv(o.exclusions, pd.DataFrame(run.rows, columns=list(EXCLUSION_COLUMNS)))
+    if o.reid_table is not None:
+        write_csv(o.reid_table, pd.DataFrame(run.reid, columns=list(REID_COLUMNS)))
+    summary = ScanSummary(o.manifest, o.exclusions, 0, len(rows))
+    _count(summary, rows, run)
+    summary.alarms = _alarms(summary)
+    summary.images_unlabelled = sum(1 for r in rows if not r[LABEL]) if table else 0
+    summary.labels_unmatched = table.unmatched if table else 0
+    return summary
+
+
+def _alarms(summary: ScanSummary) -> list[str]:
+    """A reason shared by many images points to a systematic cause (a missing codec, a bad export)."""
+    candidates = summary.n_images + sum(n for (v, _, _), n in summary.counts.items() if v != SKIPPED)
+    by_reason: Counter[str] = Counter()
+    for (verdict, reason, _), n in summary.counts.items():
+        if verdict == ERROR or reason == "unsupported_transfer_syntax":
+            by_reason[reason] += n
+    base = max(candidates, 1)
+    return [
+        f"{n} input(s) ({n / base:.0%}) failed with {reason}: check for a systematic cause"
+        for reason, n in sorted(by_reason.items())
+        if n >= ALARM_MIN and n > ALARM_SHARE * base
+    ]

@@ -1,0 +1,366 @@
+"""Patient-data protection: identifying DICOM keywords, keyed pseudonyms and log redaction.
+
+Hospital exports carry names, record numbers and dates in DICOM tags and often in folder names,
+and third-party readers (pydicom, MONAI, nibabel) put full paths and header values into warnings
+and exception texts. Three mechanisms keep them out of cohortnet's outputs:
+
+* ``IDENTIFYING_KEYWORDS`` (PS3.15 Annex E basis) names the tags whose values never leave the
+  ingestion layer; ``identifying_values(ds)`` collects them from a header so they can be
+  registered with the redactor and used to clean free text.
+* ``pseudonym(key, value)``: HMAC-SHA256 keyed pseudonyms (16 hex characters). A keyed HMAC, not
+  a plain hash, because record numbers are low-entropy and a plain hash is brute-forced in minutes.
+* ``install_redaction()``: a log-record factory, a ``logging.Filter`` on the handlers and a
+  ``warnings.showwarning`` hook that replace registered values and paths under registered roots.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import threading
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+# PS3.15 Table E.1-1 (not exhaustive): identity, staff, institution, dates/times, UIDs, free text.
+IDENTIFYING_KEYWORDS: frozenset[str] = frozenset(
+    {
+        # patient identity
+        "PatientName", "PatientID", "PatientBirthDate", "PatientBirthTime", "OtherPatientIDs",
+        "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName", "PatientAddress",
+        "PatientTelephoneNumbers", "PatientTelecomInformation", "MedicalRecordLocator",
+        "IssuerOfPatientID", "MilitaryRank", "BranchOfService", "Occupation", "CountryOfResidence",
+        "RegionOfResidence", "ResponsiblePerson", "ResponsibleOrganization",
+        "PatientInsurancePlanCodeSequence", "OtherPatientIDsSequence", "PersonName",
+        "PatientReligiousPreference",
+        # study and staff identifiers
+        "AccessionNumber", "StudyID", "ReferringPhysicianName", "ReferringPhysicianAddress",
+        "ReferringPhysicianTelephoneNumbers", "PerformingPhysicianName", "NameOfPhysiciansReadingStudy",
+        "OperatorsName", "PhysiciansOfRecord", "RequestingPhysician", "ScheduledPerformingPhysicianName",
+        "RequestAttributesSequence", "AdmissionID", "RequestedProcedureID", "ScheduledProcedureStepID",
+        "PerformedProcedureStepID", "FillerOrderNumberImagingServiceRequest",
+        "PlacerOrderNumberImagingServiceRequest",
+        # institution and device
+        "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName", "StationName",
+        "DeviceSerialNumber", "DetectorID", "PlateID", "CassetteID", "GantryID", "DeviceUID",
+        # dates and times
+        "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate", "StudyTime", "SeriesTime",
+        "AcquisitionTime", "ContentTime", "AcquisitionDateTime", "InstanceCreationDate",
+        "InstanceCreationTime", "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime",
+        # UIDs (action U: replaced consistently)
+        "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID",
+        "MediaStorageSOPInstanceUID", "IrradiationEventUID", "ReferencedSOPInstanceUID",
+        # free text
+        "ImageComments", "PatientComments", "StudyComments", "AdditionalPatientHistory",
+        "RequestedProcedureDescription", "PerformedProcedureStepDescription", "StudyDescription",
+        "SeriesDescription", "ProtocolName", "DerivationDescription", "AdmittingDiagnosesDescription",
+        "ReasonForStudy", "TextValue", "ContentCreatorName", "VerifyingObserverName",
+    }
+)  # fmt: skip
+
+# Descriptive text that is kept (cleaned) in QC columns and not registered for log redaction,
+# because it is mostly protocol vocabulary; it is still checked against the header's identifiers.
+DESCRIPTIVE_KEYWORDS: frozenset[str] = frozenset(
+    {"SeriesDescription", "StudyDescription", "ProtocolName", "DerivationDescription"}
+)
+
+SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9.]*")
+_MIN_TOKEN = 3
+PHRASE_TOKENS = 3
+MAX_PHRASES = 100_000
+REDACTED = "[redacted]"
+PATH_REDACTED = "<path>"
+
+
+def pseudonym(key: bytes, value: str) -> str:
+    """Keyed pseudonym: HMAC-SHA256(key, value) as 16 hex characters; stable for the same key."""
+    return hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
+
+
+def plain_digest(value: str) -> str:
+    """Unkeyed 16-hex digest, only for values that are not guessable (UIDs, full paths)."""
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()[:16]
+
+
+def is_safe_id(value: str) -> bool:
+    """True for IDs that are safe in CSV cells and file names (no formula or path injection)."""
+    return bool(SAFE_ID.match(value)) and value[0] not in "-"
+
+
+def _values_of(element_value: Any) -> list[str]:
+    if element_value is None:
+        return []
+    if isinstance(element_value, str | bytes):
+        text = element_value.decode("latin-1") if isinstance(element_value, bytes) else element_value
+        return [text] if text.strip() else []
+    if isinstance(element_value, Sequence):  # pydicom MultiValue and Sequence (not PersonName)
+        out: list[str] = []
+        for item in element_value:
+            if hasattr(item, "keys"):  # a sequence item (pydicom Dataset)
+                out.extend(v for kw in IDENTIFYING_KEYWORDS for v in _values_of(item.get(kw)))
+            else:
+                out.extend(_values_of(item))
+        return out
+    text = str(element_value)
+    return [text] if text.strip() else []
+
+
+def identifying_values(ds: Any, keywords: Iterable[str] = IDENTIFYING_KEYWORDS) -> set[str]:
+    """Text of every identifying element present in ``ds`` (a pydicom Dataset or any mapping).
+
+    Person names are returned whole; ``tokens()`` splits them into components for matching.
+    """
+    wanted = keywords if isinstance(keywords, frozenset) else frozenset(keywords)
+    found: set[str] = set()
+    for keyword in _present(ds, wanted):
+        try:
+            value = ds.get(keyword)
+        except Exception:  # an unparseable value is still identifying, but cannot be read
+            continue
+        found.update(str(v).strip() for v in _values_of(value))
+    return {v for v in found if v}
+
+
+_TAGS: dict[frozenset[str], dict[int, str]] = {}
+
+
+def _present(ds: Any, wanted: frozenset[str]) -> list[str]:
+    """Keywords of ``wanted`` present in ``ds``, without converting every element (pydicom is lazy)."""
+    keys = list(ds.keys())
+    if not keys or not isinstance(keys[0], int):  # a plain mapping of keywords
+        return [k for k in keys if k in wanted]
+    if wanted not in _TAGS:
+        from pydicom.datadict import tag_for_keyword
+
+        _TAGS[wanted] = {t: kw for kw in wanted if (t := tag_for_keyword(kw)) is not None}
+    tags = _TAGS[wanted]
+    return [tags[int(t)] for t in keys if int(t) in tags]
+
+
+def tokens(text: str) -> set[str]:
+    """Lower-cased alphanumeric tokens (dots kept inside UIDs) of at least 3 characters.
+
+    ``"Doe^Jane"`` gives ``{"doe", "jane"}``; ``"MRN-0012345"`` gives ``{"mrn", "0012345"}``.
+    """
+    out: set[str] = set()
+    for match in _TOKEN.findall(text):
+        token = match.rstrip(".").lower()
+        if len(token) >= _MIN_TOKEN:
+            out.add(token)
+        out.update(p for p in token.split(".") if len(p) >= _MIN_TOKEN and not p.isdigit())
+    return out
+
+
+def split_values(values: Iterable[str]) -> tuple[set[str], set[str]]:
+    """(tokens, phrases): short values (names, IDs, dates) match token by token; free text of more
+    than ``PHRASE_TOKENS`` tokens matches only whole, so a comment does not redact common words."""
+    toks: set[str] = set()
+    phrases: set[str] = set()
+    for v in values:
+        t = tokens(v)
+        if len(t) > PHRASE_TOKENS:
+            phrases.add(" ".join(v.lower().split()))
+        else:
+            toks |= t
+    return toks, phrases
+
+
+def contains_identifying(text: str, identifying: Iterable[str]) -> bool:
+    """True if ``text`` contains a token of a short identifying value or a whole free-text value."""
+    toks, phrases = split_values(identifying)
+    folded = " ".join(text.lower().split())
+    return bool(toks & tokens(text)) or any(p in folded for p in phrases)
+
+
+def clean_description(text: str | None, identifying: Iterable[str], max_len: int = 64) -> str:
+    """A descriptive text (SeriesDescription) safe for a QC column, or ``[redacted]``.
+
+    Redacts the whole text when it contains an identifying value of the same header; drops
+    characters outside a conservative set and a leading formula character (CSV injection).
+    """
+    if not text:
+        return ""
+    if contains_identifying(text, identifying):
+        return REDACTED
+    kept = re.sub(r"[^A-Za-z0-9 _.+\-()/:,*#%]", "", text).strip()[:max_len]
+    return kept.lstrip("=+-@") if kept[:1] in "=+-@" else kept
+
+
+class Redactor:
+    """Registry of identifying tokens and data roots; ``redact(text)`` removes both.
+
+    Tokens are matched whole (``"jane"`` does not redact ``"janet"``), in O(len(text)) per call
+    however many values are registered. Paths under a registered root become ``<path>``.
+    """
+
+    def __init__(self) -> None:
+        self._tokens: set[str] = set()
+        self._phrases: set[str] = set()
+        self._phrase_re: re.Pattern[str] | None = None
+        self._roots: list[str] = []
+        self._root_re: re.Pattern[str] | None = None
+        self._lock = threading.Lock()
+
+    def register_values(self, values: Iterable[str]) -> None:
+        new, phrases = split_values(values)
+        if new - self._tokens:
+            with self._lock:
+                self._tokens |= new
+        if phrases - self._phrases and len(self._phrases) < MAX_PHRASES:
+            with self._lock:
+                self._phrases |= phrases
+                self._phrase_re = None  # rebuilt on the next redact(): registering stays O(1)
+
+    def register_root(self, root: str | Path) -> None:
+        variants = {str(Path(root)), str(Path(root).resolve())}
+        with self._lock:
+            self._roots = sorted(set(self._roots) | variants, key=len, reverse=True)
+            pattern = "|".join(re.escape(r) for r in self._roots)
+            self._root_re = re.compile(rf"(?:{pattern})[^\s'\"]*")
+
+    def clear(self) -> None:
+        with self._lock:
+            self._tokens = set()
+            self._phrases = set()
+            self._phrase_re = None
+            self._roots = []
+            self._root_re = None
+
+    def redact(self, text: str) -> str:
+        if self._root_re is not None:
+            text = self._root_re.sub(PATH_REDACTED, text)
+        if self._phrases and self._phrase_re is None:
+            with self._lock:
+                alternatives = "|".join(r"\s+".join(map(re.escape, p.split())) for p in sorted(self._phrases))
+                self._phrase_re = re.compile(alternatives, re.IGNORECASE)
+        if self._phrase_re is not None:
+            text = self._phrase_re.sub(REDACTED, text)
+        if not self._tokens:
+            return text
+        registered = self._tokens
+
+        def _sub(match: re.Match[str]) -> str:
+            token = match.group(0)
+            core = token.rstrip(".")
+            if core.lower() in registered:
+                return REDACTED + token[len(core) :]
+            parts = core.split(".")
+            if any(p.lower() in registered for p in parts):
+                return (
+                    ".".join(REDACTED if p.lower() in registered else p for p in parts) + token[len(core) :]
+                )
+            return token
+
+        return _TOKEN.sub(_sub, text)
+
+
+REDACTOR = Redactor()
+
+
+def register_identifying(values: Iterable[str]) -> None:
+    """Add header values (e.g. from ``identifying_values``) to the process-wide redactor."""
+    REDACTOR.register_values(values)
+
+
+def register_root(root: str | Path) -> None:
+    """Paths under ``root`` (a scanned data folder) are replaced by ``<path>`` in logs."""
+    REDACTOR.register_root(root)
+
+
+def redact(text: str) -> str:
+    return REDACTOR.redact(text)
+
+
+class RedactionFilter(logging.Filter):
+    """Formats each record's message, then redacts it (and its exception text) in place."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        _redact_record(record)
+        return True
+
+
+def _redact_record(record: logging.LogRecord) -> None:
+    if getattr(record, "_cohortnet_redacted", False):
+        return
+    try:
+        message = record.getMessage()
+    except Exception:  # a malformed format string: keep the template only
+        message = str(record.msg)
+    record.msg, record.args = REDACTOR.redact(message), ()
+    if record.exc_info and not record.exc_text:
+        record.exc_text = logging.Formatter().formatException(record.exc_info)
+    if record.exc_text:
+        record.exc_text = REDACTOR.redact(record.exc_text)
+    if record.stack_info:
+        record.stack_info = REDACTOR.redact(record.stack_info)
+    setattr(record, "_cohortnet_redacted", True)  # noqa: B010 (LogRecord declares no such attribute)
+
+
+_installed: dict[str, Any] = {}
+
+
+def install_redaction(logger: logging.Logger | None = None) -> RedactionFilter:
+    """Redact every log record and warning of this process; idempotent.
+
+    Installs (1) a log-record factory, so records from any logger are redacted when created,
+    whatever handlers are added later; (2) a ``RedactionFilter`` on the handlers of ``logger``
+    (default: ``pipeline``) and of the root logger; (3) a ``warnings.showwarning`` hook.
+    Call it after handlers are set up; ``uninstall_redaction()`` restores the previous state.
+    """
+    filt: RedactionFilter = _installed.get("filter") or RedactionFilter()
+    if "factory" not in _installed:
+        previous = logging.getLogRecordFactory()
+
+        def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = previous(*args, **kwargs)
+            _redact_record(record)
+            return record
+
+        _installed["factory"] = previous
+        logging.setLogRecordFactory(factory)
+    if "showwarning" not in _installed:
+        original = warnings.showwarning
+
+        def showwarning(  # noqa: PLR0917 (the signature of warnings.showwarning)
+            message: Warning | str,
+            category: type[Warning],
+            filename: str,
+            lineno: int,
+            file: TextIO | None = None,
+            line: str | None = None,
+        ) -> None:
+            original(REDACTOR.redact(str(message)), category, filename, lineno, file, line)
+
+        _installed["showwarning"] = original
+        warnings.showwarning = showwarning
+    for target in (logger or logging.getLogger("pipeline"), logging.getLogger()):
+        for handler in target.handlers:
+            if filt not in handler.filters:
+                handler.addFilter(filt)
+    _installed["filter"] = filt
+    return filt
+
+
+def uninstall_redaction() -> None:
+    """Undo ``install_redaction`` (tests)."""
+    if "factory" in _installed:
+        logging.setLogRecordFactory(_installed.pop("factory"))
+    if "showwarning" in _installed:
+        warnings.showwarning = _installed.pop("showwarning")
+    filt = _installed.pop("filter", None)
+    if filt is not None:
+        for name in [*logging.root.manager.loggerDict, ""]:
+            for handler in getattr(logging.getLogger(name), "handlers", []):
+                handler.removeFilter(filt)
+
+
+def load_key(path: str | Path) -> bytes:
+    """Read a pseudonymisation key file (at least 16 bytes once surrounding whitespace is removed)."""
+    key = Path(path).read_bytes().strip()
+    if len(key) < 16:
+        raise ValueError(f"key file holds {len(key)} bytes; a pseudonymisation key needs at least 16")
+    return key
