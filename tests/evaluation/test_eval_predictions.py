@@ -1,0 +1,127 @@
+"""evaluate_predictions: the metrics.json contract, per-patient evaluation and input validation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.errors import ValidationError
+from pipeline.evaluation import binary_summary, evaluate_predictions, format_metrics
+from pipeline.evaluation.table import aggregate_by_patient
+
+from .conftest import probability_table
+
+TOP_LEVEL = ("auc", "auc_ci_low", "auc_ci_high", "ci_method", "n", "n_positive")
+THRESHOLD_KEYS = ("sensitivity", "specificity", "ppv", "npv", "accuracy", "balanced_accuracy", "f1")
+
+
+def test_binary_summary_contract_keys_and_json():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 80)
+    s = rng.normal(y, 1.0)
+    out = binary_summary(y, s, threshold=0.5)
+    for key in (*TOP_LEVEL, "threshold", "tp", "fp", "tn", "fn"):
+        assert key in out
+    for key in THRESHOLD_KEYS:
+        assert {key, f"{key}_ci_low", f"{key}_ci_high"} <= set(out)
+    json.dumps(out, allow_nan=False)  # plain JSON types only
+    assert "threshold" not in binary_summary(y, s)
+
+
+def test_per_patient_is_primary_and_image_level_uses_clusters():
+    df = probability_table(60, 3, seed=1)
+    m = evaluate_predictions(
+        df, label_col="label", score_col="score", group_col="patient_id", n_bootstrap=300
+    )
+    assert m["unit"] == "patient"
+    assert (m["n_patients"], m["n_images"], m["n"]) == (60, 180, 60)
+    per_patient = aggregate_by_patient(df, "patient_id", ["score"], "mean")
+    ref = binary_summary(per_patient["label"], per_patient["score"])
+    assert m["auc"] == pytest.approx(ref["auc"])
+    assert m["image_level"]["ci_method"] == "delong_clustered"
+    assert m["image_level"]["n"] == 180
+    assert m["image_level"]["n_clusters"] == 60
+    boot = evaluate_predictions(
+        df,
+        label_col="label",
+        score_col="score",
+        group_col="patient_id",
+        ci_method="bootstrap",
+        n_bootstrap=300,
+    )
+    assert boot["image_level"]["ci_method"] == "cluster_bootstrap_bca"
+
+
+def test_full_metrics_sections_are_json_serialisable():
+    df = probability_table(80, 2, seed=2)
+    val = df[df["split"] == "val"]
+    test = df[df["split"] == "test"]
+    m = evaluate_predictions(
+        test,
+        label_col="label",
+        score_col="score",
+        compare_col="other",
+        group_col="patient_id",
+        subgroup_cols=["site"],
+        fold_col="fold",
+        threshold_df=val,
+        recalibration="platt",
+    )
+    for key in (*TOP_LEVEL, *THRESHOLD_KEYS, "threshold", "threshold_source", "warnings"):
+        assert key in m
+    for section in (
+        "comparison",
+        "calibration",
+        "calibration_recalibrated",
+        "decision_curve",
+        "subgroups",
+        "folds",
+    ):
+        assert section in m
+    assert {"auc_difference", "z", "p_value", "ci_low", "ci_high"} <= set(m["comparison"])
+    assert m["threshold_source"] == "validation"
+    text = json.dumps(m, allow_nan=False)
+    assert "NaN" not in text
+    assert "AUC" in format_metrics(m)
+
+
+def test_every_table_problem_is_listed_at_once():
+    df = pd.DataFrame({"label": [0, 1, 2, 1], "score": [0.1, "x", None, 0.4], "pid": ["a", "a", "b", None]})
+    with pytest.raises(ValidationError) as err:
+        evaluate_predictions(
+            df, label_col="label", score_col="score", group_col="pid", subgroup_cols=["nope"]
+        )
+    text = "\n".join(err.value.problems)
+    assert err.value.exit_code == 2
+    assert "'nope' not found" in text
+    assert "non-numeric" in text
+    assert "row 3: 'x'" in text
+    assert "empty value" in text
+    assert "not binary" in text
+    assert "group column 'pid' has 1 empty" in text
+    assert len(err.value.problems) >= 5
+
+
+def test_positive_label_must_exist_and_non_numeric_labels_need_one():
+    df = pd.DataFrame({"outcome": ["Good", "Poor", "Good", "Poor"], "s": [0.1, 0.9, 0.3, 0.6]})
+    with pytest.raises(ValidationError, match="say which one is positive"):
+        evaluate_predictions(df, label_col="outcome", score_col="s")
+    with pytest.raises(ValidationError, match="'Bad' does not occur"):
+        evaluate_predictions(df, label_col="outcome", score_col="s", positive="Bad")
+    m = evaluate_predictions(df, label_col="outcome", score_col="s", positive="Poor", calibration=False)
+    assert (m["positive"], m["auc"]) == ("Poor", 1.0)
+
+
+def test_labels_that_vary_within_a_patient_are_a_problem():
+    df = pd.DataFrame({"pid": ["a", "a", "b", "b"], "label": [0, 1, 1, 1], "score": [0.1, 0.2, 0.3, 0.4]})
+    with pytest.raises(ValidationError, match="more than one label"):
+        evaluate_predictions(df, label_col="label", score_col="score", group_col="pid")
+
+
+def test_non_probability_scores_skip_calibration_with_a_reason(asah):
+    m = evaluate_predictions(asah, label_col="outcome", score_col="ndka", positive="Poor")
+    assert m["calibration"] == {"skipped": "scores are not probabilities in [0, 1]"}
+    assert m["decision_curve"]["skipped"]
