@@ -1,0 +1,212 @@
+"""``cohortnet evaluate TABLE.csv --label-col C --score-col C [--positive V] [--compare C2] ...``.
+
+ROC statistics for any CSV of scores (cohortnet's own predictions or anyone else's): writes
+``metrics.json`` and ``roc.csv`` into ``--out`` and prints a readable table. Exit code 2, with
+every problem listed, when the table or the options are invalid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline.errors import ValidationError
+from pipeline.schema import METRICS_FILE, ROC_FILE
+
+log = logging.getLogger("pipeline")
+
+CI_CHOICES = ("delong", "delong_wald", "bootstrap", "bootstrap_percentile")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("table", type=Path, help="CSV with one row per image or case: labels and scores")
+    add("--label-col", required=True, help="column holding the true class")
+    add(
+        "--score-col",
+        required=True,
+        nargs="+",
+        metavar="C",
+        help="score column (higher = more likely positive); one column per class for multi-class",
+    )
+    add("--positive", help="label value of the positive class (default: 1 for 0/1 labels)")
+    add("--compare", metavar="C2", help="second score column: paired test of --score-col minus C2")
+    add("--group-col", metavar="C", help="patient ids: metrics per patient, image-level interval by cluster")
+    add(
+        "--subgroup-col",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="C",
+        help="metrics per value of these columns (numeric ones with over 10 values: quartile bands)",
+    )
+    add("--fold-col", metavar="C", help="cross-validation fold column: per-fold AUC, mean and SD")
+    add("--out", type=Path, help="output folder (default: next to TABLE, named <TABLE name>_evaluation)")
+    lock = parser.add_mutually_exclusive_group()
+    lock.add_argument("--val-table", type=Path, help="validation CSV (same columns) that locks the threshold")
+    lock.add_argument(
+        "--threshold-split-col",
+        metavar="C",
+        help="rows where C equals --threshold-split-value lock the threshold; the others are evaluated",
+    )
+    add(
+        "--threshold-split-value",
+        default="val",
+        help="validation value of --threshold-split-col (default val)",
+    )
+    add("--threshold-rule", default="youden", help="youden | sensitivity=0.90 | specificity=0.95 | a number")
+    add(
+        "--ci-method",
+        choices=CI_CHOICES,
+        default="delong",
+        help="delong: DeLong on the logit scale (default); delong_wald: pROC's; bootstrap: BCa",
+    )
+    add("--bootstrap", type=int, default=2000, metavar="N", help="bootstrap replicates (default 2000)")
+    add("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    add("--level", type=float, default=0.95, help="confidence level (default 0.95)")
+    add(
+        "--aggregate",
+        choices=("mean", "max", "median"),
+        default="mean",
+        help="per-patient score (--group-col)",
+    )
+    add(
+        "--recalibrate",
+        choices=("platt", "isotonic"),
+        help="recalibrate on the validation rows and report it",
+    )
+    add("--no-calibration", action="store_true", help="skip calibration and decision curve")
+    add("--classes", nargs="+", metavar="V", help="multi-class: the class of each --score-col, in order")
+
+
+def _read_csv(path: Path, what: str, problems: list[str]) -> pd.DataFrame | None:
+    if not path.is_file():
+        problems.append(f"{what} not found: {path}")
+        return None
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        problems.append(f"{what} {path} is not a readable CSV: {exc}")
+        return None
+
+
+def _option_problems(args: argparse.Namespace) -> list[str]:
+    from pipeline.evaluation.thresholds import parse_rule
+
+    problems = []
+    try:
+        parse_rule(args.threshold_rule)
+    except ValueError as exc:
+        problems.append(f"--threshold-rule: {exc}")
+    if args.bootstrap < 100:
+        problems.append(f"--bootstrap must be at least 100, got {args.bootstrap}")
+    if not 0.5 <= args.level < 1.0:
+        problems.append(f"--level must be in [0.5, 1), got {args.level}")
+    if args.recalibrate and not (args.val_table or args.threshold_split_col):
+        problems.append("--recalibrate needs validation rows (--val-table or --threshold-split-col)")
+    return problems
+
+
+def _split(
+    df: pd.DataFrame, args: argparse.Namespace, problems: list[str]
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """(evaluated rows, validation rows) by --threshold-split-col; (df, None) without it."""
+    col = args.threshold_split_col
+    if col is None:
+        return df, None
+    if col not in df.columns:
+        problems.append(f"--threshold-split-col: column {col!r} not found")
+        return df, None
+    is_val = df[col].astype(str) == str(args.threshold_split_value)
+    if not is_val.any() or is_val.all():
+        problems.append(
+            f"--threshold-split-col {col!r}: need rows with and without {args.threshold_split_value!r}"
+        )
+        return df, None
+    return df[~is_val].reset_index(drop=True), df[is_val].reset_index(drop=True)
+
+
+def load_inputs(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Read and check the table(s); ValidationError listing every problem in options and tables."""
+    from pipeline.evaluation.table import validate_score_table
+
+    problems = _option_problems(args)
+    df = _read_csv(args.table, "table", problems)
+    val = _read_csv(args.val_table, "validation table", problems) if args.val_table else None
+    if df is not None:
+        df, split_val = _split(df, args, problems)
+        val = split_val if split_val is not None else val
+        cols: dict[str, Any] = {
+            "label_col": args.label_col,
+            "score_cols": args.score_col,
+            "positive": args.positive,
+            "compare_col": args.compare,
+            "group_col": args.group_col,
+            "subgroup_cols": args.subgroup_col,
+            "fold_col": args.fold_col,
+        }
+        problems += validate_score_table(df, **cols)
+        if val is not None:
+            vcols = {**cols, "compare_col": None, "subgroup_cols": (), "fold_col": None}
+            problems += [f"validation rows: {p}" for p in validate_score_table(val, **vcols)]
+    if problems or df is None:
+        raise ValidationError(problems, "evaluation input")
+    return df, val
+
+
+def _roc_frame(df: pd.DataFrame, args: argparse.Namespace, metrics: dict[str, Any], col: str) -> pd.DataFrame:
+    """ROC table of ``col`` at the unit of the metrics (per patient with --group-col)."""
+    from pipeline.evaluation import roc_table
+    from pipeline.evaluation.table import aggregate_by_patient, binary_target
+
+    unit = df.copy()
+    unit[col] = pd.to_numeric(unit[col])
+    if args.group_col:
+        unit = aggregate_by_patient(unit, args.group_col, [col], args.aggregate)
+    return roc_table(binary_target(unit[args.label_col], metrics["positive"]), unit[col].to_numpy())
+
+
+def _write(df: pd.DataFrame, args: argparse.Namespace, metrics: dict[str, Any]) -> Path:
+    from pipeline.reporting.artifacts import write_csv, write_json
+
+    out = args.out if args.out is not None else args.table.parent / f"{args.table.stem}_evaluation"
+    write_json(out / METRICS_FILE, metrics)
+    if metrics.get("task") == "binary":
+        write_csv(out / ROC_FILE, _roc_frame(df, args, metrics, args.score_col[0]))
+        if args.compare:
+            write_csv(out / f"roc_{args.compare}.csv", _roc_frame(df, args, metrics, args.compare))
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.evaluation import evaluate_predictions, format_metrics
+
+    df, val = load_inputs(args)
+    metrics = evaluate_predictions(
+        df,
+        label_col=args.label_col,
+        score_col=args.score_col[0] if len(args.score_col) == 1 else args.score_col,
+        positive=args.positive,
+        compare_col=args.compare,
+        group_col=args.group_col,
+        subgroup_cols=tuple(args.subgroup_col),
+        fold_col=args.fold_col,
+        threshold_df=val,
+        threshold_rule=args.threshold_rule,
+        ci_method=args.ci_method,
+        n_bootstrap=args.bootstrap,
+        seed=args.seed,
+        calibration=not args.no_calibration,
+        aggregate=args.aggregate,
+        recalibration=args.recalibrate,
+        classes=args.classes,
+        level=args.level,
+    )
+    out = _write(df, args, metrics)
+    print(format_metrics(metrics), end="")
+    log.info("wrote %s and %s in %s", METRICS_FILE, ROC_FILE, out)
+    return 0
