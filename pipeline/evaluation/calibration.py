@@ -96,6 +96,19 @@ def expected_calibration_error(y: IntArray, p: FloatArray, n_bins: int = 10) -> 
     return float(np.sum(n * gap) / n.sum())
 
 
+_SLOPE_KEYS = (
+    "calibration_slope",
+    "calibration_slope_ci_low",
+    "calibration_slope_ci_high",
+    "recalibration_intercept",
+)
+
+
+def _separated(y: IntArray, p: FloatArray) -> bool:
+    """True when some cut-off puts every positive above every negative (either direction)."""
+    return bool(p[y == 1].min() > p[y == 0].max() or p[y == 1].max() < p[y == 0].min())
+
+
 def calibration_summary(y_true: Any, y_prob: Any, *, n_bins: int = 10, level: float = 0.95) -> dict[str, Any]:
     """Brier score, calibration intercept and slope (with CI), ECE and reliability-curve data.
 
@@ -111,7 +124,12 @@ def calibration_summary(y_true: Any, y_prob: Any, *, n_bins: int = 10, level: fl
         "observed_rate": py_float(y.mean()),
         "calibration_intercept": py_float(calibration_intercept(y, p)),
     }
-    out.update(calibration_slope(y, p, level))
+    if _separated(y, p):
+        # Logistic recalibration has no finite maximum-likelihood slope when the scores separate the classes.
+        out.update(dict.fromkeys(_SLOPE_KEYS))
+        out["calibration_slope_note"] = "undefined: the predictions separate the classes perfectly"
+    else:
+        out.update(calibration_slope(y, p, level))
     out["ece"] = py_float(expected_calibration_error(y, p, n_bins))
     out["n_bins"] = n_bins
     out["reliability"] = reliability_bins(y, p, n_bins)

@@ -110,10 +110,13 @@ def binary_summary(
         )
     )
     warnings = size_warnings(n_pos, int(y.size - n_pos))
-    if out["auc"] in (0.0, 1.0):
-        warnings.append(
-            "the classes are perfectly separated: the AUC interval has zero width and is not informative"
+    if out["auc_ci_low"] is not None and out["auc_ci_low"] == out["auc_ci_high"]:
+        why = (
+            "the classes are perfectly separated"
+            if out["auc"] in (0.0, 1.0)
+            else "the scores carry no spread"
         )
+        warnings.append(f"the AUC interval has zero width ({why}) and is not informative")
     if threshold is None and threshold_rule is not None:
         threshold = choose_threshold(y, s, threshold_rule)
         out["threshold_rule"] = threshold_rule

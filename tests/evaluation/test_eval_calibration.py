@@ -91,3 +91,10 @@ def test_perfect_model_net_benefit_is_the_prevalence():
     np.testing.assert_allclose(dc["net_benefit_model"], 0.2)
     with pytest.raises(ValueError, match="strictly between 0 and 1"):
         net_benefit(y, p, thresholds=[0.0, 0.5])
+
+
+def test_separating_predictions_have_no_calibration_slope():
+    cal = calibration_summary([0, 1, 0, 1, 0, 1], [0.1, 0.9, 0.2, 0.8, 0.3, 0.7])
+    assert cal["calibration_slope"] is None
+    assert "separate" in cal["calibration_slope_note"]
+    assert cal["calibration_intercept"] == pytest.approx(0.0, abs=1e-6)  # mean prediction = event rate

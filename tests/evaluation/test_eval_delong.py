@@ -131,3 +131,13 @@ def test_roc_table_columns_and_ends():
     assert (roc.iloc[0]["fpr"], roc.iloc[0]["tpr"]) == (0.0, 0.0)
     assert (roc.iloc[-1]["fpr"], roc.iloc[-1]["tpr"]) == (1.0, 1.0)
     assert trapezoid_area(roc["fpr"], roc["tpr"]) == pytest.approx(delong_ci(y, s).auc)
+
+
+def test_zero_width_intervals_are_flagged():
+    from pipeline.evaluation import binary_summary
+
+    tied = binary_summary([0, 1] * 10, [0.5] * 20)
+    assert (tied["auc"], tied["auc_ci_low"], tied["auc_ci_high"]) == (0.5, 0.5, 0.5)
+    assert any("no spread" in w for w in tied["warnings"])
+    separated = binary_summary([0] * 10 + [1] * 10, list(range(20)))
+    assert any("perfectly separated" in w for w in separated["warnings"])
