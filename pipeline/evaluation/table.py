@@ -124,13 +124,10 @@ def validate_score_table(
             problems.append(
                 f"group column {group_col!r} has {int(df[group_col].isna().sum())} empty value(s)"
             )
+        known = df.dropna(subset=[group_col])
         for col, why in ((label_col, "label"), (fold_col, "fold (the patient is in two folds: leakage)")):
-            if (
-                col is not None
-                and col in df.columns
-                and _constant_within(df.dropna(subset=[group_col]), group_col, col)
-            ):
-                k = _constant_within(df.dropna(subset=[group_col]), group_col, col)
+            k = _constant_within(known, group_col, col) if col is not None and col in df.columns else 0
+            if k:
                 problems.append(f"{k} patient(s) in {group_col!r} have more than one {why} value")
     if fold_col is not None and fold_col in df.columns and df[fold_col].isna().any():
         problems.append(f"fold column {fold_col!r} has {int(df[fold_col].isna().sum())} empty value(s)")

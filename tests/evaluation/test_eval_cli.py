@@ -145,3 +145,15 @@ def test_command_module_interface():
     assert callable(evaluate.configure)
     assert callable(evaluate.run)
     assert Path(evaluate.__file__).name == "evaluate.py"
+
+
+def test_patient_in_both_validation_and_test_rows_is_a_problem(tmp_path, caplog):
+    df = probability_table(30, 2, seed=4)
+    df.loc[df.index[0], "split"] = "val"  # P000's first image in val, its second in test
+    df.loc[df.index[1], "split"] = "test"
+    path = tmp_path / "leak.csv"
+    df.to_csv(path, index=False)
+    argv = [str(path), "--label-col", "label", "--score-col", "score", "--group-col", "patient_id"]
+    with caplog.at_level(logging.ERROR, logger="pipeline"):
+        assert run_cli([*argv, "--threshold-split-col", "split"]) == 2
+    assert "1 patient(s) have rows in both the validation and the evaluated part (leakage)" in caplog.text
