@@ -79,7 +79,7 @@ def verify_stack(plan: StackPlan, *, mode: str, nonfinite: str, source: str) -> 
     headers = plan.stack.headers if mode == "full" else [plan.stack.items[plan.geometry.order[0]][0]]
     datasets = {}
     for h in headers:
-        header, ds = read_header(h.path, source=source, pixels=True)
+        header, ds = read_header(h.path, source=source)
         datasets[h.path] = ds
         if mode == "sample":
             pixels.decode(ds, header, source=source)

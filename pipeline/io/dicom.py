@@ -15,6 +15,7 @@ from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 from pydicom.uid import UID
 
 from pipeline.errors import ScanError
@@ -31,6 +32,7 @@ from pipeline.privacy import (
 
 DEFER_SIZE = 1024  # bytes: larger values (pixel data, private blobs) are not read into memory
 MAX_FILE_BYTES = 4 * 1024**3
+HOSTILE_FACTOR = 64  # an element longer than 64x its file is a lie, not a truncation
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, FloatPixelData, DoubleFloatPixelData
 UNDEFINED_LENGTH = 0xFFFFFFFF
@@ -101,8 +103,9 @@ class DicomHeader:
         return UID(self.transfer_syntax).name if self.transfer_syntax else "unknown"
 
 
-def read_dataset(path: Path, *, source: str, pixels: bool) -> Dataset:
-    """Parse ``path``; ``pixels=False`` defers every value over 1 KiB (hostile lengths cost nothing)."""
+def read_dataset(path: Path, *, source: str) -> Dataset:
+    """Parse ``path`` with every value over 1 KiB deferred: hostile lengths cost nothing, and pixel
+    data is read from the file only when decoded."""
     kind = sniff(path)
     if kind == EMPTY:
         raise ScanError("empty_file", "zero-byte file", source)
@@ -116,7 +119,10 @@ def read_dataset(path: Path, *, source: str, pixels: bool) -> Dataset:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, force=kind == DICOM_NO_META, defer_size=None if pixels else DEFER_SIZE)
+            ds = pydicom.dcmread(path, force=kind == DICOM_NO_META, defer_size=DEFER_SIZE)
+            if ds.file_meta.get("TransferSyntaxUID") == pydicom.uid.DeflatedExplicitVRLittleEndian:
+                # deferred values point into the inflated stream, not the file: read everything
+                ds = pydicom.dcmread(path, force=kind == DICOM_NO_META)
     except _EOF_ERRORS as exc:
         raise ScanError("truncated", f"file ends inside the header ({type(exc).__name__})", source) from None
     except Exception as exc:  # pydicom raises many types; their texts may quote header values
@@ -171,19 +177,20 @@ def is_non_image_class(sop_class: str) -> bool:
     return sop_class.startswith(NON_IMAGE_PREFIXES)
 
 
-def parse_header(ds: Dataset, path: Path, *, source: str, deferred: bool = True) -> DicomHeader:
+def parse_header(ds: Dataset, path: Path, *, source: str) -> DicomHeader:
     """Validate ``ds`` (a dataset from ``read_dataset``) and extract a ``DicomHeader``.
 
-    ``deferred``: ``ds`` was read with deferred values, whose lengths are checked against the file.
     Raises ScanError for DICOMDIRs, non-image SOP classes, localizers, unsupported transfer
     syntaxes, missing or truncated pixel data and invalid matrix values.
     """
     with warnings.catch_warnings():  # pydicom warns with the offending value, which may identify
         warnings.simplefilter("ignore")
-        return _parse_header(ds, path, source, deferred)
+        return _parse_header(ds, path, source)
 
 
-def _parse_header(ds: Dataset, path: Path, source: str, deferred: bool) -> DicomHeader:
+def _parse_header(ds: Dataset, path: Path, source: str) -> DicomHeader:
+    if len(ds) == 0:  # pydicom drops a data set whose last element is cut by the end of the file
+        raise ScanError("truncated", "no data element could be read after the File Meta", source)
     identifying = identifying_values(ds, IDENTIFYING_KEYWORDS - DESCRIPTIVE_KEYWORDS)
     register_identifying(identifying)
     sop_class = _text(ds, "SOPClassUID") or str(ds.file_meta.get("MediaStorageSOPClassUID", ""))
@@ -194,6 +201,8 @@ def _parse_header(ds: Dataset, path: Path, source: str, deferred: bool) -> Dicom
     image_type = tuple(str(v).upper() for v in (_get(ds, "ImageType") or ()))
     if "LOCALIZER" in image_type or "SCOUT" in image_type:
         raise ScanError("localizer", "ImageType marks a localizer/scout image", source)
+    if "Rows" not in ds or not any(t in ds for t in PIXEL_TAGS):
+        _check_deferred_lengths(ds, path, source)  # a hostile length may have ended the parse early
     if not any(t in ds for t in PIXEL_TAGS):
         raise ScanError("no_pixel_data", "image without Pixel Data", source)
     transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
@@ -204,11 +213,10 @@ def _parse_header(ds: Dataset, path: Path, source: str, deferred: bool) -> Dicom
     n_frames = _int(ds, "NumberOfFrames") if "NumberOfFrames" in ds else 1
     if n_frames is None or n_frames < 1:
         raise ScanError("corrupt_header", "NumberOfFrames (0028,0008) is missing or invalid", source)
-    samples = _int(ds, "SamplesPerPixel") or 1
+    samples = _required_int(ds, "SamplesPerPixel", source)
     bits_allocated = _required_int(ds, "BitsAllocated", source)
-    if deferred:
-        _check_deferred_lengths(ds, path, source)
-    _check_pixel_data(ds, rows * cols * n_frames * samples, bits_allocated, source)
+    pixel_rep = _required_int(ds, "PixelRepresentation", source)
+    _check_pixel_data(ds, path, rows * cols * n_frames * samples, bits_allocated, source)
     built = plane_builders.build_planes(ds, rows=rows, cols=cols, n_frames=n_frames, source=source)
     warn = list(built.warnings)
     if getattr(ds.file_meta, "_cohortnet_inferred_ts", False):
@@ -228,7 +236,7 @@ def _parse_header(ds: Dataset, path: Path, source: str, deferred: bool) -> Dicom
         samples=samples,
         photometric=_text(ds, "PhotometricInterpretation").upper() or "MONOCHROME2",
         bits_stored=_int(ds, "BitsStored") or bits_allocated,
-        pixel_rep=_int(ds, "PixelRepresentation") or 0,
+        pixel_rep=pixel_rep,
         image_type=image_type,
         planes=built.planes,
         description=clean_description(_text(ds, "SeriesDescription"), identifying),
@@ -260,31 +268,34 @@ def _check_transfer_syntax(uid: str, source: str) -> None:
         )
 
 
-def _check_deferred_lengths(ds: Dataset, path: Path, source: str) -> None:
-    """A deferred value must fit in the file (hostile lengths such as 0x7FFFFFF0 are caught here)."""
+def _check_deferred_lengths(ds: Dataset, path: Path, source: str, tags: list[int] | None = None) -> None:
+    """Values not yet read must fit in the file: a hostile length (0x7FFFFFF0) is a corrupt header,
+    an element cut by the end of the file is a truncated file."""
+    if ds.file_meta.get("TransferSyntaxUID") == pydicom.uid.DeflatedExplicitVRLittleEndian:
+        return  # positions refer to the inflated stream
     size = path.stat().st_size
-    for tag in ds.keys():  # noqa: SIM118 (iterating a Dataset would convert every element)
+    for tag in list(ds.keys()) if tags is None else tags:  # keys, not elements: iterating converts them
         elem = ds.get_item(tag, keep_deferred=True)
         length, tell = getattr(elem, "length", None), getattr(elem, "value_tell", None)
-        if (
-            elem is None
-            or length in (None, UNDEFINED_LENGTH)
-            or tell is None
-            or getattr(elem, "value", 0) is not None
-        ):
+        if elem is None or length in (None, UNDEFINED_LENGTH) or tell is None or tell + length <= size:
             continue
-        if tell + length > size:
-            reason = "truncated" if int(tag) in PIXEL_TAGS else "corrupt_header"
+        hostile = length > MAX_FILE_BYTES or length > HOSTILE_FACTOR * size
+        reason = "corrupt_header" if hostile else "truncated"
+        if int(tag) in PIXEL_TAGS and not hostile:
             raise ScanError(
-                reason,
-                f"element {tag} claims {length} bytes but the file ends {size - tell} bytes later",
-                source,
+                reason, f"pixel data needs {length} bytes, the file ends {size - tell} bytes later", source
             )
+        raise ScanError(
+            reason,
+            f"element {Tag(tag)} claims {length} bytes, the file ends {size - tell} bytes later",
+            source,
+        )
 
 
-def _check_pixel_data(ds: Dataset, n_samples: int, bits_allocated: int, source: str) -> None:
-    """Pixel data must exist and, when uncompressed, hold every sample."""
+def _check_pixel_data(ds: Dataset, path: Path, n_samples: int, bits_allocated: int, source: str) -> None:
+    """Pixel data must fit in the file and, when uncompressed, hold every sample."""
     pixel_tag = next(t for t in PIXEL_TAGS if t in ds)
+    _check_deferred_lengths(ds, path, source, [pixel_tag])
     uid = UID(str(ds.file_meta.get("TransferSyntaxUID", "")))
     if uid.is_compressed:
         return
@@ -296,8 +307,8 @@ def _check_pixel_data(ds: Dataset, n_samples: int, bits_allocated: int, source: 
         raise ScanError("truncated", f"pixel data holds {length} of {expected} bytes", source)
 
 
-def read_header(path: str | Path, *, source: str, pixels: bool = False) -> tuple[DicomHeader, Dataset]:
-    """``(header, dataset)`` for one file; the dataset keeps pixel data when ``pixels=True``."""
+def read_header(path: str | Path, *, source: str) -> tuple[DicomHeader, Dataset]:
+    """``(header, dataset)`` for one file; the dataset's large values (pixel data) stay deferred."""
     path = Path(path)
-    ds = read_dataset(path, source=source, pixels=pixels)
-    return parse_header(ds, path, source=source, deferred=not pixels), ds
+    ds = read_dataset(path, source=source)
+    return parse_header(ds, path, source=source), ds

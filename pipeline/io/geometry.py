@@ -115,7 +115,7 @@ def plan_geometry(planes: Sequence[Plane], *, modality: str, source: str, same_f
             "ImageOrientationPatient",
             source,
         )
-    return _volume_3d(planes, modality, source)
+    return _volume_3d(planes, modality, source, check_instances=not same_file)
 
 
 def _plane_2d(planes: Sequence[Plane], modality: str, source: str) -> Geometry:
@@ -203,17 +203,17 @@ def _check_steps(d_sorted: np.ndarray, source: str) -> float:
 
 def _instance_warnings(planes: Sequence[Plane], volume: list[int]) -> list[str]:
     instances = [planes[i].instance for i in volume]
-    if len(set(instances)) == 1 and len(instances) > 1:
-        return []  # the tiles of one mosaic share the file's number
     if any(n is None for n in instances):
         return ["missing_instance_number"]
+    if len(instances) > 1 and len(set(instances)) == 1:
+        return []  # the tiles of one mosaic share their file's number
     diffs = np.diff(np.asarray(instances, float))
     if len(diffs) and not (np.all(diffs > 0) or np.all(diffs < 0)):
         return ["instance_order_mismatch"]
     return []
 
 
-def _volume_3d(planes: Sequence[Plane], modality: str, source: str) -> Geometry:
+def _volume_3d(planes: Sequence[Plane], modality: str, source: str, *, check_instances: bool) -> Geometry:
     row, col = _unit_axes(planes[0].orientation, source)  # type: ignore[arg-type]
     normal = np.cross(row, col)
     pos = _positions(planes, source)
@@ -236,7 +236,8 @@ def _volume_3d(planes: Sequence[Plane], modality: str, source: str) -> Geometry:
         )
     cos_tilt = abs(step @ normal) / np.linalg.norm(step)
     tilt = float(np.degrees(np.arccos(min(1.0, cos_tilt))))
-    warn += _instance_warnings(planes, first)
+    if check_instances:  # frames of one file are ordered by their functional groups, not numbers
+        warn += _instance_warnings(planes, first)
     if tilt > TILT_TOL_DEG:
         warn.append("gantry_tilt")
     affine = _ras(row, col, step, spacing, pos[first[0]])

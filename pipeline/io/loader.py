@@ -68,7 +68,7 @@ def load_scan(
     if not path.exists():
         raise ScanError("not_found", "path does not exist", source)
     if path.is_dir():
-        scan = _load_dicom(sorted(p for p in path.iterdir() if p.is_file()), source, volumes)
+        scan = _load_dicom(sorted(p for p in path.iterdir() if p.is_file()), source, volumes, folder=True)
     else:
         kind = sniff.sniff(path)
         if kind in (sniff.NIFTI, sniff.NIFTI_GZ):
@@ -78,20 +78,23 @@ def load_scan(
         elif sniff.has_nifti_name(path):
             raise ScanError("corrupt_file", "named like NIfTI but its content is not NIfTI", source)
         else:
-            scan = _load_dicom([path], source, volumes)
+            scan = _load_dicom([path], source, volumes, folder=False)
     return _apply_nonfinite(scan, nonfinite, source)
 
 
-def _read_all(files: list[Path], source: str) -> tuple[list[DicomHeader], dict[Path, Dataset], int]:
+def _read_all(
+    files: list[Path], source: str, folder: bool
+) -> tuple[list[DicomHeader], dict[Path, Dataset], int]:
+    """Headers of ``files``; in a folder, non-DICOM files and DICOMDIRs are skipped and counted."""
     headers, datasets, skipped = [], {}, 0
     for n, f in enumerate(files, 1):
-        if len(files) > 1 and sniff.sniff(f) in (sniff.UNKNOWN, sniff.EMPTY):
+        if folder and sniff.sniff(f) in (sniff.UNKNOWN, sniff.EMPTY):
             skipped += 1  # README, Thumbs.db, 0-byte files: recorded as a count, never by name
             continue
         try:
-            header, ds = read_header(f, source=source, pixels=True)
+            header, ds = read_header(f, source=source)
         except ScanError as exc:
-            if exc.reason in SKIP_REASONS and len(files) > 1:
+            if exc.reason in SKIP_REASONS and folder:
                 skipped += 1
                 continue
             prefix = f"file {n} of {len(files)}: " if len(files) > 1 else ""
@@ -101,11 +104,15 @@ def _read_all(files: list[Path], source: str) -> tuple[list[DicomHeader], dict[P
     return headers, datasets, skipped
 
 
-def _load_dicom(files: list[Path], source: str, volumes: str) -> Scan:
-    headers, datasets, skipped = _read_all(files, source)
+def _load_dicom(files: list[Path], source: str, volumes: str, folder: bool) -> Scan:
+    headers, datasets, skipped = _read_all(files, source, folder)
     if not headers:
         raise ScanError("no_dicom", f"no DICOM image among {len(files)} file(s)", source)
     stacks = group_stacks(headers)
+    rejections = {(s.rejection.reason, s.rejection.detail) for s in stacks if s.rejection is not None}
+    if len(stacks) > 1 and len(rejections) == 1 and all(s.rejection for s in stacks):
+        reason, detail = rejections.pop()  # e.g. a 3-plane localizer: one verdict for the folder
+        raise ScanError(reason, detail, source)
     if len(stacks) > 1:
         raise ScanError(
             "multiple_series", f"{len(stacks)} series/stacks; `cohortnet scan` splits them", source
