@@ -127,6 +127,12 @@ def _split(
             f"--threshold-split-col {col!r}: need rows with and without {args.threshold_split_value!r}"
         )
         return df, None
+    if args.group_col in df.columns:
+        both = set(df.loc[is_val, args.group_col]) & set(df.loc[~is_val, args.group_col])
+        if both:
+            problems.append(
+                f"{len(both)} patient(s) have rows in both the validation and the evaluated part (leakage)"
+            )
     return df[~is_val].reset_index(drop=True), df[is_val].reset_index(drop=True)
 
 
