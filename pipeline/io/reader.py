@@ -118,8 +118,10 @@ class CohortnetDicomReader(ImageReader):
         return False
 
     def read(self, data: Sequence[PathLike] | PathLike, **kwargs: Any) -> Scan:
-        if not isinstance(data, str | os.PathLike):
-            raise TypeError("CohortnetDicomReader reads one series folder or one file, not a list")
+        if not isinstance(data, str | os.PathLike):  # LoadImage passes a 1-tuple
+            if len(data) != 1:
+                raise TypeError("CohortnetDicomReader reads one series folder or one file per call")
+            data = data[0]
         path = Path(os.fspath(data))
         return load_scan(path, nonfinite=self.nonfinite, source=default_source(path), volumes=self.volumes)
 

@@ -114,7 +114,10 @@ def _position_key(plane: Plane) -> tuple[float, ...] | None:
 
 
 def _split_acquisitions(items: list[Item]) -> list[list[Item]]:
-    """Split by AcquisitionNumber when acquisitions cover different positions (not time points)."""
+    """Split by AcquisitionNumber when each acquisition is a stack of its own at other positions.
+
+    Acquisitions covering the same positions stay together (time points: a multi-volume series).
+    """
     positions = [_position_key(p) for _, p in items]
     if None in positions or len(set(positions)) == len(positions):
         return [items]
@@ -125,8 +128,7 @@ def _split_acquisitions(items: list[Item]) -> list[list[Item]]:
         return [items]
     sets = [{_position_key(p) for _, p in part} for part in by_acq.values()]
     unique_within = all(len(s) == len(part) for s, part in zip(sets, by_acq.values(), strict=True))
-    disjoint = sum(len(s) for s in sets) == len(set().union(*sets))
-    if unique_within and disjoint:
+    if unique_within and any(s != sets[0] for s in sets):
         return [by_acq[k] for k in sorted(by_acq)]
     return [items]
 
@@ -155,9 +157,10 @@ def _series_rules(stacks: list[Stack], source: str) -> None:
 
 
 def _interleaved(a: Stack, b: Stack) -> bool:
-    """Same orientation and overlapping ranges along the normal."""
-    oa, ob = _geometry_key(a.items[0][1])[0], _geometry_key(b.items[0][1])[0]
-    if oa is None or oa != ob:
+    """Same orientation, another matrix or pixel spacing, and overlapping ranges along the normal."""
+    ka, kb = _geometry_key(a.items[0][1]), _geometry_key(b.items[0][1])
+    oa = ka[0]
+    if oa is None or oa != kb[0] or ka == kb:
         return False
     o = np.asarray(oa, float)
     normal = np.cross(o[:3], o[3:])

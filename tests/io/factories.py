@@ -103,6 +103,7 @@ def write_dicom(
     Pixel attributes are derived from ``pixels`` unless ``tags`` sets them; a tag set to None is
     left out. ``preamble=False`` writes a bare data set (no preamble, no File Meta).
     """
+    path.parent.mkdir(parents=True, exist_ok=True)
     ds = Dataset()
     defaults: dict[str, Any] = {"SOPClassUID": CT_IMAGE, "SOPInstanceUID": generate_uid(), "Modality": "CT"}
     if pixels is not None:
@@ -273,6 +274,7 @@ def write_nifti(
 ) -> Path:
     """NIfTI-1 or -2 with explicit transform codes (``qform`` differs from the sform when given)."""
     affine = np.diag([0.8, 0.9, 2.0, 1.0]) if affine is None else affine
+    path.parent.mkdir(parents=True, exist_ok=True)
     cls = nib.Nifti2Image if version == 2 else nib.Nifti1Image
     img = cls(np.asarray(data), None)
     q = affine if qform is None else qform
