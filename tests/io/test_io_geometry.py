@@ -35,8 +35,17 @@ def test_clean_series_has_exact_values_affine_and_spacing(corpus: dict[str, Path
     assert scan.meta["n_files"] == 9
 
 
-@pytest.mark.parametrize("case", ["d02_instance_descending", "d03_instance_scrambled", "d04_instance_missing",
-                                  "d28_copied_file", "d29_invalid_is", "d20_junk_in_folder"])  # fmt: skip
+@pytest.mark.parametrize(
+    "case",
+    [
+        "d02_instance_descending",
+        "d03_instance_scrambled",
+        "d04_instance_missing",
+        "d28_copied_file",
+        "d29_invalid_is",
+        "d20_junk_in_folder",
+    ],
+)
 def test_slices_are_ordered_by_position_not_instance_number(corpus: dict[str, Path], case: str) -> None:
     scan = load_scan(corpus[case], source=case)
     np.testing.assert_array_equal(scan.array, ramp())
@@ -149,9 +158,15 @@ def test_radiograph_without_patient_geometry_gets_the_default_lps_plane(corpus: 
 
 @pytest.mark.parametrize(
     "name",
-    ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm",
-     "MR_small_bigendian.dcm", "MR_small_implicit.dcm", "MR_small_expb.dcm"],
-)  # fmt: skip
+    [
+        "MR_small_RLE.dcm",
+        "MR_small_jp2klossless.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_implicit.dcm",
+        "MR_small_expb.dcm",
+    ],
+)
 def test_lossless_encodings_decode_to_the_same_values(name: str) -> None:
     reference = load_scan(pydicom_file("MR_small.dcm"))
     scan = load_scan(pydicom_file(name))

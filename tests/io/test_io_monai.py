@@ -34,8 +34,13 @@ def test_same_image_as_dicom_series_and_nifti_gives_the_same_tensor(tmp_path: Pa
     normal = np.cross(iop[:3], iop[3:])
     positions = [tuple(np.add(origin, 2.0 * k * normal)) for k in range(9)]
     order = [4, 0, 8, 2, 6, 1, 7, 3, 5]  # files in a scrambled order, instance numbers scrambled too
-    write_series(tmp_path / "dcm", volume[:, :, order], iop=iop, positions=[positions[k] for k in order],
-                 instances=[9 - k for k in order])  # fmt: skip
+    write_series(
+        tmp_path / "dcm",
+        volume[:, :, order],
+        iop=iop,
+        positions=[positions[k] for k in order],
+        instances=[9 - k for k in order],
+    )
     affine = expected_affine(iop, SPACING, 2.0 * normal, origin)
     write_nifti(tmp_path / "img.nii.gz", volume, affine)
     chain = _pipeline_3d()

@@ -26,8 +26,14 @@ def _cohort(root: Path) -> dict[str, list[Path]]:
     ct = write_series(
         root / "export" / "a b" / "1", PatientID="P1", StudyInstanceUID=study, AccessionNumber="A1"
     )
-    mr = write_series(root / "export" / "x" / "y" / "z", ramp((5, 6, 3)), PatientID="P2", Modality="MR",
-                      AccessionNumber="A2", names=["1", "2", "3"])  # fmt: skip
+    mr = write_series(
+        root / "export" / "x" / "y" / "z",
+        ramp((5, 6, 3)),
+        PatientID="P2",
+        Modality="MR",
+        AccessionNumber="A2",
+        names=["1", "2", "3"],
+    )
     nii = write_nifti(root / "nifti" / "P1.nii.gz", ramp().astype(np.int16))
     return {"ct": ct, "mr": mr, "nii": [nii]}
 
@@ -81,7 +87,8 @@ def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
         == 0
     )
     table = capsys.readouterr().out
-    assert "ok" in table and "3 usable image(s)" in table
+    assert "ok" in table
+    assert "3 usable image(s)" in table
     (tmp_path / "data" / "junk.dcm").write_text("not dicom")
     assert (
         cli.main(["scan", str(tmp_path / "data"), "--out", str(tmp_path / "o" / "m.csv"), "--no-progress"])
@@ -96,8 +103,14 @@ def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 def test_every_argument_problem_is_listed_at_once(tmp_path: Path) -> None:
     (tmp_path / "key").write_bytes(b"short")
     with pytest.raises(ValidationError) as info:
-        scan_tree(tmp_path / "nowhere", out_manifest=tmp_path / "o" / "m.csv", pseudonymize_key_file=tmp_path / "key",
-                  reid_table=tmp_path / "o" / "reid.csv", label_col="y", layout="teleport")  # fmt: skip
+        scan_tree(
+            tmp_path / "nowhere",
+            out_manifest=tmp_path / "o" / "m.csv",
+            pseudonymize_key_file=tmp_path / "key",
+            reid_table=tmp_path / "o" / "reid.csv",
+            label_col="y",
+            layout="teleport",
+        )
     assert len(info.value.problems) == 5
     assert info.value.exit_code == 2
 
@@ -108,10 +121,24 @@ def test_one_uid_holding_several_stacks_is_split(tmp_path: Path) -> None:
         tmp_path / "d", names=[f"a{k}" for k in range(9)], SeriesInstanceUID=uid, AcquisitionNumber=1
     )
     far = positions_along(4, origin=(0, 0, 100))
-    write_series(tmp_path / "d", ramp((7, 8, 4)), positions=far, names=[f"b{k}" for k in range(4)],
-                 SeriesInstanceUID=uid, AcquisitionNumber=1, EchoNumbers=2)  # fmt: skip
-    write_series(tmp_path / "d", ramp((7, 8, 3)), iop=(0.0, 1.0, 0.0, 0.0, 0.0, -1.0), step=3.0,
-                 names=[f"c{k}" for k in range(3)], SeriesInstanceUID=uid, AcquisitionNumber=1)  # fmt: skip
+    write_series(
+        tmp_path / "d",
+        ramp((7, 8, 4)),
+        positions=far,
+        names=[f"b{k}" for k in range(4)],
+        SeriesInstanceUID=uid,
+        AcquisitionNumber=1,
+        EchoNumbers=2,
+    )
+    write_series(
+        tmp_path / "d",
+        ramp((7, 8, 3)),
+        iop=(0.0, 1.0, 0.0, 0.0, 0.0, -1.0),
+        step=3.0,
+        names=[f"c{k}" for k in range(3)],
+        SeriesInstanceUID=uid,
+        AcquisitionNumber=1,
+    )
     summary = scan_tree(tmp_path / "d", out_manifest=tmp_path / "o" / "m.csv", progress=False)
     assert sorted(_read(summary.manifest)["shape"]) == ["7x8x3", "7x8x4", "7x8x9"]
     assert _read(summary.manifest)[SERIES_ID].nunique() == 3
@@ -122,8 +149,14 @@ def test_acquisitions_at_different_positions_are_separate_images(tmp_path: Path)
     write_series(
         tmp_path / "d", names=[f"a{k}" for k in range(9)], SeriesInstanceUID=uid, AcquisitionNumber=1
     )
-    write_series(tmp_path / "d", ramp((7, 8, 6)), names=[f"b{k}" for k in range(6)], SeriesInstanceUID=uid,
-                 AcquisitionNumber=2, positions=positions_along(6, step=3.0))  # fmt: skip
+    write_series(
+        tmp_path / "d",
+        ramp((7, 8, 6)),
+        names=[f"b{k}" for k in range(6)],
+        SeriesInstanceUID=uid,
+        AcquisitionNumber=2,
+        positions=positions_along(6, step=3.0),
+    )
     manifest = _read(
         scan_tree(tmp_path / "d", out_manifest=tmp_path / "o" / "m.csv", progress=False).manifest
     )
@@ -135,14 +168,25 @@ def test_labels_join_by_patient_or_by_study(tmp_path: Path) -> None:
     pd.DataFrame({"patient_id": ["P1", "P2", "P9"], "dx": ["1", "0", "1"]}).to_csv(
         tmp_path / "l.csv", index=False
     )
-    summary = scan_tree(tmp_path / "data", out_manifest=tmp_path / "o" / "m.csv", labels_csv=tmp_path / "l.csv",
-                        label_col="dx", progress=False)  # fmt: skip
+    summary = scan_tree(
+        tmp_path / "data",
+        out_manifest=tmp_path / "o" / "m.csv",
+        labels_csv=tmp_path / "l.csv",
+        label_col="dx",
+        progress=False,
+    )
     manifest = _read(summary.manifest)
     assert dict(zip(manifest[PATIENT_ID], manifest[LABEL], strict=False)) == {"P1": "1", "P2": "0"}
     assert summary.labels_unmatched == 1
     pd.DataFrame({"study_id": ["A2"], "label": ["1"]}).to_csv(tmp_path / "s.csv", index=False)  # accession
-    by_study = _read(scan_tree(tmp_path / "data", out_manifest=tmp_path / "o2" / "m.csv", labels_csv=tmp_path / "s.csv",
-                               progress=False).manifest)  # fmt: skip
+    by_study = _read(
+        scan_tree(
+            tmp_path / "data",
+            out_manifest=tmp_path / "o2" / "m.csv",
+            labels_csv=tmp_path / "s.csv",
+            progress=False,
+        ).manifest
+    )
     assert sorted(by_study[LABEL]) == ["", "", "1"]
 
 
@@ -166,7 +210,7 @@ def test_pseudonyms_are_keyed_hmacs_stable_for_the_same_key(tmp_path: Path) -> N
                 pseudonymize_key_file=k,
                 progress=False,
             ).manifest
-        )  # fmt: skip
+        )
         for i, k in enumerate([tmp_path / "key", tmp_path / "key", tmp_path / "key2"])
     ]
     expected = hmac.new(key, b"P2", hashlib.sha256).hexdigest()[:16]
@@ -180,8 +224,13 @@ def test_reidentification_table_lives_outside_the_outputs(tmp_path: Path) -> Non
     _cohort(tmp_path / "data")
     (tmp_path / "key").write_bytes(b"0123456789abcdef")
     reid = tmp_path / "controller" / "reid.csv"
-    scan_tree(tmp_path / "data", out_manifest=tmp_path / "o" / "m.csv", pseudonymize_key_file=tmp_path / "key",
-              reid_table=reid, progress=False)  # fmt: skip
+    scan_tree(
+        tmp_path / "data",
+        out_manifest=tmp_path / "o" / "m.csv",
+        pseudonymize_key_file=tmp_path / "key",
+        reid_table=reid,
+        progress=False,
+    )
     table = _read(reid)
     assert {"P1", "P2"} <= set(table["original_patient_id"])
     assert "export/a b/1" in set(table["relative_paths"])
@@ -218,5 +267,6 @@ def test_systematic_failures_raise_an_alarm(tmp_path: Path) -> None:
         write_dicom(tmp_path / "d" / f"{i}.dcm", {"SeriesInstanceUID": generate_uid()}, None)
     write_series(tmp_path / "d" / "ok")
     summary = scan_tree(tmp_path / "d", out_manifest=tmp_path / "o" / "m.csv", progress=False)
-    assert summary.alarms and "no_pixel_data" in summary.alarms[0]
+    assert len(summary.alarms) == 1
+    assert "no_pixel_data" in summary.alarms[0]
     assert "ALARM" in summary.format_table()
