@@ -56,9 +56,7 @@ def binary_arrays(
     y = binary_labels(y_true)
     s = as_float_vector(y_score, score_name)
     if y.shape[0] != s.shape[0]:
-        raise ValueError(
-            f"y_true and {score_name} differ in length: {y.shape[0]} labels, {s.shape[0]} scores"
-        )
+        raise ValueError(f"y_true and {score_name} differ in length: {y.shape[0]} labels, {s.shape[0]} scores")
     if y.shape[0] == 0:
         raise ValueError("no observations: y_true is empty")
     n_bad = int((~np.isfinite(s)).sum())
@@ -79,9 +77,7 @@ def group_codes(groups: Any, n: int) -> IntArray:
     """Cluster ids of any hashable type -> codes 0..G-1, shape (n,); ValueError on length mismatch or NaN."""
     arr = np.asarray(groups)
     if arr.ndim != 1 or arr.shape[0] != n:
-        raise ValueError(
-            f"groups must be 1-D with one id per observation ({n}), but its shape is {arr.shape}"
-        )
+        raise ValueError(f"groups must be 1-D with one id per observation ({n}), but its shape is {arr.shape}")
     codes, _ = _factorize(arr)
     if (codes < 0).any():
         raise ValueError(f"groups has {int((codes < 0).sum())} missing cluster id(s)")

@@ -122,9 +122,7 @@ def bootstrap_aucs(
     sorted_scores = [SortedScore.build(y, s) for s in scores]
     out = [
         np.column_stack([weighted_auc(ss, w) for ss in sorted_scores])
-        for w in replicate_weights(
-            y, clusters=clusters, n_bootstrap=n_bootstrap, rng=rng, stratified=stratified
-        )
+        for w in replicate_weights(y, clusters=clusters, n_bootstrap=n_bootstrap, rng=rng, stratified=stratified)
     ]
     return np.vstack(out)
 
@@ -178,9 +176,7 @@ def percentile_interval(replicates: FloatArray, level: float) -> tuple[float, fl
     return float(lo), float(hi)
 
 
-def bca_interval(
-    replicates: FloatArray, estimate: float, jackknife: FloatArray, level: float
-) -> tuple[float, float]:
+def bca_interval(replicates: FloatArray, estimate: float, jackknife: FloatArray, level: float) -> tuple[float, float]:
     """Bias-corrected and accelerated interval (Efron 1987) from replicates (B,) and jackknife values (J,).
 
     Falls back to the percentile interval when the bias correction is undefined (all replicates on

@@ -67,9 +67,7 @@ def delong_paired_test(
     return _result(auc[0], auc[1], se, (z, p), ci, method=method, n=len(y), level=level)
 
 
-def delong_unpaired_test(
-    y1: Any, score1: Any, y2: Any, score2: Any, *, level: float = 0.95
-) -> dict[str, Any]:
+def delong_unpaired_test(y1: Any, score1: Any, y2: Any, score2: Any, *, level: float = 0.95) -> dict[str, Any]:
     """DeLong test for two independent cohorts, as pROC's unpaired ``roc.test``.
 
     Statistic D = (auc1 - auc2) / sqrt(var1 + var2) against a t distribution whose degrees of

@@ -70,9 +70,7 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def _macro_replicates(
-    lab: np.ndarray, sc: np.ndarray, classes: Sequence[Any], n_bootstrap: int, seed: int
-) -> Any:
+def _macro_replicates(lab: np.ndarray, sc: np.ndarray, classes: Sequence[Any], n_bootstrap: int, seed: int) -> Any:
     """Macro-average AUC per bootstrap replicate, (B,); rows resampled within each class."""
     rng = np.random.default_rng(seed)
     n = lab.size

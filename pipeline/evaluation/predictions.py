@@ -69,9 +69,7 @@ def _calibration_sections(
 def _comparison(y: np.ndarray, s: np.ndarray, s2: np.ndarray, opts: dict[str, Any]) -> dict[str, Any]:
     """Paired test of ``s`` against ``s2`` on the same cases: DeLong, or bootstrap if the CI method is."""
     if opts["ci_method"].startswith("bootstrap"):
-        return bootstrap_paired_test(
-            y, s, s2, n_bootstrap=opts["n_bootstrap"], seed=opts["seed"], level=opts["level"]
-        )
+        return bootstrap_paired_test(y, s, s2, n_bootstrap=opts["n_bootstrap"], seed=opts["seed"], level=opts["level"])
     return delong_paired_test(y, s, s2, level=opts["level"])
 
 
@@ -87,9 +85,7 @@ def _validated(df: pd.DataFrame, cols: dict[str, Any], score_cols: Sequence[str]
     return out
 
 
-def _per_unit(
-    rows: pd.DataFrame, cols: dict[str, Any], score_cols: Sequence[str], aggregate: str
-) -> pd.DataFrame:
+def _per_unit(rows: pd.DataFrame, cols: dict[str, Any], score_cols: Sequence[str], aggregate: str) -> pd.DataFrame:
     """One row per patient when ``group_col`` is set (scores combined by ``aggregate``), else ``rows``."""
     if cols["group_col"] is None:
         return rows.reset_index(drop=True)

@@ -28,9 +28,7 @@ def _with_ci(d: dict[str, Any], key: str) -> str:
 def _header(m: dict[str, Any]) -> list[str]:
     level = round(100 * float(m.get("ci_level", 0.95)))
     unit = m.get("unit", "row")
-    counts = f"n = {m.get('n')}" + (
-        f", {m['n_positive']} positive" if m.get("n_positive") is not None else ""
-    )
+    counts = f"n = {m.get('n')}" + (f", {m['n_positive']} positive" if m.get("n_positive") is not None else "")
     if m.get("n_patients") is not None:
         counts += f" (patients; {m.get('n_images')} images, scores combined by {m.get('aggregate')})"
     return [
@@ -85,20 +83,15 @@ def _groups_block(m: dict[str, Any]) -> list[str]:
     for col, sub in m.get("subgroups", {}).items():
         lines += ["", f"Subgroups by {col}" + (f" ({sub['derived']})" if sub.get("derived") else "") + ":"]
         for g in sub["groups"]:
-            lines.append(
-                f"  {g['value']!s:<20} n={g['n']:<6} pos={g['n_positive']:<5} AUC {_with_ci(g, 'auc')}"
-            )
+            lines.append(f"  {g['value']!s:<20} n={g['n']:<6} pos={g['n_positive']:<5} AUC {_with_ci(g, 'auc')}")
         het = sub.get("heterogeneity")
         if het:
-            lines.append(
-                f"  heterogeneity: Q = {_num(het['q'])} (df {het['df']}), p = {_num(het['p_value'], 4)}"
-            )
+            lines.append(f"  heterogeneity: Q = {_num(het['q'])} (df {het['df']}), p = {_num(het['p_value'], 4)}")
     folds = m.get("folds")
     if folds:
         lines += [
             "",
-            f"Folds ({folds['n_folds']}): AUC mean {_num(folds.get('auc_mean'))}, "
-            f"SD {_num(folds.get('auc_sd'))}",
+            f"Folds ({folds['n_folds']}): AUC mean {_num(folds.get('auc_mean'))}, SD {_num(folds.get('auc_sd'))}",
         ]
         for f in folds["per_fold"]:
             lines.append(f"  fold {f['fold']!s:<8} n={f['n']:<6} AUC {_with_ci(f, 'auc')}")

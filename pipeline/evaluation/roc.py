@@ -76,9 +76,7 @@ def delong_covariance(y: IntArray, scores: FloatArray) -> tuple[FloatArray, Floa
     return auc, s10 / m + s01 / n0
 
 
-def clustered_covariance(
-    y: IntArray, scores: FloatArray, clusters: IntArray
-) -> tuple[FloatArray, FloatArray]:
+def clustered_covariance(y: IntArray, scores: FloatArray, clusters: IntArray) -> tuple[FloatArray, FloatArray]:
     """AUCs (k,) and covariance (k, k) when observations are grouped in clusters (patients).
 
     Obuchowski (1997, Biometrics 53:567) extension of DeLong: placements are summed per cluster, so
@@ -104,9 +102,7 @@ def clustered_covariance(
     return auc, cov
 
 
-def normal_interval(
-    estimate: float, se: float, level: float, lo: float = 0.0, hi: float = 1.0
-) -> tuple[float, float]:
+def normal_interval(estimate: float, se: float, level: float, lo: float = 0.0, hi: float = 1.0) -> tuple[float, float]:
     """Wald interval ``estimate +/- z se``, clipped to [lo, hi]; (NaN, NaN) if se is undefined."""
     if not np.isfinite(se):
         return float("nan"), float("nan")

@@ -115,9 +115,7 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def make_summariser(
-    *, ci_method: str, n_bootstrap: int, seed: int, threshold: float | None, level: float
-) -> Summarise:
+def make_summariser(*, ci_method: str, n_bootstrap: int, seed: int, threshold: float | None, level: float) -> Summarise:
     """A ``summarise(y, s)`` with the study's CI method and locked threshold fixed."""
 
     def summarise(y: np.ndarray, s: np.ndarray) -> dict[str, Any]:

@@ -36,9 +36,7 @@ def auc_interval(
         raise ValueError(f"ci_method must be one of {CI_METHODS}, got {ci_method!r}")
     yy, ss = binary_arrays(y, s)
     if ci_method.startswith("delong"):
-        ci = delong_ci(
-            yy, ss, groups=groups, level=level, transform="none" if ci_method == "delong_wald" else "logit"
-        )
+        ci = delong_ci(yy, ss, groups=groups, level=level, transform="none" if ci_method == "delong_wald" else "logit")
         return {
             "auc": py_float(ci.auc),
             "auc_ci_low": py_float(ci.low),
@@ -104,18 +102,10 @@ def binary_summary(
     out: dict[str, Any] = {"n": int(y.size), "n_positive": n_pos, "n_negative": int(y.size - n_pos)}
     if groups is not None:
         out["n_clusters"] = int(group_codes(groups, len(y)).max()) + 1
-    out.update(
-        auc_interval(
-            y, s, groups=groups, ci_method=ci_method, n_bootstrap=n_bootstrap, seed=seed, level=level
-        )
-    )
+    out.update(auc_interval(y, s, groups=groups, ci_method=ci_method, n_bootstrap=n_bootstrap, seed=seed, level=level))
     warnings = size_warnings(n_pos, int(y.size - n_pos))
     if out["auc_ci_low"] is not None and out["auc_ci_low"] == out["auc_ci_high"]:
-        why = (
-            "the classes are perfectly separated"
-            if out["auc"] in (0.0, 1.0)
-            else "the scores carry no spread"
-        )
+        why = "the classes are perfectly separated" if out["auc"] in (0.0, 1.0) else "the scores carry no spread"
         warnings.append(f"the AUC interval has zero width ({why}) and is not informative")
     if threshold is None and threshold_rule is not None:
         threshold = choose_threshold(y, s, threshold_rule)

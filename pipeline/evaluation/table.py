@@ -34,9 +34,7 @@ def resolve_positive(labels: pd.Series, positive: Any) -> tuple[str | None, list
     if positive is not None:
         pos = norm_label(positive)
         if pos not in values:
-            return None, [
-                f"positive label {positive!r} does not occur in the label column (values: {_few(values)})"
-            ]
+            return None, [f"positive label {positive!r} does not occur in the label column (values: {_few(values)})"]
         return pos, []
     if set(values) <= {"0", "1"}:
         return "1", []
@@ -77,9 +75,7 @@ def _label_problems(df: pd.DataFrame, label_col: str, positive: Any, n_scores: i
             )
         return problems
     if len(values) < 2:
-        problems.append(
-            f"label column {label_col!r} has a single value ({_few(values)}); ROC needs two classes"
-        )
+        problems.append(f"label column {label_col!r} has a single value ({_few(values)}); ROC needs two classes")
         return problems
     if len(values) > 2 and positive is None:
         problems.append(
@@ -121,9 +117,7 @@ def validate_score_table(
         problems += _label_problems(df, label_col, positive, len(score_cols))
     if group_col is not None and group_col in df.columns:
         if df[group_col].isna().any():
-            problems.append(
-                f"group column {group_col!r} has {int(df[group_col].isna().sum())} empty value(s)"
-            )
+            problems.append(f"group column {group_col!r} has {int(df[group_col].isna().sum())} empty value(s)")
         known = df.dropna(subset=[group_col])
         for col, why in ((label_col, "label"), (fold_col, "fold (the patient is in two folds: leakage)")):
             k = _constant_within(known, group_col, col) if col is not None and col in df.columns else 0

@@ -35,9 +35,7 @@ def parse_rule(rule: str | float) -> tuple[str, float | None]:
             except ValueError:
                 target = float("nan")
             if not 0.0 < target <= 1.0:
-                raise ValueError(
-                    f"threshold rule {rule!r}: the target {kind} must be in (0, 1], got {value!r}"
-                )
+                raise ValueError(f"threshold rule {rule!r}: the target {kind} must be in (0, 1], got {value!r}")
             return kind, target
     try:
         fixed = float(text)

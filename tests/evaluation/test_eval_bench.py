@@ -44,3 +44,9 @@ def test_full_speed_benchmark_passes():
     """Item 11: DeLong AUC with CI on 1,000,000 scores in under 2 seconds."""
     result = bench.speed_benchmark(n=1_000_000, repeats=5)
     assert result["passed"], bench.format_speed(result)
+
+
+def test_small_runs_give_no_verdict():
+    result = bench.coverage_benchmark(n_studies=20, sizes=(40,), n_bootstrap=50)
+    assert result["passed"] is None
+    assert "no verdict" in bench.format_coverage(result)

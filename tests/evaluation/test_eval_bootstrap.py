@@ -90,11 +90,7 @@ def test_cluster_jackknife_equals_refitting_with_mixed_clusters():
     s = np.round(rng.normal(y, 1.0), 1)
     auc, v10, v01 = delong_placements(y, s[None, :])
     got = jackknife_aucs(y, s, v10[0], v01[0], float(auc[0]), clusters=clusters)
-    want = [
-        roc_auc_score(y[clusters != c], s[clusters != c])
-        for c in range(12)
-        if len(set(y[clusters != c])) == 2
-    ]
+    want = [roc_auc_score(y[clusters != c], s[clusters != c]) for c in range(12) if len(set(y[clusters != c])) == 2]
     np.testing.assert_allclose(got, want, rtol=1e-12)
 
 

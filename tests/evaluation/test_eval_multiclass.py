@@ -36,9 +36,7 @@ def test_multiclass_through_evaluate_predictions():
     df = pd.DataFrame({"dx": labels, "p_a": probs[:, 0], "p_ca": probs[:, 1], "p_cy": probs[:, 2]})
     m = evaluate_predictions(df, label_col="dx", score_col=["p_a", "p_ca", "p_cy"], n_bootstrap=300)
     assert m["task"] == "multiclass"
-    assert m["auc"] == pytest.approx(
-        roc_auc_score(labels, probs, multi_class="ovr", labels=sorted(set(labels)))
-    )
+    assert m["auc"] == pytest.approx(roc_auc_score(labels, probs, multi_class="ovr", labels=sorted(set(labels))))
     assert [r["score_col"] for r in m["multiclass"]["per_class"]] == ["p_a", "p_ca", "p_cy"]
     assert sum(m["n_per_class"].values()) == 300
 

@@ -33,9 +33,7 @@ def test_binary_summary_contract_keys_and_json():
 
 def test_per_patient_is_primary_and_image_level_uses_clusters():
     df = probability_table(60, 3, seed=1)
-    m = evaluate_predictions(
-        df, label_col="label", score_col="score", group_col="patient_id", n_bootstrap=300
-    )
+    m = evaluate_predictions(df, label_col="label", score_col="score", group_col="patient_id", n_bootstrap=300)
     assert m["unit"] == "patient"
     assert (m["n_patients"], m["n_images"], m["n"]) == (60, 180, 60)
     per_patient = aggregate_by_patient(df, "patient_id", ["score"], "mean")
@@ -91,9 +89,7 @@ def test_full_metrics_sections_are_json_serialisable():
 def test_every_table_problem_is_listed_at_once():
     df = pd.DataFrame({"label": [0, 1, 2, 1], "score": [0.1, "x", None, 0.4], "pid": ["a", "a", "b", None]})
     with pytest.raises(ValidationError) as err:
-        evaluate_predictions(
-            df, label_col="label", score_col="score", group_col="pid", subgroup_cols=["nope"]
-        )
+        evaluate_predictions(df, label_col="label", score_col="score", group_col="pid", subgroup_cols=["nope"])
     text = "\n".join(err.value.problems)
     assert err.value.exit_code == 2
     assert "'nope' not found" in text

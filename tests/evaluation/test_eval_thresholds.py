@@ -87,9 +87,7 @@ def test_threshold_is_locked_on_validation_data_only():
     assert m["threshold_validation_n"] == 120
     assert m["sensitivity"] == threshold_metrics(yt, st, locked)["sensitivity"]
     test2 = test.assign(score=test["score"] * 3)
-    m2 = evaluate_predictions(
-        test2, label_col="label", score_col="score", threshold_df=val, calibration=False
-    )
+    m2 = evaluate_predictions(test2, label_col="label", score_col="score", threshold_df=val, calibration=False)
     assert m2["threshold"] == locked
 
 
