@@ -28,7 +28,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.errors import ValidationError
-    from pipeline.io.convert import convert
+    from pipeline.io.conversion import convert
 
     if not str(args.out).lower().endswith((".nii", ".nii.gz")):
         raise ValidationError(["the output file must end in .nii or .nii.gz"], "convert arguments")

@@ -17,7 +17,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pipeline.io.convert import convert
+    from pipeline.io.conversion import convert
     from pipeline.io.loader import Scan, load_scan
     from pipeline.io.reader import CohortnetDicomReader, LoadScand
     from pipeline.io.reasons import REASONS, verdict_of
@@ -30,7 +30,7 @@ _WHERE = {
     "CohortnetDicomReader": "reader",
     "scan_tree": "scan",
     "ScanSummary": "scan",
-    "convert": "convert",
+    "convert": "conversion",
     "REASONS": "reasons",
     "verdict_of": "reasons",
 }

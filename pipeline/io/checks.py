@@ -24,9 +24,7 @@ def check_nifti(path: Path, kind: str, *, source: str, verify: str, nonfinite: s
     nifti.check_extension(path, kind, source)
     info = nifti.inspect_nifti(path, source=source)
     if info.n_volumes > 1:
-        raise ScanError(
-            "multi_volume", f"4D NIfTI with {info.n_volumes} volumes; a classifier input needs one", source
-        )
+        raise ScanError("multi_volume", f"4D NIfTI with {info.n_volumes} volumes; a classifier input needs one", source)
     if verify != "header":
         data = nifti.read_nifti(path, info, source=source)
         n_bad = int(data.size - np.count_nonzero(np.isfinite(data)))

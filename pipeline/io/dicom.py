@@ -110,9 +110,7 @@ def read_dataset(path: Path, *, source: str) -> Dataset:
     if kind == EMPTY:
         raise ScanError("empty_file", "zero-byte file", source)
     if kind not in (DICOM, DICOM_NO_META):
-        raise ScanError(
-            "corrupt_file", "not a DICOM file by content (no 'DICM' marker or data element)", source
-        )
+        raise ScanError("corrupt_file", "not a DICOM file by content (no 'DICM' marker or data element)", source)
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
         raise ScanError("too_large", f"file of {size} bytes exceeds the {MAX_FILE_BYTES}-byte cap", source)
@@ -126,9 +124,7 @@ def read_dataset(path: Path, *, source: str) -> Dataset:
     except _EOF_ERRORS as exc:
         raise ScanError("truncated", f"file ends inside the header ({type(exc).__name__})", source) from None
     except Exception as exc:  # pydicom raises many types; their texts may quote header values
-        raise ScanError(
-            "corrupt_file", f"DICOM header cannot be parsed ({type(exc).__name__})", source
-        ) from None
+        raise ScanError("corrupt_file", f"DICOM header cannot be parsed ({type(exc).__name__})", source) from None
     if not ds.file_meta.get("TransferSyntaxUID"):
         _infer_transfer_syntax(ds)
     return ds
@@ -282,9 +278,7 @@ def _check_deferred_lengths(ds: Dataset, path: Path, source: str, tags: list[int
         hostile = length > MAX_FILE_BYTES or length > HOSTILE_FACTOR * size
         reason = "corrupt_header" if hostile else "truncated"
         if int(tag) in PIXEL_TAGS and not hostile:
-            raise ScanError(
-                reason, f"pixel data needs {length} bytes, the file ends {size - tell} bytes later", source
-            )
+            raise ScanError(reason, f"pixel data needs {length} bytes, the file ends {size - tell} bytes later", source)
         raise ScanError(
             reason,
             f"element {Tag(tag)} claims {length} bytes, the file ends {size - tell} bytes later",

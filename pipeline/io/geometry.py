@@ -64,21 +64,15 @@ def _unit_axes(orientation: Sequence[float], source: str) -> tuple[np.ndarray, n
     row, col = o[:3], o[3:]
     nr, nc = np.linalg.norm(row), np.linalg.norm(col)
     if abs(nr - 1) > ORTHONORMAL_TOL or abs(nc - 1) > ORTHONORMAL_TOL or abs(row @ col) > ORTHONORMAL_TOL:
-        raise ScanError(
-            "invalid_geometry", "ImageOrientationPatient is not two orthogonal unit vectors", source
-        )
+        raise ScanError("invalid_geometry", "ImageOrientationPatient is not two orthogonal unit vectors", source)
     return row / nr, col / nc
 
 
-def _pixel_spacing(
-    planes: Sequence[Plane], modality: str, ndim: int, source: str
-) -> tuple[np.ndarray, list[str]]:
+def _pixel_spacing(planes: Sequence[Plane], modality: str, ndim: int, source: str) -> tuple[np.ndarray, list[str]]:
     spacing = planes[0].spacing
     if spacing is None:
         if ndim == 3 or modality in REQUIRES_SPACING:
-            raise ScanError(
-                "missing_pixel_spacing", f"PixelSpacing missing for a {modality or 'DICOM'} image", source
-            )
+            raise ScanError("missing_pixel_spacing", f"PixelSpacing missing for a {modality or 'DICOM'} image", source)
         return np.ones(2), ["assumed_pixel_spacing"]
     s = np.asarray(spacing, float)
     if not np.all(np.isfinite(s)) or np.any(s <= 0):
@@ -86,9 +80,7 @@ def _pixel_spacing(
     return s, []
 
 
-def _ras(
-    row: np.ndarray, col: np.ndarray, step: np.ndarray, spacing: np.ndarray, origin: np.ndarray
-) -> np.ndarray:
+def _ras(row: np.ndarray, col: np.ndarray, step: np.ndarray, spacing: np.ndarray, origin: np.ndarray) -> np.ndarray:
     """(i=column, j=row, k=slice) -> LPS, then to RAS; PixelSpacing is (between rows, between columns)."""
     lps = np.eye(4)
     lps[:3, 0] = row * spacing[1]
@@ -111,8 +103,7 @@ def plan_geometry(planes: Sequence[Plane], *, modality: str, source: str, same_f
     if not all(placed):
         raise ScanError(
             "missing_geometry",
-            f"{placed.count(False)} of {len(planes)} slices lack ImagePositionPatient or "
-            "ImageOrientationPatient",
+            f"{placed.count(False)} of {len(planes)} slices lack ImagePositionPatient or ImageOrientationPatient",
             source,
         )
     return _volume_3d(planes, modality, source, check_instances=not same_file)
@@ -167,9 +158,7 @@ def _volumes(planes: Sequence[Plane], clusters: list[list[int]], source: str) ->
     if len(counts) > 1:
         dup = sum(len(c) - 1 for c in clusters if len(c) > 1)
         n_dup_pos = sum(1 for c in clusters if len(c) > 1)
-        raise ScanError(
-            "duplicate_slices", f"{dup} extra slice(s) at {n_dup_pos} already occupied position(s)", source
-        )
+        raise ScanError("duplicate_slices", f"{dup} extra slice(s) at {n_dup_pos} already occupied position(s)", source)
     by_order = [sorted(c, key=lambda i: planes[i].order) for c in clusters]
     return [[c[t] for c in by_order] for t in range(counts.pop())]
 
@@ -223,10 +212,9 @@ def _volume_3d(planes: Sequence[Plane], modality: str, source: str, *, check_ins
     deviation = _check_steps(d, source)
     spacing, warn = _pixel_spacing(planes, modality, 3, source)
     n = len(first)
-    if n > 1:
-        step = (pos[first[-1]] - pos[first[0]]) / (n - 1)
-    else:
-        step = normal * (planes[first[0]].thickness or 1.0)
+    # the mean step between first and last slice: exact placement, sheared when the gantry is tilted
+    one_slice = normal * (planes[first[0]].thickness or 1.0)
+    step = (pos[first[-1]] - pos[first[0]]) / (n - 1) if n > 1 else one_slice
     residual = pos[first] - (pos[first[0]] + np.outer(np.arange(n), step))
     if n > 2 and np.abs(residual).max() > max(POSITION_TOL_MM, SPACING_REL_TOL * np.linalg.norm(step)):
         raise ScanError(

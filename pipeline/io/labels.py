@@ -43,9 +43,7 @@ def read_labels(path: Path, label_col: str) -> tuple[LabelTable | None, list[str
         return None, [f"labels file cannot be read as CSV ({type(exc).__name__})"]
     problems = []
     if label_col not in df.columns:
-        problems.append(
-            f"labels file has no column {label_col!r} (columns: {', '.join(map(str, df.columns))})"
-        )
+        problems.append(f"labels file has no column {label_col!r} (columns: {', '.join(map(str, df.columns))})")
     by = STUDY_ID if STUDY_ID in df.columns else PATIENT_ID if PATIENT_ID in df.columns else ""
     if not by:
         problems.append(f"labels file needs a {PATIENT_ID!r} or {STUDY_ID!r} column")

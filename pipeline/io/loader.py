@@ -82,9 +82,7 @@ def load_scan(
     return _apply_nonfinite(scan, nonfinite, source)
 
 
-def _read_all(
-    files: list[Path], source: str, folder: bool
-) -> tuple[list[DicomHeader], dict[Path, Dataset], int]:
+def _read_all(files: list[Path], source: str, folder: bool) -> tuple[list[DicomHeader], dict[Path, Dataset], int]:
     """Headers of ``files``; in a folder, non-DICOM files and DICOMDIRs are skipped and counted."""
     headers, datasets, skipped = [], {}, 0
     for n, f in enumerate(files, 1):
@@ -114,9 +112,7 @@ def _load_dicom(files: list[Path], source: str, volumes: str, folder: bool) -> S
         reason, detail = rejections.pop()  # e.g. a 3-plane localizer: one verdict for the folder
         raise ScanError(reason, detail, source)
     if len(stacks) > 1:
-        raise ScanError(
-            "multiple_series", f"{len(stacks)} series/stacks; `cohortnet scan` splits them", source
-        )
+        raise ScanError("multiple_series", f"{len(stacks)} series/stacks; `cohortnet scan` splits them", source)
     plan = plan_stack(stacks[0], source=source, volumes=volumes)
     array = assemble(plan, datasets, source=source)
     meta = dicom_meta(plan)
@@ -154,9 +150,7 @@ def _load_nifti(path: Path, kind: str, source: str, volumes: str) -> Scan:
     nifti.check_extension(path, kind, source)
     info = nifti.inspect_nifti(path, source=source)
     if info.n_volumes > 1 and volumes == "refuse":
-        raise ScanError(
-            "multi_volume", f"4D NIfTI with {info.n_volumes} volumes; a classifier input needs one", source
-        )
+        raise ScanError("multi_volume", f"4D NIfTI with {info.n_volumes} volumes; a classifier input needs one", source)
     array = nifti.read_nifti(path, info, source=source)
     if array.ndim == 4 and volumes == "first":
         array = array[..., 0]

@@ -109,9 +109,7 @@ def check_extension(path: Path, kind: str, source: str) -> None:
     gz_name = path.name.lower().endswith(".nii.gz")
     plain_name = path.name.lower().endswith(".nii")
     if not (gz_name if kind == NIFTI_GZ else plain_name):
-        raise ScanError(
-            "wrong_extension", "NIfTI content under another file name; rename it (.nii/.nii.gz)", source
-        )
+        raise ScanError("wrong_extension", "NIfTI content under another file name; rename it (.nii/.nii.gz)", source)
 
 
 def inspect_nifti(path: str | Path, *, source: str) -> NiftiInfo:
@@ -126,14 +124,10 @@ def inspect_nifti(path: str | Path, *, source: str) -> NiftiInfo:
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
     if len(shape) > 4 or len(shape) < 2:
-        raise ScanError(
-            "unsupported_dimensions", f"{len(shape)}D data {shape}; expected 2D, 3D or 4D (time)", source
-        )
+        raise ScanError("unsupported_dimensions", f"{len(shape)}D data {shape}; expected 2D, 3D or 4D (time)", source)
     dtype = img.header.get_data_dtype()
     if dtype.fields is not None or dtype.kind == "c":
-        raise ScanError(
-            "unsupported_dimensions", f"voxel type {dtype} (vector/complex) is not a scalar image", source
-        )
+        raise ScanError("unsupported_dimensions", f"voxel type {dtype} (vector/complex) is not a scalar image", source)
     affine, used, warn = _transform(img, source)
     version = 2 if isinstance(img, nib.Nifti2Image) else 1
     return NiftiInfo(shape, str(dtype), affine, used, version, tuple(warn))

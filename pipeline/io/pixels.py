@@ -57,9 +57,7 @@ def decode(ds: Dataset, header: DicomHeader, *, source: str) -> np.ndarray:
         arr = arr[..., None]
     expected = (header.n_frames, header.rows, header.cols)
     if arr.shape[:3] != expected:
-        raise ScanError(
-            "decode_failed", f"decoded shape {arr.shape[:3]} differs from header {expected}", source
-        )
+        raise ScanError("decode_failed", f"decoded shape {arr.shape[:3]} differs from header {expected}", source)
     return arr
 
 

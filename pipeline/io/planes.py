@@ -172,9 +172,7 @@ def _enhanced(ds: Dataset, matrix: tuple[int, int], n_frames: int, source: str) 
     shared_seq = ds.get("SharedFunctionalGroupsSequence") or []
     shared = shared_seq[0] if len(shared_seq) else None
     if len(per_frame) != n_frames:
-        raise ScanError(
-            "corrupt_header", f"{len(per_frame)} per-frame functional groups for {n_frames} frames", source
-        )
+        raise ScanError("corrupt_header", f"{len(per_frame)} per-frame functional groups for {n_frames} frames", source)
     planes = []
     for f, frame_fg in enumerate(per_frame):
         position = _fg_item(frame_fg, shared, "PlanePositionSequence")
@@ -216,9 +214,7 @@ def _mosaic(ds: Dataset, rows: int, cols: int, spacing: Vec | None, source: str)
     n_tiles = n_tiles or int(number(ds, "NumberOfImagesInMosaic", 0.0) or 0)  # XA: (0019,100A) absent here
     ipp, iop = floats(ds, "ImagePositionPatient", 3), floats(ds, "ImageOrientationPatient", 6)
     if n_tiles < 1 or ipp is None or iop is None or spacing is None:
-        raise ScanError(
-            "unsupported_image", "Siemens mosaic without a readable CSA header or geometry", source
-        )
+        raise ScanError("unsupported_image", "Siemens mosaic without a readable CSA header or geometry", source)
     grid = math.ceil(math.sqrt(n_tiles))
     if rows % grid or cols % grid:
         raise ScanError("unsupported_image", f"mosaic of {rows}x{cols} is not a {grid}x{grid} grid", source)

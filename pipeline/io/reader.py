@@ -112,9 +112,7 @@ class CohortnetDicomReader(ImageReader):
     def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
         if isinstance(filename, str | os.PathLike):
             path = Path(filename)
-            return path.is_dir() or (
-                path.is_file() and sniff.sniff(path) in (sniff.DICOM, sniff.DICOM_NO_META)
-            )
+            return path.is_dir() or (path.is_file() and sniff.sniff(path) in (sniff.DICOM, sniff.DICOM_NO_META))
         return False
 
     def read(self, data: Sequence[PathLike] | PathLike, **kwargs: Any) -> Scan:

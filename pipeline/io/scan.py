@@ -110,9 +110,7 @@ class ScanSummary:
         lines = [f"{'verdict':<9} {'reason':<28} {'kind':<7} {'count':>7} {'files':>7}"]
         for key in sorted(self.counts, key=lambda k: (order.get(k[0], 9), k[1], k[2])):
             verdict, reason, kind = key
-            lines.append(
-                f"{verdict:<9} {reason or '-':<28} {kind:<7} {self.counts[key]:>7} {self.files[key]:>7}"
-            )
+            lines.append(f"{verdict:<9} {reason or '-':<28} {kind:<7} {self.counts[key]:>7} {self.files[key]:>7}")
         lines.append(f"{self.n_images} usable image(s) from {self.n_files} file(s) in {self.seconds:.1f} s")
         lines.extend(f"ALARM: {a}" for a in self.alarms)
         if self.labels_unmatched or self.images_unlabelled:
@@ -240,9 +238,7 @@ def scan_tree(
     o = _Options(
         root=Path(root),
         manifest=manifest,
-        exclusions=Path(exclusions_out)
-        if exclusions_out
-        else manifest.with_name(manifest.stem + ".exclusions.csv"),
+        exclusions=Path(exclusions_out) if exclusions_out else manifest.with_name(manifest.stem + ".exclusions.csv"),
         labels_csv=Path(labels_csv) if labels_csv else None,
         label_col=label_col,
         key_file=Path(pseudonymize_key_file) if pseudonymize_key_file else None,

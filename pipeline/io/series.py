@@ -53,11 +53,7 @@ def _geometry_key(plane: Plane) -> tuple[object, ...]:
     orientation = None
     if plane.orientation is not None and np.all(np.isfinite(plane.orientation)):
         orientation = tuple(float(x) for x in np.round(plane.orientation, ORIENTATION_DECIMALS) + 0.0)
-    spacing = (
-        tuple(float(x) for x in np.round(plane.spacing, SPACING_DECIMALS))
-        if plane.spacing is not None
-        else None
-    )
+    spacing = tuple(float(x) for x in np.round(plane.spacing, SPACING_DECIMALS)) if plane.spacing is not None else None
     return (orientation, plane.matrix, spacing)
 
 
@@ -138,16 +134,12 @@ def _series_rules(stacks: list[Stack], source: str) -> None:
     orientations = {_geometry_key(s.items[0][1])[0] for s in stacks}
     if len(orientations) > 1 and all(len(s.items) <= LOCALIZER_MAX_PLANES for s in stacks):
         for s in stacks:
-            s.rejection = ScanError(
-                "localizer", f"{len(stacks)} small stacks in different orientations", source
-            )
+            s.rejection = ScanError("localizer", f"{len(stacks)} small stacks in different orientations", source)
         return
     for s in stacks:
         siblings = [o for o in stacks if o is not s]
         if len(s.items) == 1 and len(s.first.planes) == 1:
-            same_orientation = any(
-                _geometry_key(o.items[0][1])[0] == _geometry_key(s.items[0][1])[0] for o in siblings
-            )
+            same_orientation = any(_geometry_key(o.items[0][1])[0] == _geometry_key(s.items[0][1])[0] for o in siblings)
             reason = "mixed_matrix" if same_orientation else "localizer"
             s.rejection = ScanError(reason, "a single slice that differs from the rest of its series", source)
         elif any(_interleaved(s, o) for o in siblings):

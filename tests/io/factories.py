@@ -374,9 +374,7 @@ def make_canary_tree(root: Path, canary: str = "ZZCANARYZZ") -> CanaryTree:
     bad = root / f"{canary}_Doe_1" / "broken"
     bad.mkdir(parents=True)
     truncate(
-        write_dicom(
-            bad / f"{canary}_trunc.dcm", {"SeriesInstanceUID": generate_uid(), **ident}, ramp((6, 6))
-        ),
+        write_dicom(bad / f"{canary}_trunc.dcm", {"SeriesInstanceUID": generate_uid(), **ident}, ramp((6, 6))),
         400,
     )
     (bad / f"{canary}.txt").write_text(f"notes about {canary}\n")
@@ -507,9 +505,7 @@ def _twelve_bit_signed(folder: Path) -> Path:
 
 def _single(folder: Path, name: str, tags: dict[str, Any], pixels: np.ndarray | None, **kw: Any) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    return write_dicom(
-        folder / name, {"SeriesInstanceUID": generate_uid(), **patient_tags(), **tags}, pixels, **kw
-    )
+    return write_dicom(folder / name, {"SeriesInstanceUID": generate_uid(), **patient_tags(), **tags}, pixels, **kw)
 
 
 def _radiograph(folder: Path) -> Path:
@@ -679,9 +675,7 @@ def _d18(f: Path) -> Path:
     return _series_case(f, per_slice=[{"RescaleSlope": 1 + k, "RescaleIntercept": -10 * k} for k in range(9)])
 
 
-@case(
-    "d19_enhanced_multiframe", "enhanced MR: geometry only in per-frame functional groups, frames scrambled"
-)
+@case("d19_enhanced_multiframe", "enhanced MR: geometry only in per-frame functional groups, frames scrambled")
 def _d19(f: Path) -> Path:
     return write_enhanced(_mkdir(f) / "enh.dcm", frame_order=[4, 0, 8, 2, 6, 1, 7, 3, 5])
 
@@ -767,9 +761,7 @@ def _f08(f: Path) -> Path:
 
 @case("f09_mosaic_without_csa", "ImageType MOSAIC without a Siemens CSA header")
 def _f09(f: Path) -> Path:
-    tags = _geometry_tags(
-        ImageType=["ORIGINAL", "PRIMARY", "M", "MOSAIC"], Modality="MR", SOPClassUID=MR_IMAGE
-    )
+    tags = _geometry_tags(ImageType=["ORIGINAL", "PRIMARY", "M", "MOSAIC"], Modality="MR", SOPClassUID=MR_IMAGE)
     return _single(f, "IM.dcm", tags, ramp((16, 16)).T)
 
 
@@ -881,9 +873,7 @@ def _n10(f: Path) -> Path:
 
 @case("n11_singular_sform", "singular sform, no qform")
 def _n11(f: Path) -> Path:
-    return _nifti(
-        f, "img.nii.gz", ramp().astype(np.int16), qform_code=0, affine=np.diag([0.8, 0.0, 2.0, 1.0])
-    )
+    return _nifti(f, "img.nii.gz", ramp().astype(np.int16), qform_code=0, affine=np.diag([0.8, 0.0, 2.0, 1.0]))
 
 
 case("n12_pixdim_mismatch", "pixdim disagrees with the sform")(_pixdim_mismatch)

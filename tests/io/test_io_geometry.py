@@ -73,9 +73,7 @@ def test_gantry_tilt_keeps_every_slice_where_its_header_puts_it(corpus: dict[str
     for k in range(9):
         centre = scan.affine @ [0, 0, k, 1]
         np.testing.assert_allclose(centre, LPS_TO_RAS @ [0, 0, 2.0 * k, 1], atol=1e-9)
-    np.testing.assert_allclose(
-        scan.affine, expected_affine(_tilted(20), SPACING, (0, 0, 2), (0, 0, 0)), atol=1e-9
-    )
+    np.testing.assert_allclose(scan.affine, expected_affine(_tilted(20), SPACING, (0, 0, 2), (0, 0, 0)), atol=1e-9)
     np.testing.assert_array_equal(scan.array, ramp())
 
 
@@ -114,9 +112,7 @@ def test_twelve_bit_signed_values_take_their_sign_from_the_high_bit(corpus: dict
     np.testing.assert_array_equal(load_scan(corpus["d30_12bit_signed"]).array, ramp((7, 8, 3)) - 150)
 
 
-def test_enhanced_multiframe_is_placed_by_its_functional_groups(
-    corpus: dict[str, Path], tmp_path: Path
-) -> None:
+def test_enhanced_multiframe_is_placed_by_its_functional_groups(corpus: dict[str, Path], tmp_path: Path) -> None:
     scan = load_scan(corpus["d19_enhanced_multiframe"])
     np.testing.assert_array_equal(scan.array, ramp())
     np.testing.assert_allclose(scan.affine, expected_affine(AXIAL, SPACING, (0, 0, 2), (0, 0, 0)))
@@ -134,9 +130,7 @@ def test_multi_volume_series_follows_the_volume_rule(corpus: dict[str, Path]) ->
     all_volumes = load_scan(corpus["d23_multi_volume"], volumes="all")
     assert all_volumes.array.shape == (7, 8, 5, 2)
     np.testing.assert_array_equal(all_volumes.array[..., 1], full[:, :, 5:])
-    np.testing.assert_array_equal(
-        load_scan(corpus["d23_multi_volume"], volumes="first").array, full[:, :, :5]
-    )
+    np.testing.assert_array_equal(load_scan(corpus["d23_multi_volume"], volumes="first").array, full[:, :, :5])
     mean = load_scan(corpus["d23_multi_volume"], volumes="mean").array
     np.testing.assert_allclose(mean, (full[:, :, :5] + full[:, :, 5:]) / 2)
 

@@ -47,9 +47,7 @@ def _scan_verdict(folder: Path, out: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def table(
-    corpus: dict[str, Path], corpus_root: Path, tmp_path_factory: pytest.TempPathFactory
-) -> pd.DataFrame:
+def table(corpus: dict[str, Path], corpus_root: Path, tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     out = tmp_path_factory.mktemp("scans")
     rows = [
         {
@@ -79,8 +77,7 @@ def test_every_case_matches_its_golden_verdict(table: pd.DataFrame) -> None:
         | (merged["scan_golden"] != merged["scan_now"])
     ]
     assert diff.empty, (
-        "verdicts changed:\n"
-        + diff[["case", "load_golden", "load_now", "scan_golden", "scan_now"]].to_string()
+        "verdicts changed:\n" + diff[["case", "load_golden", "load_now", "scan_golden", "scan_now"]].to_string()
     )
 
 
@@ -95,6 +92,4 @@ def test_one_tree_of_every_bad_input_is_scanned_to_the_end(corpus_root: Path, tm
     assert summary.exit_code == 8
     assert summary.n_images >= 20
     assert len(exclusions) >= 40
-    assert {"truncated", "corrupt_header", "not_an_image", "missing_slices", "empty_file"} <= set(
-        exclusions["reason"]
-    )
+    assert {"truncated", "corrupt_header", "not_an_image", "missing_slices", "empty_file"} <= set(exclusions["reason"])

@@ -53,9 +53,7 @@ def test_same_image_as_dicom_series_and_nifti_gives_the_same_tensor(tmp_path: Pa
     torch.testing.assert_close(from_dicom.as_tensor(), from_nifti.as_tensor(), atol=1e-3, rtol=0)
 
 
-def test_same_radiograph_as_dicom_and_2d_nifti_gives_the_same_tensor(
-    corpus: dict[str, Path], tmp_path: Path
-) -> None:
+def test_same_radiograph_as_dicom_and_2d_nifti_gives_the_same_tensor(corpus: dict[str, Path], tmp_path: Path) -> None:
     inverted = (255 - ramp((6, 5))).astype(np.float32)
     write_nifti(tmp_path / "xr.nii.gz", inverted, np.diag([-0.2, -0.2, 1.0, 1.0]))
     chain = Compose(

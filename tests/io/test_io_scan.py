@@ -23,9 +23,7 @@ from pipeline.schema import IMAGE, LABEL, PATIENT_ID, SERIES_ID, STUDY_ID
 def _cohort(root: Path) -> dict[str, list[Path]]:
     """Two patients in nested, oddly named folders: P1 with a CT and a NIfTI, P2 with an MR."""
     study = generate_uid()
-    ct = write_series(
-        root / "export" / "a b" / "1", PatientID="P1", StudyInstanceUID=study, AccessionNumber="A1"
-    )
+    ct = write_series(root / "export" / "a b" / "1", PatientID="P1", StudyInstanceUID=study, AccessionNumber="A1")
     mr = write_series(
         root / "export" / "x" / "y" / "z",
         ramp((5, 6, 3)),
@@ -82,18 +80,12 @@ def test_exit_codes_partial_and_nothing_usable(tmp_path: Path) -> None:
 
 def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _cohort(tmp_path / "data")
-    assert (
-        cli.main(["scan", str(tmp_path / "data"), "--out", str(tmp_path / "o" / "m.csv"), "--no-progress"])
-        == 0
-    )
+    assert cli.main(["scan", str(tmp_path / "data"), "--out", str(tmp_path / "o" / "m.csv"), "--no-progress"]) == 0
     table = capsys.readouterr().out
     assert "ok" in table
     assert "3 usable image(s)" in table
     (tmp_path / "data" / "junk.dcm").write_text("not dicom")
-    assert (
-        cli.main(["scan", str(tmp_path / "data"), "--out", str(tmp_path / "o" / "m.csv"), "--no-progress"])
-        == 8
-    )
+    assert cli.main(["scan", str(tmp_path / "data"), "--out", str(tmp_path / "o" / "m.csv"), "--no-progress"]) == 8
     assert cli.main(["scan", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o" / "m.csv")]) == 2
     with pytest.raises(SystemExit) as usage:
         cli.main(["scan", str(tmp_path / "data")])  # --out missing: argparse usage error
@@ -117,9 +109,7 @@ def test_every_argument_problem_is_listed_at_once(tmp_path: Path) -> None:
 
 def test_one_uid_holding_several_stacks_is_split(tmp_path: Path) -> None:
     uid = generate_uid()
-    write_series(
-        tmp_path / "d", names=[f"a{k}" for k in range(9)], SeriesInstanceUID=uid, AcquisitionNumber=1
-    )
+    write_series(tmp_path / "d", names=[f"a{k}" for k in range(9)], SeriesInstanceUID=uid, AcquisitionNumber=1)
     far = positions_along(4, origin=(0, 0, 100))
     write_series(
         tmp_path / "d",
@@ -146,9 +136,7 @@ def test_one_uid_holding_several_stacks_is_split(tmp_path: Path) -> None:
 
 def test_acquisitions_at_different_positions_are_separate_images(tmp_path: Path) -> None:
     uid = generate_uid()
-    write_series(
-        tmp_path / "d", names=[f"a{k}" for k in range(9)], SeriesInstanceUID=uid, AcquisitionNumber=1
-    )
+    write_series(tmp_path / "d", names=[f"a{k}" for k in range(9)], SeriesInstanceUID=uid, AcquisitionNumber=1)
     write_series(
         tmp_path / "d",
         ramp((7, 8, 6)),
@@ -157,17 +145,13 @@ def test_acquisitions_at_different_positions_are_separate_images(tmp_path: Path)
         AcquisitionNumber=2,
         positions=positions_along(6, step=3.0),
     )
-    manifest = _read(
-        scan_tree(tmp_path / "d", out_manifest=tmp_path / "o" / "m.csv", progress=False).manifest
-    )
+    manifest = _read(scan_tree(tmp_path / "d", out_manifest=tmp_path / "o" / "m.csv", progress=False).manifest)
     assert sorted(manifest["shape"]) == ["7x8x6", "7x8x9"]
 
 
 def test_labels_join_by_patient_or_by_study(tmp_path: Path) -> None:
     _cohort(tmp_path / "data")
-    pd.DataFrame({"patient_id": ["P1", "P2", "P9"], "dx": ["1", "0", "1"]}).to_csv(
-        tmp_path / "l.csv", index=False
-    )
+    pd.DataFrame({"patient_id": ["P1", "P2", "P9"], "dx": ["1", "0", "1"]}).to_csv(tmp_path / "l.csv", index=False)
     summary = scan_tree(
         tmp_path / "data",
         out_manifest=tmp_path / "o" / "m.csv",
@@ -235,9 +219,7 @@ def test_reidentification_table_lives_outside_the_outputs(tmp_path: Path) -> Non
     assert {"P1", "P2"} <= set(table["original_patient_id"])
     assert "export/a b/1" in set(table["relative_paths"])
     with pytest.raises(ValidationError, match="outside the manifest's folder"):
-        scan_tree(
-            tmp_path / "data", out_manifest=tmp_path / "o" / "m.csv", reid_table=tmp_path / "o" / "r.csv"
-        )
+        scan_tree(tmp_path / "data", out_manifest=tmp_path / "o" / "m.csv", reid_table=tmp_path / "o" / "r.csv")
 
 
 @pytest.mark.parametrize("layout", ["symlink", "hardlink", "copy"])

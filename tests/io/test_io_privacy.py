@@ -1,0 +1,156 @@
+"""Privacy: keyed pseudonyms, log/warning redaction, and the canary test over scan, convert, load, logs."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import logging
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from factories import CanaryTree, find_canary
+
+from pipeline.errors import ScanError
+from pipeline.io import LoadScand, convert, load_scan, scan_tree
+from pipeline.privacy import (
+    IDENTIFYING_KEYWORDS,
+    Redactor,
+    clean_description,
+    install_redaction,
+    pseudonym,
+    register_identifying,
+    register_root,
+    uninstall_redaction,
+)
+from pipeline.schema import IMAGE, PATIENT_ID
+
+
+def test_pseudonym_is_a_16_hex_hmac_sha256() -> None:
+    assert pseudonym(b"k" * 16, "MRN-1") == hmac.new(b"k" * 16, b"MRN-1", hashlib.sha256).hexdigest()[:16]
+    assert pseudonym(b"k" * 16, "MRN-1") != pseudonym(b"j" * 16, "MRN-1")
+
+
+def test_identifying_keywords_cover_the_annex_e_basics() -> None:
+    basics = {
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "AccessionNumber",
+        "InstitutionName",
+        "OperatorsName",
+        "ReferringPhysicianName",
+        "ImageComments",
+        "StudyInstanceUID",
+    }
+    assert basics <= IDENTIFYING_KEYWORDS
+
+
+def test_redactor_removes_values_phrases_and_paths_but_not_lookalikes() -> None:
+    r = Redactor()
+    r.register_values(["Doe^Jane", "MRN-0012345", "19700101", "patient moved during the scan"])
+    r.register_root("/data/export")
+    text = "file /data/export/Doe_Jane/1.dcm: Jane DOE mrn-0012345 born 19700101, Janet; Patient moved during  the scan"
+    out = r.redact(text)
+    for leaked in ("Jane ", "DOE", "0012345", "19700101", "export", "moved"):
+        assert leaked not in out
+    assert "Janet" in out
+
+
+def test_descriptions_are_cleaned_against_the_headers_identifiers() -> None:
+    assert clean_description("T1 AXIAL post", ["Doe^Jane"]) == "T1 AXIAL post"
+    assert clean_description("Jane T1", ["Doe^Jane"]) == "[redacted]"
+    assert clean_description("=HYPERLINK(x)", []) == "HYPERLINK(x)"
+
+
+@pytest.fixture
+def captured_log() -> Iterator[io.StringIO]:
+    """Everything logged or warned while the test runs, through redaction installed as the CLI would."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    old_level = root.level
+    root.setLevel(logging.DEBUG)
+    logging.captureWarnings(True)
+    install_redaction(root)
+    try:
+        yield stream
+    finally:
+        uninstall_redaction()
+        logging.captureWarnings(False)
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+
+def test_installed_redaction_covers_any_logger_and_warnings(captured_log: io.StringIO, tmp_path: Path) -> None:
+    register_identifying(["Doe^Jane"])
+    register_root(tmp_path)
+    logging.getLogger("monai.data").warning("failed to read %s/Doe/IM1 for Jane", tmp_path)
+    try:
+        raise ValueError("Doe^Jane broke it")
+    except ValueError:
+        logging.getLogger("pipeline").exception("while loading")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn(f"Invalid value for VR PN: 'Doe^Jane' in {tmp_path}", UserWarning, stacklevel=1)
+    text = captured_log.getvalue()
+    assert "failed to read <path> for [redacted]" in text
+    assert "Jane" not in text
+    assert "Doe" not in text
+    assert str(tmp_path) not in text
+
+
+def _study_outputs(tree: CanaryTree, out: Path, key_file: Path | None) -> pd.DataFrame:
+    """Scan, convert every image and load every image, writing what they produce under ``out``."""
+    reid = out.parent / "controller" / "reid.csv"
+    summary = scan_tree(
+        tree.root, out_manifest=out / "manifest.csv", pseudonymize_key_file=key_file, reid_table=reid, progress=False
+    )
+    assert summary.exit_code == 8  # the broken files are part of the canary tree
+    assert tree.canary in reid.read_text(), "only the data controller's table maps ids back"
+    manifest = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
+    loaded = []
+    for image in manifest[IMAGE]:
+        convert(out / image, out / "converted" / (Path(image).name.split(".")[0] + ".nii.gz"))
+        meta = LoadScand()({"image": str(out / image), "image_id": Path(image).name})["image"].meta
+        loaded.append(repr(dict(meta)))
+    convert(tree.series_dirs[0], out / "converted" / "direct.nii.gz")  # straight from the export
+    convert(tree.nifti, out / "converted" / "direct_nifti.nii.gz")
+    for broken in sorted((tree.root).rglob("*trunc.dcm")) + sorted(tree.root.rglob("*.txt")):
+        with pytest.raises(ScanError) as info:
+            load_scan(broken)
+        loaded.append(str(info.value))
+    (out / "loaded.txt").write_text("\n".join(loaded))
+    return manifest
+
+
+def test_canary_reaches_no_output_log_or_message(
+    canary_tree: CanaryTree, tmp_path: Path, captured_log: io.StringIO, capfd: pytest.CaptureFixture[str]
+) -> None:
+    planted = find_canary([canary_tree.root], canary_tree.canary)
+    assert len(planted) > 10, "the canary is planted in names and headers (else this test proves nothing)"
+    key = tmp_path / "secret" / "key"
+    key.parent.mkdir()
+    key.write_bytes(b"a key of more than sixteen bytes")
+    out = tmp_path / "outputs"
+    manifest = _study_outputs(canary_tree, out, key)
+    assert len(manifest) == 4  # two series, a radiograph, a NIfTI
+    assert find_canary([out], canary_tree.canary) == []
+    assert canary_tree.canary.lower() not in captured_log.getvalue().lower()
+    streams = capfd.readouterr()
+    assert canary_tree.canary.lower() not in (streams.out + streams.err).lower()
+    assert "[redacted]" in set(manifest["series_description"])
+
+
+def test_without_a_key_the_patient_id_is_the_only_place_it_appears(canary_tree: CanaryTree, tmp_path: Path) -> None:
+    out = tmp_path / "outputs"
+    manifest = _study_outputs(canary_tree, out, None)
+    assert manifest[PATIENT_ID].str.contains(canary_tree.canary).all()
+    without_ids = manifest.drop(columns=[PATIENT_ID])
+    assert not without_ids.apply(lambda col: col.str.contains(canary_tree.canary)).any().any()
+    hits = find_canary([out], canary_tree.canary)
+    assert hits == [f"content: {out / 'manifest.csv'}"]
