@@ -250,9 +250,7 @@ class Redactor:
                 return REDACTED + token[len(core) :]
             parts = core.split(".")
             if any(p.lower() in registered for p in parts):
-                return (
-                    ".".join(REDACTED if p.lower() in registered else p for p in parts) + token[len(core) :]
-                )
+                return ".".join(REDACTED if p.lower() in registered else p for p in parts) + token[len(core) :]
             return token
 
         return _TOKEN.sub(_sub, text)
@@ -325,7 +323,7 @@ def install_redaction(logger: logging.Logger | None = None) -> RedactionFilter:
     if "showwarning" not in _installed:
         original = warnings.showwarning
 
-        def showwarning(  # noqa: PLR0917 (the signature of warnings.showwarning)
+        def showwarning(
             message: Warning | str,
             category: type[Warning],
             filename: str,
