@@ -33,9 +33,7 @@ class TaskConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: Literal["resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet200"] = (
-        "resnet18"
-    )
+    arch: Literal["resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet200"] = "resnet18"
     spatial_dims: Literal[2, 3] = 3
     in_channels: int = 1
     # ResNet stem: MONAI's default is a 7^d convolution with stride 1 followed by max-pooling; a
@@ -83,7 +81,7 @@ class TrainConfig:
     warmup_epochs: int = 0
     seed: int = 0
     class_balance: Literal["weighted_loss", "sampler", "none"] = "weighted_loss"
-    amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 on CUDA and on CPUs with native bf16
     device: Literal["auto", "cpu", "cuda"] = "auto"
     patience: int = 0  # stop after this many epochs without a better validation AUC (0: never)
     deterministic: bool = False
@@ -225,9 +223,7 @@ def check_semantics(cfg: WorkflowConfig, check_manifest: bool = True) -> list[st
         problems.append(f"manifest: file not found: {cfg.manifest}")
     dims = cfg.model.spatial_dims
     if len(cfg.data.spatial_size) != dims:
-        problems.append(
-            f"data.spatial_size has {len(cfg.data.spatial_size)} entries but model.spatial_dims is {dims}"
-        )
+        problems.append(f"data.spatial_size has {len(cfg.data.spatial_size)} entries but model.spatial_dims is {dims}")
     if any(s < 8 for s in cfg.data.spatial_size):
         problems.append(f"data.spatial_size entries must be >= 8, got {list(cfg.data.spatial_size)}")
     if cfg.data.spacing is not None and len(cfg.data.spacing) != dims:
@@ -305,7 +301,8 @@ def _convert_value(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
         if not isinstance(value, Mapping):
             problems.append(f"{where}: expected a section (mapping), got {value!r}")
             return None
-        return tp(**_convert(tp, value, f"{where}.", problems))  # type: ignore[operator]
+        cls = typing.cast(type, tp)
+        return cls(**_convert(cls, value, f"{where}.", problems))
     if origin in (Union, types.UnionType):
         args = get_args(tp)
         if value is None and type(None) in args:
@@ -334,7 +331,10 @@ def _convert_value(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
             return None
         item_types = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
         n_before = len(problems)
-        items = [_convert_value(t, v, f"{where}[{i}]", problems) for i, (t, v) in enumerate(zip(item_types, value))]
+        items = [
+            _convert_value(t, v, f"{where}[{i}]", problems)
+            for i, (t, v) in enumerate(zip(item_types, value, strict=False))
+        ]
         return tuple(items) if len(problems) == n_before else None
     if tp is Any:
         return value
@@ -356,9 +356,8 @@ def _convert_value(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
     elif tp is str:
         if isinstance(value, str | int | float) and not isinstance(value, bool):
             return str(value)
-    elif tp is Path:
-        if isinstance(value, str | Path):
-            return Path(value)
+    elif tp is Path and isinstance(value, str | Path):
+        return Path(value)
     problems.append(f"{where}: expected {_type_name(tp)}, got {value!r}")
     return None
 

@@ -70,8 +70,8 @@ def check_splits(splits: pd.DataFrame, scheme: str) -> None:
     unknown = sorted(set(splits[ROLE]) - set(ROLES))
     if unknown:
         problems.append(f"unknown role(s) {unknown}")
-    roles_per = splits.groupby([FOLD, PATIENT_ID])[ROLE].nunique()
-    for (fold, pid), n in roles_per[roles_per > 1].items():
+    roles_per = splits.groupby([FOLD, PATIENT_ID])[ROLE].nunique().reset_index()
+    for fold, pid, n in roles_per[roles_per[ROLE] > 1].itertuples(index=False):
         problems.append(f"fold {fold}: patient {pid} has {n} roles")
     if scheme == "kfold":
         test_count = splits[splits[ROLE] == "test"].groupby(PATIENT_ID)[FOLD].nunique()
@@ -79,8 +79,9 @@ def check_splits(splits: pd.DataFrame, scheme: str) -> None:
         test_count = test_count.reindex(every, fill_value=0)
         for pid, n in test_count[test_count != 1].items():
             problems.append(f"patient {pid} is in the test set of {n} folds (expected exactly 1)")
-    for fold, part in splits.groupby(FOLD):
-        missing = [r for r in ROLES if r not in set(part[ROLE])]
+    for fold in sorted(splits[FOLD].unique()):
+        present = set(splits.loc[splits[FOLD] == fold, ROLE])
+        missing = [r for r in ROLES if r not in present]
         if missing:
             problems.append(f"fold {fold} has no {'/'.join(missing)} patients")
     if problems:

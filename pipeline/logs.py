@@ -11,18 +11,30 @@ import logging
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 FORMAT = "%(asctime)s %(levelname)-7s %(message)s"
 _LOGGER = "pipeline"
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record arrives (pytest and notebooks swap it)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def setup_logging(verbose: bool = False) -> logging.Logger:
     logger = logging.getLogger(_LOGGER)
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
-    if not any(getattr(h, "_cohortnet", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _CurrentStderr) for h in logger.handlers):
+        handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
-        handler._cohortnet = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     logger.propagate = False
     for noisy in ("monai", "pydicom", "nibabel", "PIL", "matplotlib"):

@@ -106,7 +106,7 @@ def load_manifest(
     problems += _listed("empty value", empty)
     bad_ids = [
         f"line {r}: {pid!r}"
-        for r, pid in zip(rows, df[PATIENT_ID])
+        for r, pid in zip(rows, df[PATIENT_ID], strict=False)
         if pid.startswith(_FORMULA_START) or not re.fullmatch(r"[\w.\-^ ]{1,128}", pid)
     ]
     problems += _listed(
@@ -135,7 +135,9 @@ def load_manifest(
 
     if SPLIT in df.columns:
         df[SPLIT] = df[SPLIT].str.strip().str.lower()
-        bad_split = [f"line {r}: {v!r}" for r, v in zip(rows, df[SPLIT]) if v not in SPLIT_VALUES and v != ""]
+        bad_split = [
+            f"line {r}: {v!r}" for r, v in zip(rows, df[SPLIT], strict=False) if v not in SPLIT_VALUES and v != ""
+        ]
         problems += _listed(f"split must be one of {', '.join(SPLIT_VALUES)}", bad_split)
         if require_split:
             problems += _listed("split is empty", [f"line {r}" for r in rows[df[SPLIT] == ""]])
@@ -148,9 +150,16 @@ def load_manifest(
     base = path.parent
     df["path"] = [str((base / p).resolve()) if p else "" for p in df[IMAGE]]
     duplicated = df[df.duplicated("path", keep="first") & (df[IMAGE] != "")]
-    problems += _listed("image listed twice", [f"line {r}: {img}" for r, img in zip(duplicated.index + 2, duplicated[IMAGE])])
+    problems += _listed(
+        "image listed twice",
+        [f"line {r}: {img}" for r, img in zip(duplicated.index + 2, duplicated[IMAGE], strict=False)],
+    )
     if check_files:
-        missing_files = [f"line {r}: {img}" for r, img, p in zip(rows, df[IMAGE], df["path"]) if img and not Path(p).exists()]
+        missing_files = [
+            f"line {r}: {img}"
+            for r, img, p in zip(rows, df[IMAGE], df["path"], strict=False)
+            if img and not Path(p).exists()
+        ]
         problems += _listed("image not found (paths are relative to the manifest's folder)", missing_files)
 
     if problems:

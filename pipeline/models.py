@@ -34,8 +34,9 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         feed_forward=True,
     )
     if cfg.dropout > 0:
-        fc = model.fc
-        model.fc = nn.Sequential(nn.Dropout(cfg.dropout), fc)
+        head = model.fc
+        assert isinstance(head, nn.Module)
+        model.fc = nn.Sequential(nn.Dropout(cfg.dropout), head)
     if cfg.pretrained:
         load_pretrained(model, Path(cfg.pretrained))
     return model
@@ -61,7 +62,13 @@ def load_pretrained(model: nn.Module, path: Path) -> None:
     if not usable:
         raise CohortnetError(f"model.pretrained {path.name}: no tensor matches the model (wrong arch or dims?)")
     model.load_state_dict(usable, strict=False)
-    log.info("pretrained weights %s: %d tensors loaded, %d skipped %s", path.name, len(usable), len(skipped), skipped[:5])
+    log.info(
+        "pretrained weights %s: %d tensors loaded, %d skipped %s",
+        path.name,
+        len(usable),
+        len(skipped),
+        skipped[:5],
+    )
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -38,6 +38,11 @@ def content_hash(path: Path | str) -> str:
     return digest.hexdigest()
 
 
+def image_hashes(image_ids: list[str], paths: list[str]) -> dict[str, str]:
+    """image_id -> content hash for every image of a cohort."""
+    return {str(i): content_hash(p) for i, p in zip(image_ids, paths)}
+
+
 def git_commit(start: Path | None = None) -> str | None:
     """The commit of the cohortnet checkout (with ``+dirty`` when it has local changes), if any."""
     where = start or Path(__file__).resolve().parent
@@ -47,7 +52,11 @@ def git_commit(start: Path | None = None) -> str | None:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=where, capture_output=True, text=True, timeout=10, check=True,
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None

@@ -68,13 +68,25 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 in hardware (AVX-512 BF16 or AMX); elsewhere torch emulates
+    bf16 and autocast makes convolutions slower, not faster."""
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        check = getattr(torch.cpu, probe, None)
+        if check is not None and check():
+            return True
+    return False
+
+
 def use_bf16(amp: str, device: torch.device) -> bool:
-    """``auto``: bf16 autocast on a CUDA device that supports it; fp32 on CPU unless asked for."""
+    """``auto``: bf16 autocast on a CUDA device that supports it and on CPUs with native bf16."""
     if amp == "off":
         return False
     if amp == "bf16":
         return True
-    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return cpu_has_native_bf16()
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -89,7 +101,9 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 100_003 + epoch * 7_919) % (2**31 - 1)
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up to the base lr, then cosine decay to zero, stepped once per batch."""
 
     def factor(step: int) -> float:
@@ -166,7 +180,9 @@ def run_epoch(
     return EpochStats(mean, samples, time.perf_counter() - start, waited)
 
 
-def validation_metrics(model: nn.Module, items: list[dict[str, Any]], device: torch.device, bf16: bool, batch: int) -> tuple[float, float | None]:
+def validation_metrics(
+    model: nn.Module, items: list[dict[str, Any]], device: torch.device, bf16: bool, batch: int
+) -> tuple[float, float | None]:
     """(BCE loss, AUC or None when the validation set holds one class) on ``items``."""
     logits = predict_logits(model, items, device=device, bf16=bf16, batch_size=batch)
     y = targets(items)
@@ -226,14 +242,28 @@ def train_fold(
             state.stale += 1
         state.epoch = epoch
         state.history.append(
-            {"epoch": epoch, "train_loss": stats.loss, "val_loss": val_loss, "val_auc": val_auc,
-             "lr": optimizer.param_groups[0]["lr"], "seconds": stats.seconds, "data_seconds": stats.data_seconds}
+            {
+                "epoch": epoch,
+                "train_loss": stats.loss,
+                "val_loss": val_loss,
+                "val_auc": val_auc,
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": stats.seconds,
+                "data_seconds": stats.data_seconds,
+            }
         )
         auc_text = f"{val_auc:.3f}" if val_auc is not None else "n/a"
         log.info(
             "%sepoch %d/%d  train loss %.4f  val loss %.4f  val AUC %s%s  (%.1fs, %.0f samples/s)",
-            label, epoch, cfg.epochs, stats.loss, val_loss, auc_text, " *" if improved else "",
-            stats.seconds, stats.samples / max(stats.seconds, 1e-9),
+            label,
+            epoch,
+            cfg.epochs,
+            stats.loss,
+            val_loss,
+            auc_text,
+            " *" if improved else "",
+            stats.seconds,
+            stats.samples / max(stats.seconds, 1e-9),
         )
         _save_training_state(last, model, optimizer, scheduler, state, best_state)
         if cfg.patience and state.stale >= cfg.patience:

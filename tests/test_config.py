@@ -55,7 +55,9 @@ def test_every_problem_is_listed_at_once(tmp_path: Path) -> None:
         load_config(path)
     text = str(info.value)
     assert "unknown key trian (did you mean train?)" in text
-    assert "model.arch" in text and "resnet19" in text and "did you mean 'resnet18'" in text
+    assert "model.arch" in text
+    assert "resnet19" in text
+    assert "did you mean 'resnet18'" in text
     assert "model.spatial_dims" in text
     assert "train.epochs: expected int, got 'ten'" in text
     # semantic checks still run next to the type problems

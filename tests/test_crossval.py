@@ -55,8 +55,16 @@ def test_check_catches_a_planted_leak() -> None:
 
 def test_holdout_uses_manifest_split() -> None:
     table = pd.DataFrame(
-        {"patient_id": ["a", "a", "b", "c"], "split": ["train", "train", "val", "test"], "target": [1, 1, 0, 1]}
+        {
+            "patient_id": ["a", "a", "b", "c"],
+            "split": ["train", "train", "val", "test"],
+            "target": [1, 1, 0, 1],
+        }
     )
     splits = holdout_splits(table)
-    assert splits.to_dict("list") == {"fold": [0, 0, 0], "patient_id": ["a", "b", "c"], "role": ["train", "val", "test"]}
+    assert splits.to_dict("list") == {
+        "fold": [0, 0, 0],
+        "patient_id": ["a", "b", "c"],
+        "role": ["train", "val", "test"],
+    }
     check_splits(splits, "holdout")

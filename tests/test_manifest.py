@@ -38,7 +38,8 @@ def test_every_manifest_problem_is_listed(tmp_path: Path) -> None:
         load_manifest(tmp_path / "m.csv")
     text = "\n".join(info.value.problems)
     assert "patient with more than one label: P1 has labels ['0', '1']" in text
-    assert "image not found" in text and "line 4: missing.nii.gz" in text
+    assert "image not found" in text
+    assert "line 4: missing.nii.gz" in text
     assert "line 6: image is empty" in text
     assert "'=cmd()'" in text  # formula injection refused
     assert "image listed twice" in text

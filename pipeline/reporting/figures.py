@@ -8,9 +8,9 @@ from collections.abc import Sequence
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
 
 
 def _png(fig: Figure) -> bytes:
@@ -50,13 +50,29 @@ def roc_figure(
 
 
 def calibration_figure(bins: pd.DataFrame, title: str = "Calibration") -> bytes:
-    """Reliability diagram from a table with columns mean_predicted, observed_fraction, count."""
+    """Reliability diagram from a table with columns mean_predicted, observed_rate, n (per bin)."""
     fig, ax = plt.subplots(figsize=(5.2, 5.0))
     ax.plot([0, 1], [0, 1], ls="--", color="0.5", lw=1, label="perfect")
-    ax.plot(bins["mean_predicted"], bins["observed_fraction"], "o-", color="C0", label="model")
+    ax.plot(bins["mean_predicted"], bins["observed_rate"], "o-", color="C0", label="model")
+    for x, y, n in zip(bins["mean_predicted"], bins["observed_rate"], bins["n"], strict=False):
+        ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7, color="0.4")
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted probability", ylabel="observed fraction positive")
     ax.set_title(title)
     ax.legend(loc="upper left", fontsize=8)
+    return _png(fig)
+
+
+def decision_curve_figure(curve: pd.DataFrame, title: str = "Decision curve") -> bytes:
+    """Net benefit against threshold probability (columns threshold, net_benefit_model,
+    net_benefit_treat_all, net_benefit_treat_none)."""
+    fig, ax = plt.subplots(figsize=(5.2, 4.2))
+    ax.plot(curve["threshold"], curve["net_benefit_model"], color="C0", lw=2, label="model")
+    ax.plot(curve["threshold"], curve["net_benefit_treat_all"], color="0.4", lw=1, label="treat all")
+    ax.plot(curve["threshold"], curve["net_benefit_treat_none"], color="0.7", lw=1, ls="--", label="treat none")
+    top = float(max(curve["net_benefit_model"].max(), curve["net_benefit_treat_all"].max(), 0.01))
+    ax.set(xlim=(0, 1), ylim=(-0.05 * top, 1.1 * top), xlabel="threshold probability", ylabel="net benefit")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
     return _png(fig)
 
 
@@ -70,5 +86,7 @@ def training_curves_figure(histories: Sequence[tuple[str, pd.DataFrame]]) -> byt
         right.plot(hist["epoch"], hist["val_auc"], color=color, lw=1, label=name)
     left.set(xlabel="epoch", ylabel="loss (solid train, dashed val)")
     right.set(xlabel="epoch", ylabel="validation AUC", ylim=(0, 1.02))
+    for ax in (left, right):
+        ax.xaxis.get_major_locator().set_params(integer=True)
     right.legend(fontsize=7, ncol=2)
     return _png(fig)

@@ -45,6 +45,7 @@ class ReportInputs:
     roc_png: bytes
     calibration_png: bytes | None = None
     curves_png: bytes | None = None
+    decision_png: bytes | None = None
 
 
 def _b64(data: bytes | None) -> str | None:
@@ -55,31 +56,24 @@ def _threshold_rows(metrics: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
     rows = []
     for name in THRESHOLD_METRICS:
         if name in metrics:
-            rows.append((name.replace("_", " "), metrics[name], metrics.get(f"{name}_ci_low"), metrics.get(f"{name}_ci_high")))
+            rows.append(
+                (
+                    name.replace("_", " "),
+                    metrics[name],
+                    metrics.get(f"{name}_ci_low"),
+                    metrics.get(f"{name}_ci_high"),
+                )
+            )
     return rows
 
 
 def _fold_rows(metrics: dict[str, Any], training: dict[str, dict[str, Any]]) -> tuple[list[dict[str, Any]], Any]:
     folds = metrics.get("folds") or {}
-    per_fold = folds.get("per_fold", folds) if isinstance(folds, dict) else {}
     rows = []
-    for fold, values in per_fold.items():
-        if not isinstance(values, dict):
-            continue
-        rows.append(
-            {
-                "fold": fold,
-                "n": values.get("n"),
-                "n_positive": values.get("n_positive"),
-                "auc": values.get("auc"),
-                "auc_ci_low": values.get("auc_ci_low"),
-                "auc_ci_high": values.get("auc_ci_high"),
-                **training.get(str(fold), {}),
-            }
-        )
-    summary = None
-    if isinstance(folds, dict) and "auc_mean" in folds:
-        summary = {"mean": folds.get("auc_mean"), "sd": folds.get("auc_sd")}
+    for values in folds.get("per_fold") or []:
+        fold = str(values.get("fold"))
+        rows.append({**values, "fold": fold, **training.get(fold, {})})
+    summary = {"mean": folds.get("auc_mean"), "sd": folds.get("auc_sd")} if "auc_mean" in folds else None
     return rows, summary
 
 
@@ -91,10 +85,9 @@ def _calibration_rows(metrics: dict[str, Any]) -> list[tuple[str, Any]]:
 
 def _subgroup_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
-    for column, groups in (metrics.get("subgroups") or {}).items():
-        for value, res in (groups or {}).items():
-            if isinstance(res, dict):
-                rows.append({"column": column, "value": value, "note": res.get("warning", ""), **res})
+    for column, block in (metrics.get("subgroups") or {}).items():
+        for group in (block or {}).get("groups") or []:
+            rows.append({"column": column, **group, "note": "; ".join(group.get("warnings") or [])})
     return rows
 
 
@@ -117,9 +110,20 @@ def render_report(run_dir: Path, inputs: ReportInputs) -> str:
         "generated": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "version": __version__,
         "git_commit": json.loads(environment_text).get("git_commit") if environment_text else None,
-        "metrics": {k: inputs.metrics.get(k) for k in inputs.metrics} | {
-            k: inputs.metrics.get(k) for k in ("auc", "auc_ci_low", "auc_ci_high", "ci_method", "n_patients",
-                                               "n_positive", "threshold", "threshold_rule", "threshold_source")
+        "metrics": {k: inputs.metrics.get(k) for k in inputs.metrics}
+        | {
+            k: inputs.metrics.get(k)
+            for k in (
+                "auc",
+                "auc_ci_low",
+                "auc_ci_high",
+                "ci_method",
+                "n_patients",
+                "n_positive",
+                "threshold",
+                "threshold_rule",
+                "threshold_source",
+            )
         },
         "n_images": inputs.n_images,
         "n_excluded": len(inputs.excluded),
@@ -127,7 +131,9 @@ def render_report(run_dir: Path, inputs: ReportInputs) -> str:
         "calibration_png": _b64(inputs.calibration_png),
         "curves_png": _b64(inputs.curves_png),
         "threshold_rows": _threshold_rows(inputs.metrics),
-        "confusion": inputs.metrics.get("confusion_matrix"),
+        "confusion": {k: inputs.metrics[k] for k in ("tp", "fp", "tn", "fn")} if "tp" in inputs.metrics else None,
+        "warnings": inputs.metrics.get("warnings") or [],
+        "decision_png": _b64(inputs.decision_png),
         "fold_rows": fold_rows,
         "fold_summary": fold_summary,
         "calibration_rows": _calibration_rows(inputs.metrics),

@@ -1,0 +1,87 @@
+"""``cohortnet bench [WORKFLOW] [--suite training|evaluation|ingestion] [--device cpu|cuda] [--out bench.json]``.
+
+Benchmarks print numbers; they assert nothing. Quote medians and ratios measured in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("pipeline")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("workflow", nargs="?", type=Path, help="workflow YAML (suite training)")
+    parser.add_argument("--suite", choices=("training", "evaluation", "ingestion"), default="training")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--out", type=Path, help="also write the results as JSON")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a workflow key, as for cohortnet run",
+    )
+    parser.add_argument("--epochs", type=int, default=3, help="training: epochs end to end (first is cold)")
+    parser.add_argument("--repeats", type=int, default=5, help="training: timed compute steps")
+    parser.add_argument(
+        "--baseline", action="store_true", help="training: also run the MONAI tutorial loop side by side"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="evaluation/ingestion: smaller sizes for a fast look (not the reported figures)",
+    )
+
+
+def _training(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    from pipeline.bench import bench_workflow, format_bench, with_device
+    from pipeline.errors import ValidationError
+    from pipeline.study import validate_workflow
+    from pipeline.training import resolve_device
+
+    if args.workflow is None:
+        raise ValidationError(["the training suite needs a WORKFLOW argument"], "command line")
+    cfg, cohort = validate_workflow(args.workflow, args.overrides)
+    cfg = with_device(cfg, args.device)
+    result = bench_workflow(
+        cfg,
+        cohort,
+        device=resolve_device(args.device),
+        epochs=max(2, args.epochs),
+        repeats=args.repeats,
+        baseline=args.baseline,
+    )
+    return result, format_bench(result)
+
+
+def _evaluation(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    from pipeline.evaluation import bench
+
+    coverage = bench.coverage_benchmark(n_studies=200 if args.quick else 2000)
+    speed = bench.speed_benchmark(n=100_000 if args.quick else 1_000_000)
+    result = {"coverage": coverage, "speed": speed}
+    return result, bench.format_coverage(coverage) + "\n\n" + bench.format_speed(speed)
+
+
+def _ingestion(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    from pipeline.io import bench
+
+    result = bench.ingestion_benchmark(n_files=1000 if args.quick else 10_000)
+    return result, bench.format_ingestion(result)
+
+
+def run(args: argparse.Namespace) -> int:
+    suites = {"training": _training, "evaluation": _evaluation, "ingestion": _ingestion}
+    result, text = suites[args.suite](args)
+    print(text)
+    if args.out:
+        from pipeline.reporting.artifacts import write_json
+
+        write_json(args.out, result)
+        log.info("wrote %s", args.out)
+    return 0

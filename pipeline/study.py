@@ -1,0 +1,454 @@
+"""The only module that wires the stages together.
+
+``run_study(cfg)``: manifest -> validated cohort -> splits -> preprocessing (once per image) ->
+per fold: train on ``train`` patients, choose the epoch on ``val`` patients, predict ``test``
+patients -> pooled predictions -> per-patient table -> metrics -> report. Each step leaves a
+file in the run folder that the next one reads, so ``finalize_run`` (``cohortnet report``)
+rebuilds everything downstream of the predictions without retraining.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline import crossval
+from pipeline.config import WorkflowConfig, config_from_dict, dump_config, load_config, read_workflow
+from pipeline.errors import CohortnetError, ValidationError
+from pipeline.logs import add_run_log
+from pipeline.manifest import Cohort, load_manifest
+from pipeline.provenance import environment_record, file_sha256, image_hashes
+from pipeline.reporting import artifacts
+from pipeline.schema import (
+    ENVIRONMENT_FILE,
+    FOLD,
+    IMAGE_ID,
+    METRICS_FILE,
+    PATIENT_ID,
+    PER_PATIENT_FILE,
+    PREDICTIONS_FILE,
+    REPORT_FILE,
+    RESOLVED_CONFIG_FILE,
+    ROC_FIGURE_FILE,
+    ROC_FILE,
+    ROLE,
+    SCORE,
+    SPLITS_FILE,
+    VAL_PREDICTIONS_FILE,
+)
+
+log = logging.getLogger(__name__)
+
+EXCLUDED_FILE = "excluded.csv"
+DATA_HASHES_FILE = "data_hashes.csv"
+FOLD_DONE_FILE = "done.json"
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate_workflow(path: Path | str, overrides: tuple[str, ...] | list[str] = ()) -> tuple[WorkflowConfig, Cohort]:
+    """Check the workflow and its manifest before any work; one ValidationError lists every problem."""
+    raw = read_workflow(path, overrides)
+    problems: list[str] = []
+    cfg = None
+    try:
+        cfg = config_from_dict(raw, base_dir=Path(path).parent, source=str(path))
+    except ValidationError as exc:
+        problems += exc.problems
+    # Check the manifest too, even when the workflow has problems, so the user sees everything at once.
+    task = raw["task"] if isinstance(raw.get("task"), dict) else {}
+    validation = raw["validation"] if isinstance(raw.get("validation"), dict) else {}
+    manifest = raw.get("manifest")
+    cohort = None
+    if isinstance(manifest, str) and (Path(path).parent / manifest).is_file():
+        try:
+            cohort = load_manifest(
+                Path(path).parent / manifest,
+                label_col=str(task.get("label", "label")),
+                positive=task.get("positive", 1),
+                require_split=validation.get("scheme") == "holdout",
+            )
+        except ValidationError as exc:
+            problems += [f"manifest: {p}" for p in exc.problems]
+    if cfg is not None and cohort is not None:
+        problems += _cohort_vs_config(cfg, cohort)
+    if problems:
+        raise ValidationError(problems, f"workflow {path}")
+    assert cfg is not None
+    assert cohort is not None
+    return cfg, cohort
+
+
+def _cohort_vs_config(cfg: WorkflowConfig, cohort: Cohort) -> list[str]:
+    problems = []
+    patients = cohort.patients
+    if cfg.validation.scheme == "kfold":
+        per_class = patients["target"].value_counts()
+        if per_class.min() < cfg.validation.folds:
+            problems.append(
+                f"{cfg.validation.folds}-fold cross-validation needs at least {cfg.validation.folds} patients "
+                f"per class; the manifest has {per_class.to_dict()} (target 1 = positive)"
+            )
+    missing = [c for c in cfg.evaluation.subgroups if c not in cohort.table.columns]
+    if missing:
+        problems.append(f"evaluation.subgroups: column(s) not in the manifest: {', '.join(missing)}")
+    return problems
+
+
+# --------------------------------------------------------------------------- run folder
+
+
+def new_run_dir(cfg: WorkflowConfig, run_id: str | None = None) -> Path:
+    base = cfg.output_dir / cfg.study
+    run_id = run_id or dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = base / run_id
+    n = 1
+    while run_dir.exists() and not (run_dir / RESOLVED_CONFIG_FILE).is_file():
+        n += 1
+        run_dir = base / f"{run_id}-{n}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    artifacts.clean_stale_temporaries(run_dir)
+    return run_dir
+
+
+def _record_inputs(run_dir: Path, cfg: WorkflowConfig, cohort: Cohort) -> dict[str, str]:
+    """Resolved config, environment and data hashes; returns image_id -> content hash."""
+    artifacts.write_text(run_dir / RESOLVED_CONFIG_FILE, dump_config(cfg))
+    hashes = image_hashes(cohort.table[IMAGE_ID].tolist(), cohort.table["path"].tolist())
+    artifacts.write_csv(
+        run_dir / DATA_HASHES_FILE, pd.DataFrame({IMAGE_ID: list(hashes), "sha256": list(hashes.values())})
+    )
+    env = environment_record(
+        cfg.train.seed,
+        {"manifest_sha256": file_sha256(cohort.manifest_path), "n_images": len(cohort.table)},
+    )
+    artifacts.write_json(run_dir / ENVIRONMENT_FILE, env)
+    return hashes
+
+
+def make_splits(cfg: WorkflowConfig, cohort: Cohort) -> pd.DataFrame:
+    if cfg.validation.scheme == "holdout":
+        splits = crossval.holdout_splits(cohort.table)
+    else:
+        splits = crossval.kfold_splits(
+            cohort.patients, cfg.validation.folds, cfg.validation.inner_val_fraction, cfg.train.seed
+        )
+    crossval.check_splits(splits, cfg.validation.scheme)
+    return splits
+
+
+# --------------------------------------------------------------------------- the study
+
+
+@dataclass
+class StudyResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+    seconds: float
+
+    @property
+    def report(self) -> Path:
+        return self.run_dir / REPORT_FILE
+
+
+def run_study(cfg: WorkflowConfig, cohort: Cohort, *, run_id: str | None = None, progress: bool = True) -> StudyResult:
+    """Run the whole study; returns the run folder and the metrics."""
+    start = time.perf_counter()
+    run_dir = new_run_dir(cfg, run_id)
+    handler = add_run_log(run_dir)
+    try:
+        log.info("study %s: run folder %s", cfg.study, run_dir)
+        hashes = _record_inputs(run_dir, cfg, cohort)
+        splits = make_splits(cfg, cohort)
+        artifacts.write_csv(run_dir / SPLITS_FILE, splits)
+        summary = crossval.describe_splits(splits, cohort.patients)
+        log.info("splits (%s):\n%s", cfg.validation.scheme, summary.to_string(index=False))
+        train_and_predict(cfg, cohort, splits, run_dir, content_hashes=hashes, progress=progress)
+        metrics = finalize_run(run_dir, cfg, cohort)
+    finally:
+        log.removeHandler(handler)
+        logging.getLogger("pipeline").removeHandler(handler)
+        handler.close()
+    return StudyResult(run_dir, metrics, time.perf_counter() - start)
+
+
+def run_workflow(
+    path: Path | str, overrides: list[str] | tuple[str, ...] = (), run_id: str | None = None
+) -> StudyResult:
+    cfg, cohort = validate_workflow(path, overrides)
+    return run_study(cfg, cohort, run_id=run_id)
+
+
+def train_and_predict(
+    cfg: WorkflowConfig,
+    cohort: Cohort,
+    splits: pd.DataFrame,
+    run_dir: Path,
+    *,
+    content_hashes: dict[str, str],
+    progress: bool = True,
+) -> None:
+    """Preprocess once, then per fold: train, save the model, predict test and val patients.
+
+    Writes ``excluded.csv``, ``fold_<k>/{model.pt,history.csv,predictions.csv,done.json}`` and the
+    pooled ``predictions.csv`` (role test) and ``val_predictions.csv`` (role val). A fold whose
+    ``done.json`` exists is not trained again, so a rerun into the same run folder resumes.
+    """
+    import torch
+
+    from pipeline.datasets import prepare_cohort
+    from pipeline.inference import predict_scores
+    from pipeline.models import build_model, count_parameters
+    from pipeline.training import resolve_device, train_fold, use_bf16
+    from pipeline.transforms import (
+        augmentation_transforms,
+        deterministic_transforms,
+        preprocessing_fingerprint,
+    )
+
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    device = resolve_device(cfg.train.device)
+    dims = cfg.model.spatial_dims
+    fingerprint = preprocessing_fingerprint(cfg.data, dims)
+    n_voxels = cfg.model.in_channels * int(torch.tensor(cfg.data.spatial_size).prod())
+    t0 = time.perf_counter()
+    prepared = prepare_cohort(
+        cohort.table,
+        deterministic_transforms(cfg.data, dims),
+        fingerprint=fingerprint,
+        content_hashes=content_hashes,
+        cache=cfg.data.cache,
+        cache_dir=cfg.output_dir / ".cache" / "preprocessed",
+        bytes_per_image=4 * n_voxels,
+        progress=progress,
+    )
+    log.info(
+        "preprocessed %d images in %.1fs (%s cache), %d excluded",
+        len(prepared.samples),
+        time.perf_counter() - t0,
+        prepared.cache,
+        len(prepared.failures),
+    )
+    artifacts.write_csv(run_dir / EXCLUDED_FILE, prepared.failures)
+    augment = augmentation_transforms(cfg.data, dims)
+    table = cohort.table.set_index(IMAGE_ID)
+    bf16 = use_bf16(cfg.train.amp, device)
+    for fold, part in splits.groupby(FOLD, sort=True):
+        fold_dir = run_dir / f"fold_{fold}"
+        if (fold_dir / FOLD_DONE_FILE).is_file():
+            log.info("fold %s: already done, skipping", fold)
+            continue
+        roles = table[PATIENT_ID].map(dict(zip(part[PATIENT_ID], part[ROLE], strict=False)))
+        ids = {r: roles.index[roles == r].tolist() for r in crossval.ROLES}
+        items = {r: prepared.items(v) for r, v in ids.items()}
+        model = build_model(cfg.model)
+        log.info(
+            "fold %s: %d train / %d val / %d test images on %s%s, %s (%.1fM parameters)",
+            fold,
+            len(items["train"]),
+            len(items["val"]),
+            len(items["test"]),
+            device,
+            " (bf16 autocast)" if bf16 else "",
+            cfg.model.arch,
+            count_parameters(model) / 1e6,
+        )
+        t_fold = time.perf_counter()
+        result = train_fold(
+            model,
+            items["train"],
+            items["val"],
+            cfg.train,
+            augment=augment,
+            device=device,
+            checkpoint=fold_dir / "model.pt",
+            seed=cfg.train.seed + int(str(fold)),
+            label=f"fold {fold}: ",
+        )
+        rows = []
+        for role in ("test", "val"):
+            scores = predict_scores(model, items[role], device=device, bf16=bf16, batch_size=cfg.train.batch_size * 2)
+            for item, score in zip(items[role], scores, strict=False):
+                iid = item[IMAGE_ID]
+                rows.append(
+                    (
+                        table.at[iid, PATIENT_ID],
+                        iid,
+                        fold,
+                        table.at[iid, cohort.label_col],
+                        float(score),
+                        role,
+                    )
+                )
+        fold_preds = pd.DataFrame(rows, columns=[PATIENT_ID, IMAGE_ID, FOLD, cohort.label_col, SCORE, ROLE])
+        artifacts.write_csv(fold_dir / "history.csv", result.history)
+        artifacts.write_csv(fold_dir / PREDICTIONS_FILE, fold_preds)
+        artifacts.write_json(
+            fold_dir / FOLD_DONE_FILE,
+            {
+                "fold": int(str(fold)),
+                "best_epoch": result.best_epoch,
+                "best_val_auc": result.best_val_auc,
+                "seconds": time.perf_counter() - t_fold,
+            },
+        )
+    pooled = pd.concat(
+        [
+            pd.read_csv(p, dtype={PATIENT_ID: str, IMAGE_ID: str})
+            for p in sorted(run_dir.glob(f"fold_*/{PREDICTIONS_FILE}"))
+        ],
+        ignore_index=True,
+    )
+    test = pooled[pooled[ROLE] == "test"].drop(columns=ROLE)
+    artifacts.write_csv(run_dir / PREDICTIONS_FILE, test)
+    artifacts.write_csv(run_dir / VAL_PREDICTIONS_FILE, pooled[pooled[ROLE] == "val"].drop(columns=ROLE))
+
+
+# --------------------------------------------------------------------------- after training
+
+
+def _label_frame(predictions: pd.DataFrame, cohort: Cohort) -> pd.DataFrame:
+    labels = cohort.table[[IMAGE_ID, cohort.label_col]]
+    return predictions.merge(labels, on=IMAGE_ID, how="left")
+
+
+def finalize_run(run_dir: Path, cfg: WorkflowConfig | None = None, cohort: Cohort | None = None) -> dict[str, Any]:
+    """Per-patient table, metrics, ROC table and figures, and the HTML report, from the saved
+    predictions of ``run_dir`` (no model is needed)."""
+    from pipeline.evaluation import binary_summary, evaluate_predictions, roc_table
+    from pipeline.reporting import figures
+    from pipeline.reporting.html import ReportInputs, render_report
+    from pipeline.reporting.tables import per_patient
+
+    if cfg is None:
+        cfg = load_config(run_dir / RESOLVED_CONFIG_FILE)
+    if cohort is None:
+        cohort = load_manifest(
+            cfg.manifest,
+            label_col=cfg.task.label,
+            positive=cfg.task.positive,
+            check_files=False,
+        )
+    label = cohort.label_col
+    preds = pd.read_csv(run_dir / PREDICTIONS_FILE, dtype={PATIENT_ID: str, IMAGE_ID: str})
+    val = pd.read_csv(run_dir / VAL_PREDICTIONS_FILE, dtype={PATIENT_ID: str, IMAGE_ID: str})
+    for frame in (preds, val):
+        frame[label] = frame[label].astype(str)
+    extra = cohort.patients.drop(columns=["target"])
+    pp = per_patient(preds, aggregate=cfg.evaluation.aggregate, label_col=label, patients=extra)
+    artifacts.write_csv(run_dir / PER_PATIENT_FILE, pp)
+    # Validation predictions: one row per (fold, patient), each from that fold's own model.
+    val_pp = (
+        val.groupby([FOLD, PATIENT_ID], sort=False)
+        .agg(**{label: (label, "first"), SCORE: (SCORE, cfg.evaluation.aggregate)})
+        .reset_index()
+    )
+    metrics = evaluate_predictions(
+        pp,
+        label_col=label,
+        score_col=SCORE,
+        positive=cohort.positive,
+        fold_col=FOLD,
+        subgroup_cols=tuple(cfg.evaluation.subgroups),
+        threshold_df=val_pp if len(val_pp) else None,
+        threshold_rule=cfg.evaluation.threshold_rule,
+        ci_method=cfg.evaluation.ci_method,
+        n_bootstrap=cfg.evaluation.n_bootstrap,
+        seed=cfg.train.seed,
+    )
+    y_pp = (pp[label] == str(cohort.positive)).astype(int).to_numpy()
+    y_img = (preds[label] == str(cohort.positive)).astype(int).to_numpy()
+    metrics = {
+        **metrics,
+        "n_patients": len(pp),
+        "level": "patient",
+        "aggregate": cfg.evaluation.aggregate,
+        "image_level": binary_summary(
+            y_img,
+            preds[SCORE].to_numpy(),
+            groups=preds[PATIENT_ID].to_numpy(),
+            ci_method="bootstrap",
+            n_bootstrap=cfg.evaluation.n_bootstrap,
+            seed=cfg.train.seed,
+        )
+        if len(preds) != len(pp)
+        else None,
+    }
+    artifacts.write_json(run_dir / METRICS_FILE, metrics)
+    roc = roc_table(y_pp, pp[SCORE].to_numpy())
+    artifacts.write_csv(run_dir / ROC_FILE, roc)
+
+    fold_curves = []
+    for fold, part in pp.groupby(FOLD):
+        y = (part[label] == str(cohort.positive)).astype(int).to_numpy()
+        if 0 < y.sum() < len(y):
+            fold_curves.append((f"fold {fold}", roc_table(y, part[SCORE].to_numpy())))
+    op = None
+    if metrics.get("sensitivity") is not None and metrics.get("specificity") is not None:
+        op = (1 - metrics["specificity"], metrics["sensitivity"])
+    roc_png = figures.roc_figure(
+        roc,
+        auc=metrics.get("auc"),
+        ci=(metrics.get("auc_ci_low"), metrics.get("auc_ci_high")),
+        folds=fold_curves if len(fold_curves) > 1 else (),
+        operating_point=op,
+        title=f"{cfg.study}: per-patient ROC",
+    )
+    artifacts.write_bytes(run_dir / ROC_FIGURE_FILE, roc_png)
+    cal_png = None
+    bins = (metrics.get("calibration") or {}).get("reliability")
+    if bins:
+        cal_png = figures.calibration_figure(pd.DataFrame(bins))
+        artifacts.write_bytes(run_dir / "calibration.png", cal_png)
+    histories, training = [], {}
+    for done in sorted(run_dir.glob(f"fold_*/{FOLD_DONE_FILE}")):
+        info = json.loads(done.read_text())
+        training[str(info["fold"])] = {
+            "best_epoch": info.get("best_epoch"),
+            "best_val_auc": info.get("best_val_auc"),
+        }
+        hist = done.parent / "history.csv"
+        if hist.is_file():
+            histories.append((f"fold {info['fold']}", pd.read_csv(hist)))
+    curves_png = figures.training_curves_figure(histories) if histories else None
+    curve = metrics.get("decision_curve")
+    decision_png = figures.decision_curve_figure(pd.DataFrame(curve)) if curve else None
+    excluded = pd.read_csv(run_dir / EXCLUDED_FILE) if (run_dir / EXCLUDED_FILE).is_file() else pd.DataFrame()
+    splits = pd.read_csv(run_dir / SPLITS_FILE, dtype={PATIENT_ID: str})
+    inputs = ReportInputs(
+        study=cfg.study,
+        run_id=run_dir.name,
+        scheme_text=(
+            f"{cfg.validation.folds}-fold patient-grouped cross-validation"
+            if cfg.validation.scheme == "kfold"
+            else "holdout (manifest split: train / val / test)"
+        ),
+        model_text=f"{cfg.model.arch} {cfg.model.spatial_dims}D, input {'x'.join(map(str, cfg.data.spatial_size))}",
+        metrics=metrics,
+        per_patient=pp,
+        split_summary=crossval.describe_splits(splits, cohort.patients),
+        excluded=excluded,
+        fold_training=training,
+        n_images=len(preds),
+        roc_png=roc_png,
+        calibration_png=cal_png,
+        curves_png=curves_png,
+        decision_png=decision_png,
+    )
+    artifacts.write_text(run_dir / REPORT_FILE, render_report(run_dir, inputs))
+    return metrics
+
+
+def check_run_complete(run_dir: Path) -> None:
+    missing = [f for f in (PREDICTIONS_FILE, VAL_PREDICTIONS_FILE, SPLITS_FILE) if not (run_dir / f).is_file()]
+    if missing:
+        raise CohortnetError(f"{run_dir} is not a finished run: missing {', '.join(missing)}")

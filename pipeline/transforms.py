@@ -1,0 +1,107 @@
+"""MONAI dictionary-transform chains for 2D and 3D, split into a deterministic and a random part.
+
+The deterministic part (load, orientation to RAS, resampling, resizing, intensity normalisation)
+gives the same tensor every epoch, so it runs once per image and is cached; the random part
+(augmentation) runs on training samples only, every epoch, on the cached tensors.
+Samples are dicts: ``{"image": path or tensor (C, X, Y[, Z]) float32, "image_id": str, ...}``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from monai.transforms import (
+    Compose,
+    EnsureTyped,
+    NormalizeIntensityd,
+    Orientationd,
+    RandAffined,
+    RandFlipd,
+    RandGaussianNoised,
+    RandRotate90d,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    Resized,
+    ResizeWithPadOrCropd,
+    ScaleIntensityd,
+    ScaleIntensityRanged,
+    Spacingd,
+)
+
+from pipeline.config import DataConfig
+from pipeline.io import LoadScand
+
+KEY = "image"
+_RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
+
+def deterministic_transforms(data: DataConfig, spatial_dims: int) -> Compose:
+    """Path -> (C, *spatial_size) float32 tensor, RAS-oriented, intensity-normalised."""
+    chain: list[Any] = [
+        LoadScand(keys=(KEY,), nonfinite=data.nonfinite),
+        Orientationd(keys=KEY, axcodes="RAS"[:spatial_dims], labels=_RAS_LABELS),
+    ]
+    if data.spacing is not None:
+        chain.append(Spacingd(keys=KEY, pixdim=data.spacing, mode="bilinear"))
+    if data.resize == "pad_crop":
+        chain.append(ResizeWithPadOrCropd(keys=KEY, spatial_size=data.spatial_size, mode="constant"))
+    else:
+        # anti-aliasing smooths before shrinking, so a small finding is averaged, not skipped
+        mode = "bilinear" if spatial_dims == 2 else "trilinear"
+        chain.append(Resized(keys=KEY, spatial_size=data.spatial_size, mode=mode, anti_aliasing=True))
+    intensity = data.intensity.mode
+    if intensity == "ct_window":
+        lo, hi = data.intensity.window
+        chain.append(ScaleIntensityRanged(keys=KEY, a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True))
+    elif intensity == "zscore":
+        chain.append(NormalizeIntensityd(keys=KEY, channel_wise=True))
+    elif intensity == "minmax":
+        chain.append(ScaleIntensityd(keys=KEY, minv=0.0, maxv=1.0, channel_wise=True))
+    chain.append(EnsureTyped(keys=KEY, dtype="float32", track_meta=False))
+    return Compose(chain)
+
+
+def augmentation_transforms(data: DataConfig, spatial_dims: int) -> Compose:
+    """Random augmentation for training samples; input and output (C, *spatial_size) float32."""
+    aug = data.augment
+    chain: list[Any] = []
+    if aug.flip:
+        chain += [RandFlipd(keys=KEY, prob=0.5, spatial_axis=axis) for axis in range(spatial_dims)]
+    if aug.rotate90:
+        chain.append(RandRotate90d(keys=KEY, prob=0.5, max_k=3, spatial_axes=(0, 1)))
+    if aug.affine:
+        angle = 0.26  # about 15 degrees
+        chain.append(
+            RandAffined(
+                keys=KEY,
+                prob=0.5,
+                rotate_range=(angle,) * (1 if spatial_dims == 2 else 3),
+                scale_range=(0.1,) * spatial_dims,
+                padding_mode="border",
+                mode="bilinear",
+            )
+        )
+    if aug.intensity:
+        chain += [
+            RandScaleIntensityd(keys=KEY, factors=0.1, prob=0.5),
+            RandShiftIntensityd(keys=KEY, offsets=0.1, prob=0.5),
+        ]
+    if aug.noise:
+        chain.append(RandGaussianNoised(keys=KEY, prob=0.3, std=0.05))
+    chain.append(EnsureTyped(keys=KEY, dtype="float32", track_meta=False))
+    return Compose(chain)
+
+
+def preprocessing_fingerprint(data: DataConfig, spatial_dims: int) -> str:
+    """Text that changes whenever the deterministic chain would produce different tensors (cache key)."""
+    spec = {
+        "spatial_dims": spatial_dims,
+        "spatial_size": list(data.spatial_size),
+        "spacing": list(data.spacing) if data.spacing else None,
+        "resize": data.resize,
+        "intensity": {"mode": data.intensity.mode, "window": list(data.intensity.window)},
+        "nonfinite": data.nonfinite,
+        "chain": [type(t).__name__ for t in deterministic_transforms(data, spatial_dims).transforms],
+    }
+    return json.dumps(spec, sort_keys=True)
