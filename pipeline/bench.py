@@ -175,7 +175,7 @@ def _records(table: pd.DataFrame) -> list[dict[str, Any]]:
     """MONAI datalist: the image path (read by the transform chain every time), id and target."""
     return [
         {"image": p, IMAGE_ID: i, "target": float(t)}
-        for p, i, t in zip(table["path"].tolist(), table[IMAGE_ID].tolist(), table["target"].tolist())
+        for p, i, t in zip(table["path"].tolist(), table[IMAGE_ID].tolist(), table["target"].tolist(), strict=True)
     ]
 
 

@@ -40,7 +40,7 @@ def content_hash(path: Path | str) -> str:
 
 def image_hashes(image_ids: list[str], paths: list[str]) -> dict[str, str]:
     """image_id -> content hash for every image of a cohort."""
-    return {str(i): content_hash(p) for i, p in zip(image_ids, paths)}
+    return {str(i): content_hash(p) for i, p in zip(image_ids, paths, strict=True)}
 
 
 def git_commit(start: Path | None = None) -> str | None:
