@@ -111,9 +111,7 @@ def _option_problems(args: argparse.Namespace) -> list[str]:
     return problems
 
 
-def _split(
-    df: pd.DataFrame, args: argparse.Namespace, problems: list[str]
-) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+def _split(df: pd.DataFrame, args: argparse.Namespace, problems: list[str]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """(evaluated rows, validation rows) by --threshold-split-col; (df, None) without it."""
     col = args.threshold_split_col
     if col is None:
@@ -123,16 +121,12 @@ def _split(
         return df, None
     is_val = df[col].astype(str) == str(args.threshold_split_value)
     if not is_val.any() or is_val.all():
-        problems.append(
-            f"--threshold-split-col {col!r}: need rows with and without {args.threshold_split_value!r}"
-        )
+        problems.append(f"--threshold-split-col {col!r}: need rows with and without {args.threshold_split_value!r}")
         return df, None
     if args.group_col in df.columns:
         both = set(df.loc[is_val, args.group_col]) & set(df.loc[~is_val, args.group_col])
         if both:
-            problems.append(
-                f"{len(both)} patient(s) have rows in both the validation and the evaluated part (leakage)"
-            )
+            problems.append(f"{len(both)} patient(s) have rows in both the validation and the evaluated part (leakage)")
     return df[~is_val].reset_index(drop=True), df[is_val].reset_index(drop=True)
 
 
