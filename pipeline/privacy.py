@@ -113,10 +113,16 @@ def identifying_values(ds: Any, keywords: Iterable[str] = IDENTIFYING_KEYWORDS) 
     """Text of every identifying element present in ``ds`` (a pydicom Dataset or any mapping).
 
     Person names are returned whole; ``tokens()`` splits them into components for matching.
+    Raw pydicom values are decoded here rather than converted by pydicom (the slow part of
+    scanning headers): UTF-8 and Latin-1 readings are both kept when they differ.
     """
     wanted = keywords if isinstance(keywords, frozenset) else frozenset(keywords)
     found: set[str] = set()
-    for keyword in _present(ds, wanted):
+    for key, keyword in _present(ds, wanted):
+        raw = ds.get_item(key) if isinstance(key, int) else None
+        if raw is not None and getattr(raw, "VR", "SQ") != "SQ" and isinstance(raw.value, bytes):
+            found.update(_decoded(raw.value))
+            continue
         try:
             value = ds.get(keyword)
         except Exception:  # an unparseable value is still identifying, but cannot be read
@@ -125,20 +131,25 @@ def identifying_values(ds: Any, keywords: Iterable[str] = IDENTIFYING_KEYWORDS) 
     return {v for v in found if v}
 
 
+def _decoded(value: bytes) -> set[str]:
+    texts = {value.decode("utf-8", errors="ignore"), value.decode("latin-1")}
+    return {part.strip(" \x00") for text in texts for part in text.split("\\")}
+
+
 _TAGS: dict[frozenset[str], dict[int, str]] = {}
 
 
-def _present(ds: Any, wanted: frozenset[str]) -> list[str]:
-    """Keywords of ``wanted`` present in ``ds``, without converting every element (pydicom is lazy)."""
+def _present(ds: Any, wanted: frozenset[str]) -> list[tuple[Any, str]]:
+    """(key, keyword) of ``wanted`` present in ``ds``, without converting elements (pydicom is lazy)."""
     keys = list(ds.keys())
     if not keys or not isinstance(keys[0], int):  # a plain mapping of keywords
-        return [k for k in keys if k in wanted]
+        return [(k, k) for k in keys if k in wanted]
     if wanted not in _TAGS:
         from pydicom.datadict import tag_for_keyword
 
         _TAGS[wanted] = {t: kw for kw in wanted if (t := tag_for_keyword(kw)) is not None}
     tags = _TAGS[wanted]
-    return [tags[int(t)] for t in keys if int(t) in tags]
+    return [(int(t), tags[int(t)]) for t in keys if int(t) in tags]
 
 
 def tokens(text: str) -> set[str]:

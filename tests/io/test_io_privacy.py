@@ -71,37 +71,51 @@ def captured_log() -> Iterator[io.StringIO]:
     """Everything logged or warned while the test runs, through redaction installed as the CLI would."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    root = logging.getLogger()
-    root.addHandler(handler)
-    old_level = root.level
-    root.setLevel(logging.DEBUG)
+    loggers = [logging.getLogger(), logging.getLogger("pipeline")]  # cli's set-up stops propagation
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(logging.DEBUG)
     logging.captureWarnings(True)
-    install_redaction(root)
+    install_redaction(loggers[1])
     try:
         yield stream
     finally:
         uninstall_redaction()
         logging.captureWarnings(False)
-        root.removeHandler(handler)
-        root.setLevel(old_level)
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
 
 
 def test_installed_redaction_covers_any_logger_and_warnings(captured_log: io.StringIO, tmp_path: Path) -> None:
     register_identifying(["Doe^Jane"])
     register_root(tmp_path)
-    logging.getLogger("monai.data").warning("failed to read %s/Doe/IM1 for Jane", tmp_path)
+    logging.getLogger("some_reader.io").warning("failed to read %s/Doe/IM1 for Jane", tmp_path)
     try:
         raise ValueError("Doe^Jane broke it")
     except ValueError:
         logging.getLogger("pipeline").exception("while loading")
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        warnings.warn(f"Invalid value for VR PN: 'Doe^Jane' in {tmp_path}", UserWarning, stacklevel=1)
     text = captured_log.getvalue()
     assert "failed to read <path> for [redacted]" in text
     assert "Jane" not in text
     assert "Doe" not in text
     assert str(tmp_path) not in text
+
+
+def test_warnings_hook_redacts_messages(tmp_path: Path) -> None:
+    shown: list[str] = []
+    with warnings.catch_warnings():  # restores the hook and filters afterwards
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, *args, **kwargs: shown.append(str(message))
+        install_redaction()
+        try:
+            register_identifying(["Doe^Jane"])
+            register_root(tmp_path)
+            warnings.warn(f"Invalid value for VR PN: 'Doe^Jane' in {tmp_path}/x", UserWarning, stacklevel=1)
+        finally:
+            uninstall_redaction()
+    assert shown == ["Invalid value for VR PN: '[redacted]^[redacted]' in <path>"]
 
 
 def _study_outputs(tree: CanaryTree, out: Path, key_file: Path | None) -> pd.DataFrame:
