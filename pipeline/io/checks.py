@@ -86,3 +86,13 @@ def verify_stack(plan: StackPlan, *, mode: str, nonfinite: str, source: str) -> 
         n_bad = int(array.size - np.count_nonzero(np.isfinite(array)))
         if n_bad and nonfinite == "refuse":
             raise ScanError("nonfinite_voxels", f"{n_bad} of {array.size} voxels are NaN or infinite", source)
+
+
+def verify_job(job: tuple[StackPlan, str, str, str]) -> tuple[str, str] | None:
+    """``verify_stack`` for a worker process: (reason, detail) of the problem, or None."""
+    plan, mode, nonfinite, source = job
+    try:
+        verify_stack(plan, mode=mode, nonfinite=nonfinite, source=source)
+    except ScanError as exc:
+        return exc.reason, exc.detail
+    return None

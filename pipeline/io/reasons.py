@@ -48,6 +48,7 @@ REASONS: dict[str, tuple[str, str]] = {
     "corrupt_file": (ERROR, "the file cannot be parsed"),
     "no_pixel_data": (ERROR, "an image SOP class without pixel data"),
     "decode_failed": (ERROR, "pixel data could not be decoded"),
+    "worker_crash": (ERROR, "the process reading or decoding the input died (a native decoder crash)"),
     "no_dicom": (ERROR, "a folder without any readable DICOM image"),
     "not_found": (ERROR, "the path does not exist"),
 }

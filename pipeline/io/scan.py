@@ -10,15 +10,11 @@ re-identification table, which must live outside the output folder.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +25,13 @@ from pipeline.errors import ScanError, ValidationError
 from pipeline.io import checks, sniff
 from pipeline.io.dicom import DicomHeader, read_header
 from pipeline.io.ids import Ids
+from pipeline.io.isolation import WORKER_CRASH, default_workers, map_isolated
 from pipeline.io.labels import LabelTable, read_labels
 from pipeline.io.layout import LAYOUT_DIR, LINK_MODES, Entry, build_layout, image_path
 from pipeline.io.loader import NONFINITE_POLICIES, dicom_meta, iter_files
 from pipeline.io.reasons import ERROR, EXCLUDED, OK, SKIPPED, verdict_of
 from pipeline.io.series import Stack, group_stacks
-from pipeline.io.volume import plan_stack
+from pipeline.io.volume import StackPlan, plan_stack
 from pipeline.privacy import load_key, register_identifying, register_root
 from pipeline.reporting.artifacts import write_csv
 from pipeline.schema import IMAGE, LABEL, PATIENT_ID, SERIES_ID, STUDY_ID
@@ -81,7 +78,6 @@ EXIT_OK, EXIT_PARTIAL, EXIT_NOTHING_USABLE = 0, 8, 9
 VERIFY_MODES = ("header", "sample", "full")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 ALARM_MIN, ALARM_SHARE = 3, 0.10
-PARALLEL_MIN_FILES = 256
 
 
 @dataclass
@@ -146,6 +142,7 @@ class _Run:
     rows: list[dict[str, Any]] = field(default_factory=list)
     reid: list[dict[str, Any]] = field(default_factory=list)
     headers: list[DicomHeader] = field(default_factory=list)
+    workers: int = 1
 
     def rel(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
@@ -235,7 +232,8 @@ def scan_tree(
 ) -> ScanSummary:
     """Scan ``root``; write the manifest, the exclusions table and the ``images/`` link layout.
 
-    ``workers``: processes reading headers (default: 1 below 256 files, else up to 8 CPUs).
+    ``workers``: processes reading headers and decoding (default: 1 below 256 files, else up to 8
+    CPUs); with several, a decoder that crashes its process costs one ``worker_crash`` verdict.
     ``verify``: "header" (no pixels), "sample" (decode one file per series; read NIfTI voxels for
     the NaN check) or "full" (assemble every series as ``load_scan`` would). Raises
     ValidationError for bad arguments; never raises for bad images.
@@ -262,7 +260,8 @@ def scan_tree(
     out_dir = manifest.resolve().parent
     skip = {manifest.resolve(), o.exclusions.resolve(), o.reid_table.resolve() if o.reid_table else None}
     files = [f for f in iter_files(run.root) if f not in skip and not _inside_layout(f, out_dir)]
-    _read_all(run, files, workers, progress)
+    run.workers = default_workers(len(files)) if workers is None else workers
+    _read_all(run, files, progress)
     _scan_stacks(run, group_stacks(run.headers))
     summary = _write(run, o, table)
     summary.n_files, summary.seconds = len(files), time.perf_counter() - started
@@ -316,24 +315,13 @@ def _classify_file(run: _Run, path: Path, fid: str, result: tuple[str, Any]) -> 
     run.reid.append({"id": fid, "kind": "file", "relative_paths": run.rel(path)})
 
 
-def _read_all(run: _Run, files: list[Path], workers: int | None, progress: bool) -> None:
-    """Headers of every file, in file order; in worker processes for large trees."""
+def _read_all(run: _Run, files: list[Path], progress: bool) -> None:
+    """Headers of every file, in file order (in worker processes for large trees)."""
     jobs = [(f, run.ids.file(run.rel(f))) for f in files]
-    if workers is None:
-        workers = 1 if len(files) < PARALLEL_MIN_FILES else min(os.cpu_count() or 1, 8)
     bar = tqdm(total=len(jobs), desc="scan", unit="file", disable=None if progress else True, file=sys.stderr)
-    done = 0
-    if workers > 1:
-        try:  # spawn: the parent may hold threads (torch) that a fork would copy mid-lock
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-                for (path, fid), result in zip(jobs, pool.map(read_file, jobs, chunksize=64), strict=False):
-                    _classify_file(run, path, fid, result)
-                    done += 1
-                    bar.update()
-        except BrokenProcessPool:
-            log.warning("a header-reading process died; reading the remaining %d file(s) here", len(jobs) - done)
-    for path, fid in jobs[done:]:
-        _classify_file(run, path, fid, read_file((path, fid)))
+    crashed = ("failed", ("worker_crash", "the process reading this file died"))
+    for (path, fid), result in zip(jobs, map_isolated(read_file, jobs, run.workers), strict=True):
+        _classify_file(run, path, fid, crashed if result == WORKER_CRASH else result)
         bar.update()
     bar.close()
 
@@ -360,14 +348,14 @@ def _scan_nifti(run: _Run, path: Path, kind: str, rel: str) -> None:
     run.images.append(_Image(row, Entry(nid, (path,), suffix), (), (stem, patient)))
 
 
-def _series_reid(run: _Run, stack: Stack, sid: str, patient: str, study: str) -> dict[str, Any]:
+def _series_reid(run: _Run, stack: Stack, ids: dict[str, str]) -> dict[str, Any]:
     first = stack.first
     return {
-        "id": sid,
+        "id": ids["series"],
         "kind": "series",
-        PATIENT_ID: patient,
+        PATIENT_ID: ids["patient"],
         "original_patient_id": first.patient_key,
-        STUDY_ID: study,
+        STUDY_ID: ids["study"],
         "original_study_uid": first.study_uid,
         "original_accession": first.accession,
         "relative_paths": ";".join(sorted({run.rel(h.path.parent) for h in stack.headers})),
@@ -375,25 +363,37 @@ def _series_reid(run: _Run, stack: Stack, sid: str, patient: str, study: str) ->
 
 
 def _scan_stacks(run: _Run, stacks: Sequence[Stack]) -> None:
+    """Plan every stack (headers only), then decode-check the candidates, isolated from crashes."""
     owners: Counter[Path] = Counter(h.path for s in stacks for h in s.headers)
+    candidates: list[tuple[StackPlan, dict[str, str]]] = []
     for stack in stacks:
         sid = run.ids.series(stack.series_uid, stack.index)
-        first, files = stack.first, stack.headers
-        patient = run.ids.patient(first.patient_key, first.study_uid or sid)
-        study = run.ids.study(first.study_uid)
-        run.reid.append(_series_reid(run, stack, sid, patient, study))
+        first = stack.first
+        ids = {"patient": run.ids.patient(first.patient_key, first.study_uid or sid), "series": sid}
+        ids["study"] = run.ids.study(first.study_uid)
+        run.reid.append(_series_reid(run, stack, ids))
         try:
-            if any(owners[h.path] > 1 for h in files):
+            if any(owners[h.path] > 1 for h in stack.headers):
                 raise ScanError("multiple_series", "one file holds planes of several stacks", sid)
-            plan = plan_stack(stack, source=sid)
-            checks.verify_stack(plan, mode=run.verify, nonfinite=run.nonfinite, source=sid)
+            candidates.append((plan_stack(stack, source=sid), ids))
         except ScanError as exc:
-            run.exclude(sid, "series", exc, n_files=len(files), patient=patient, study=study, series=sid)
-            continue
-        row = {PATIENT_ID: patient, STUDY_ID: study, SERIES_ID: sid, **checks.dicom_qc(dicom_meta(plan))}
-        entry = Entry(sid, tuple(h.path for h in files), ".dcm" if len(files) == 1 else "")
-        study_keys = (first.study_uid, first.accession, first.study_key, study)
-        run.images.append(_Image(row, entry, study_keys, (first.patient_key, patient)))
+            run.exclude(sid, "series", exc, n_files=len(stack.headers), **ids)
+    jobs = [(plan, run.verify, run.nonfinite, ids["series"]) for plan, ids in candidates]
+    for (plan, ids), problem in zip(candidates, map_isolated(checks.verify_job, jobs, run.workers), strict=True):
+        if problem is not None:
+            reason, detail = problem if problem != WORKER_CRASH else (problem, "the decoding process died")
+            run.exclude(ids["series"], "series", ScanError(reason, detail), n_files=len(plan.stack.headers), **ids)
+        else:
+            run.images.append(_dicom_image(plan, ids))
+
+
+def _dicom_image(plan: StackPlan, ids: dict[str, str]) -> _Image:
+    first, files = plan.stack.first, plan.stack.headers
+    row = {PATIENT_ID: ids["patient"], STUDY_ID: ids["study"], SERIES_ID: ids["series"]}
+    row |= checks.dicom_qc(dicom_meta(plan))
+    entry = Entry(ids["series"], tuple(h.path for h in files), ".dcm" if len(files) == 1 else "")
+    study_keys = (first.study_uid, first.accession, first.study_key, ids["study"])
+    return _Image(row, entry, study_keys, (first.patient_key, ids["patient"]))
 
 
 def _label_of(table: LabelTable | None, image: _Image) -> str:
