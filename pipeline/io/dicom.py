@@ -100,7 +100,18 @@ class DicomHeader:
 
     @property
     def ts_name(self) -> str:
-        return UID(self.transfer_syntax).name if self.transfer_syntax else "unknown"
+        return uid_name(self.transfer_syntax)
+
+
+def uid_name(value: str) -> str:
+    """The dictionary name of a UID, the UID itself when unknown; header text that is not a valid
+    UID is never echoed (it lands in QC columns and messages)."""
+    with warnings.catch_warnings():  # pydicom warns with the (invalid) value itself
+        warnings.simplefilter("ignore")
+        uid = UID(value)
+        if uid.name != value:
+            return uid.name
+        return value if uid.is_valid else "invalid UID"
 
 
 def read_dataset(path: Path, *, source: str) -> Dataset:
@@ -193,7 +204,7 @@ def _parse_header(ds: Dataset, path: Path, source: str) -> DicomHeader:
     if sop_class == DICOMDIR_CLASS or "DirectoryRecordSequence" in ds:
         raise ScanError("dicomdir", "DICOMDIR media directory, not an image", source)
     if sop_class and is_non_image_class(sop_class):
-        raise ScanError("not_an_image", f"SOP class '{UID(sop_class).name}' is not an image", source)
+        raise ScanError("not_an_image", f"SOP class '{uid_name(sop_class)}' is not an image", source)
     image_type = tuple(str(v).upper() for v in (_get(ds, "ImageType") or ()))
     if "LOCALIZER" in image_type or "SCOUT" in image_type:
         raise ScanError("localizer", "ImageType marks a localizer/scout image", source)
@@ -254,14 +265,15 @@ def _check_transfer_syntax(uid: str, source: str) -> None:
     """Refuse a transfer syntax no installed pydicom plugin decodes (pydicom keeps the registry)."""
     if not uid:
         raise ScanError("corrupt_header", "no Transfer Syntax UID and none could be inferred", source)
+    if uid_name(uid) == "invalid UID":
+        raise ScanError("corrupt_header", "the Transfer Syntax UID is not a valid UID", source)
     try:
         available = pydicom.pixels.get_decoder(uid).is_available
     except NotImplementedError:
         available = False
     if not available:
-        raise ScanError(
-            "unsupported_transfer_syntax", f"no decoder for transfer syntax {uid} ({UID(uid).name})", source
-        )
+        name = uid_name(uid)
+        raise ScanError("unsupported_transfer_syntax", f"no decoder for transfer syntax {uid} ({name})", source)
 
 
 def _check_deferred_lengths(ds: Dataset, path: Path, source: str, tags: list[int] | None = None) -> None:

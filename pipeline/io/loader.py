@@ -9,11 +9,10 @@ from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
 
 from pipeline.errors import ScanError
 from pipeline.io import nifti, sniff
-from pipeline.io.dicom import DicomHeader, read_header
+from pipeline.io.dicom import DicomHeader, read_header, uid_name
 from pipeline.io.geometry import orientation_code
 from pipeline.io.series import group_stacks
 from pipeline.io.volume import VOLUME_POLICIES, StackPlan, assemble, plan_stack
@@ -136,7 +135,7 @@ def dicom_meta(plan: StackPlan) -> dict[str, Any]:
         "transfer_syntax": first.ts_name,
         "photometric": first.photometric,
         "inverted": first.photometric == "MONOCHROME1",
-        "sop_class": UID(first.sop_class).name if first.sop_class else "",
+        "sop_class": uid_name(first.sop_class) if first.sop_class else "",
         "series_description": first.description,
         "spacing_deviation": g.spacing_deviation,
         "tilt_deg": g.tilt_deg,

@@ -14,7 +14,6 @@ import warnings
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
 
 from pipeline.errors import ScanError
 from pipeline.io.dicom import DicomHeader
@@ -46,7 +45,7 @@ def decode(ds: Dataset, header: DicomHeader, *, source: str) -> np.ndarray:
             if header.photometric == "PALETTE COLOR":
                 arr = pydicom.pixels.apply_color_lut(arr, ds)
     except Exception as exc:  # decoder texts are not ours to show; the type and syntax are enough
-        name = UID(header.transfer_syntax).name
+        name = header.ts_name
         raise ScanError(
             "decode_failed", f"{name} pixel data could not be decoded ({type(exc).__name__})", source
         ) from None
