@@ -106,3 +106,13 @@ def test_adrenal_nifti_volumes_load() -> None:
         scan = load_scan(cohort / image)
         assert scan.array.shape == (28, 28, 28)
         assert scan.meta["nifti_transform"] in ("sform", "qform")
+
+
+@pytest.mark.slow
+def test_whole_pneumonia_cohort_scans_clean(tmp_path: Path) -> None:
+    cohort = shared("pneumoniamnist-dicom")
+    summary = scan_tree(cohort / "dicom", out_manifest=tmp_path / "m.csv", verify="full", progress=False)
+    manifest = pd.read_csv(summary.manifest)
+    assert summary.exit_code == 0
+    assert len(manifest) == len(pd.read_csv(cohort / "manifest.csv"))
+    assert set(manifest["photometric"]) == {"MONOCHROME1", "MONOCHROME2"}
