@@ -269,7 +269,11 @@ def scan_tree(
 
 
 def _inside_layout(path: Path, out_dir: Path) -> bool:
-    return path.is_relative_to(out_dir / LAYOUT_DIR) or path.parent.name.startswith(f".{LAYOUT_DIR}.")
+    """Our own link layout (and its temporary or old copies) when the output lies in the tree."""
+    if not path.is_relative_to(out_dir):
+        return False
+    top = path.relative_to(out_dir).parts[0]
+    return top == LAYOUT_DIR or top.startswith(f".{LAYOUT_DIR}.")
 
 
 def _file_problem(path: Path, kind: str, fid: str) -> ScanError:
