@@ -145,7 +145,7 @@ def ingestion_benchmark(
     return results
 
 
-def format_ingestion_benchmark(r: dict[str, Any]) -> str:
+def format_ingestion(r: dict[str, Any]) -> str:
     """A small table of ``ingestion_benchmark``'s figures."""
     w = r["workers"]
     rows = [

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline import cli
 from pipeline.io import convert, load_scan
-from pipeline.io.bench import format_ingestion_benchmark, ingestion_benchmark
+from pipeline.io.bench import format_ingestion, ingestion_benchmark
 
 
 @pytest.mark.parametrize("case", ["d11_oblique", "d10_gantry_tilt", "f01_radiograph_monochrome1", "n02_nifti2"])
@@ -48,4 +48,4 @@ def test_ingestion_benchmark_smoke(tmp_path: Path) -> None:
     assert result["n_series"] == 6
     assert result["assemble_same_voxel_values"]
     assert result["files_per_s_header_1w"] > 0
-    assert "MONAI PydicomReader" in format_ingestion_benchmark(result)
+    assert "MONAI PydicomReader" in format_ingestion(result)
