@@ -42,6 +42,9 @@ class ModelConfig:
     stem_kernel: int = 7
     stem_max_pool: bool = True
     widen_factor: float = 1.0
+    # batch: MONAI's default. instance/group do not depend on batch statistics, which keeps
+    # scores comparable between folds when batches are small (pooled out-of-fold AUC).
+    norm: Literal["batch", "instance", "group"] = "batch"
     dropout: float = 0.0
     pretrained: str | None = None  # local path to a state_dict (.pt), loaded with weights_only=True
 
@@ -83,7 +86,10 @@ class TrainConfig:
     class_balance: Literal["weighted_loss", "sampler", "none"] = "weighted_loss"
     amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 on CUDA and on CPUs with native bf16
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    patience: int = 0  # stop after this many epochs without a better validation AUC (0: never)
+    # how the best epoch is chosen on the validation patients: AUC (ties: lower loss) or loss. A
+    # loss-selected model is better calibrated, so scores pooled over folds stay comparable.
+    select: Literal["auc", "loss"] = "auc"
+    patience: int = 0  # stop after this many epochs without a better validation score (0: never)
     deterministic: bool = False
     num_threads: int = 0  # torch CPU threads (0: torch's default)
 

@@ -10,6 +10,7 @@ from monai.data import DataLoader
 from torch import nn
 
 from pipeline.datasets import sample_dataset
+from pipeline.distributed import SINGLE, DistContext, gather_sharded, shard
 
 
 def predict_logits(
@@ -19,11 +20,19 @@ def predict_logits(
     device: torch.device,
     bf16: bool = False,
     batch_size: int = 32,
+    ctx: DistContext = SINGLE,
 ) -> np.ndarray:
-    """Logits, shape (len(items),) float32, in the order of ``items``."""
+    """Logits, shape (len(items),) float32, in the order of ``items``.
+
+    Under torchrun each rank predicts a disjoint shard and the shards are gathered, so every
+    image is predicted exactly once and every rank returns the full array.
+    """
     if not items:
         return np.zeros(0, dtype=np.float32)
-    loader = DataLoader(sample_dataset(items), batch_size=batch_size, shuffle=False, num_workers=0)
+    mine = shard(ctx, items)
+    if not mine:
+        return gather_sharded(ctx, np.zeros(0, dtype=np.float32), len(items))
+    loader = DataLoader(sample_dataset(mine), batch_size=batch_size, shuffle=False, num_workers=0)
     was_training = model.training
     model.eval()
     out = []
@@ -34,7 +43,7 @@ def predict_logits(
                 logits = model(x).reshape(len(x), -1)[:, 0]
             out.append(logits.float().cpu().numpy())
     model.train(was_training)
-    return np.concatenate(out).astype(np.float32)
+    return gather_sharded(ctx, np.concatenate(out).astype(np.float32), len(items))
 
 
 def predict_scores(model: nn.Module, items: list[dict[str, Any]], **kwargs: Any) -> np.ndarray:

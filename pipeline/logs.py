@@ -41,6 +41,9 @@ def setup_logging(verbose: bool = False) -> logging.Logger:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     logging.captureWarnings(True)
     warnings.filterwarnings("ignore", module=r"monai\..*")
+    from pipeline.privacy import install_redaction
+
+    install_redaction(logger)
     return logger
 
 

@@ -18,6 +18,13 @@ from pipeline.errors import CohortnetError
 log = logging.getLogger(__name__)
 
 
+_NORMS: dict[str, tuple[str, dict[str, object]]] = {
+    "batch": ("batch", {}),
+    "instance": ("instance", {"affine": True}),
+    "group": ("group", {"num_groups": 16}),
+}
+
+
 def build_model(cfg: ModelConfig) -> nn.Module:
     """A MONAI ResNet with a single-logit head: input (B, C, *spatial) -> logits (B, 1)."""
     if cfg.arch not in ARCHS:
@@ -32,6 +39,7 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         no_max_pool=not cfg.stem_max_pool,
         widen_factor=cfg.widen_factor,
         feed_forward=True,
+        norm=_NORMS[cfg.norm],
     )
     if cfg.dropout > 0:
         head = model.fc

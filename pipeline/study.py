@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,23 +161,38 @@ class StudyResult:
 
 
 def run_study(cfg: WorkflowConfig, cohort: Cohort, *, run_id: str | None = None, progress: bool = True) -> StudyResult:
-    """Run the whole study; returns the run folder and the metrics."""
+    """Run the whole study; returns the run folder and the metrics.
+
+    Under torchrun every rank runs this function: rank 0 creates the run folder and writes every
+    file; the others train their share and return empty metrics.
+    """
+    from pipeline.distributed import barrier, broadcast, init_from_env
+
     start = time.perf_counter()
-    run_dir = new_run_dir(cfg, run_id)
-    handler = add_run_log(run_dir)
+    ctx = init_from_env(cfg.train.device)
+    run_dir = broadcast(ctx, new_run_dir(cfg, run_id) if ctx.is_main else None)
+    assert run_dir is not None
+    handler = add_run_log(run_dir) if ctx.is_main else None
+    if not ctx.is_main:
+        logging.getLogger("pipeline").setLevel(logging.WARNING)
+    metrics: dict[str, Any] = {}
     try:
         log.info("study %s: run folder %s", cfg.study, run_dir)
-        hashes = _record_inputs(run_dir, cfg, cohort)
+        hashes = broadcast(ctx, _record_inputs(run_dir, cfg, cohort) if ctx.is_main else None)
+        assert hashes is not None
         splits = make_splits(cfg, cohort)
-        artifacts.write_csv(run_dir / SPLITS_FILE, splits)
+        if ctx.is_main:
+            artifacts.write_csv(run_dir / SPLITS_FILE, splits)
         summary = crossval.describe_splits(splits, cohort.patients)
         log.info("splits (%s):\n%s", cfg.validation.scheme, summary.to_string(index=False))
-        train_and_predict(cfg, cohort, splits, run_dir, content_hashes=hashes, progress=progress)
-        metrics = finalize_run(run_dir, cfg, cohort)
+        train_and_predict(cfg, cohort, splits, run_dir, content_hashes=hashes, progress=progress and ctx.is_main)
+        if ctx.is_main:
+            metrics = finalize_run(run_dir, cfg, cohort)
+        barrier(ctx)
     finally:
-        log.removeHandler(handler)
-        logging.getLogger("pipeline").removeHandler(handler)
-        handler.close()
+        if handler is not None:
+            logging.getLogger("pipeline").removeHandler(handler)
+            handler.close()
     return StudyResult(run_dir, metrics, time.perf_counter() - start)
 
 
@@ -205,30 +221,24 @@ def train_and_predict(
     import torch
 
     from pipeline.datasets import prepare_cohort
-    from pipeline.inference import predict_scores
-    from pipeline.models import build_model, count_parameters
-    from pipeline.training import resolve_device, train_fold, use_bf16
-    from pipeline.transforms import (
-        augmentation_transforms,
-        deterministic_transforms,
-        preprocessing_fingerprint,
-    )
+    from pipeline.distributed import barrier, device_for, init_from_env
+    from pipeline.training import resolve_device
+    from pipeline.transforms import deterministic_transforms, preprocessing_fingerprint
 
+    ctx = init_from_env(cfg.train.device)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
-    device = resolve_device(cfg.train.device)
+    device = device_for(ctx, resolve_device(cfg.train.device))
     dims = cfg.model.spatial_dims
-    fingerprint = preprocessing_fingerprint(cfg.data, dims)
-    n_voxels = cfg.model.in_channels * int(torch.tensor(cfg.data.spatial_size).prod())
     t0 = time.perf_counter()
     prepared = prepare_cohort(
         cohort.table,
         deterministic_transforms(cfg.data, dims),
-        fingerprint=fingerprint,
+        fingerprint=preprocessing_fingerprint(cfg.data, dims),
         content_hashes=content_hashes,
         cache=cfg.data.cache,
         cache_dir=cfg.output_dir / ".cache" / "preprocessed",
-        bytes_per_image=4 * n_voxels,
+        bytes_per_image=4 * cfg.model.in_channels * math.prod(cfg.data.spatial_size),
         progress=progress,
     )
     log.info(
@@ -238,79 +248,94 @@ def train_and_predict(
         prepared.cache,
         len(prepared.failures),
     )
-    artifacts.write_csv(run_dir / EXCLUDED_FILE, prepared.failures)
-    augment = augmentation_transforms(cfg.data, dims)
+    if ctx.is_main:
+        artifacts.write_csv(run_dir / EXCLUDED_FILE, prepared.failures)
     table = cohort.table.set_index(IMAGE_ID)
-    bf16 = use_bf16(cfg.train.amp, device)
     for fold, part in splits.groupby(FOLD, sort=True):
         fold_dir = run_dir / f"fold_{fold}"
         if (fold_dir / FOLD_DONE_FILE).is_file():
             log.info("fold %s: already done, skipping", fold)
             continue
-        roles = table[PATIENT_ID].map(dict(zip(part[PATIENT_ID], part[ROLE], strict=False)))
-        ids = {r: roles.index[roles == r].tolist() for r in crossval.ROLES}
-        items = {r: prepared.items(v) for r, v in ids.items()}
-        model = build_model(cfg.model)
-        log.info(
-            "fold %s: %d train / %d val / %d test images on %s%s, %s (%.1fM parameters)",
-            fold,
-            len(items["train"]),
-            len(items["val"]),
-            len(items["test"]),
-            device,
-            " (bf16 autocast)" if bf16 else "",
-            cfg.model.arch,
-            count_parameters(model) / 1e6,
-        )
-        t_fold = time.perf_counter()
-        result = train_fold(
-            model,
-            items["train"],
-            items["val"],
-            cfg.train,
-            augment=augment,
-            device=device,
-            checkpoint=fold_dir / "model.pt",
-            seed=cfg.train.seed + int(str(fold)),
-            label=f"fold {fold}: ",
-        )
-        rows = []
-        for role in ("test", "val"):
-            scores = predict_scores(model, items[role], device=device, bf16=bf16, batch_size=cfg.train.batch_size * 2)
-            for item, score in zip(items[role], scores, strict=False):
-                iid = item[IMAGE_ID]
-                rows.append(
-                    (
-                        table.at[iid, PATIENT_ID],
-                        iid,
-                        fold,
-                        table.at[iid, cohort.label_col],
-                        float(score),
-                        role,
-                    )
-                )
-        fold_preds = pd.DataFrame(rows, columns=[PATIENT_ID, IMAGE_ID, FOLD, cohort.label_col, SCORE, ROLE])
-        artifacts.write_csv(fold_dir / "history.csv", result.history)
-        artifacts.write_csv(fold_dir / PREDICTIONS_FILE, fold_preds)
-        artifacts.write_json(
-            fold_dir / FOLD_DONE_FILE,
-            {
-                "fold": int(str(fold)),
-                "best_epoch": result.best_epoch,
-                "best_val_auc": result.best_val_auc,
-                "seconds": time.perf_counter() - t_fold,
-            },
-        )
-    pooled = pd.concat(
-        [
-            pd.read_csv(p, dtype={PATIENT_ID: str, IMAGE_ID: str})
-            for p in sorted(run_dir.glob(f"fold_*/{PREDICTIONS_FILE}"))
-        ],
-        ignore_index=True,
+        roles = table[PATIENT_ID].map(dict(zip(part[PATIENT_ID], part[ROLE], strict=True)))
+        items = {r: prepared.items(roles.index[roles == r].tolist()) for r in crossval.ROLES}
+        _run_fold(cfg, int(str(fold)), items, table, cohort.label_col, fold_dir, device)
+        barrier(ctx)
+    if ctx.is_main:
+        parts = sorted(run_dir.glob(f"fold_*/{PREDICTIONS_FILE}"))
+        pooled = pd.concat([pd.read_csv(p, dtype={PATIENT_ID: str, IMAGE_ID: str}) for p in parts], ignore_index=True)
+        artifacts.write_csv(run_dir / PREDICTIONS_FILE, pooled[pooled[ROLE] == "test"].drop(columns=ROLE))
+        artifacts.write_csv(run_dir / VAL_PREDICTIONS_FILE, pooled[pooled[ROLE] == "val"].drop(columns=ROLE))
+    barrier(ctx)
+
+
+def _run_fold(
+    cfg: WorkflowConfig,
+    fold: int,
+    items: dict[str, list[dict[str, Any]]],
+    table: pd.DataFrame,
+    label_col: str,
+    fold_dir: Path,
+    device: Any,
+) -> None:
+    """Train one fold, then predict its test and validation images (rank 0 writes the files)."""
+    from pipeline.distributed import init_from_env
+    from pipeline.inference import predict_scores
+    from pipeline.models import build_model, count_parameters
+    from pipeline.training import train_fold, use_bf16
+    from pipeline.transforms import augmentation_transforms
+
+    ctx = init_from_env(cfg.train.device)
+    bf16 = use_bf16(cfg.train.amp, device)
+    model = build_model(cfg.model)
+    log.info(
+        "fold %d: %d train / %d val / %d test images on %s%s%s, %s (%.1fM parameters)",
+        fold,
+        len(items["train"]),
+        len(items["val"]),
+        len(items["test"]),
+        device,
+        f" x {ctx.world_size} ranks" if ctx.enabled else "",
+        " (bf16 autocast)" if bf16 else "",
+        cfg.model.arch,
+        count_parameters(model) / 1e6,
     )
-    test = pooled[pooled[ROLE] == "test"].drop(columns=ROLE)
-    artifacts.write_csv(run_dir / PREDICTIONS_FILE, test)
-    artifacts.write_csv(run_dir / VAL_PREDICTIONS_FILE, pooled[pooled[ROLE] == "val"].drop(columns=ROLE))
+    start = time.perf_counter()
+    result = train_fold(
+        model,
+        items["train"],
+        items["val"],
+        cfg.train,
+        augment=augmentation_transforms(cfg.data, cfg.model.spatial_dims),
+        device=device,
+        checkpoint=fold_dir / "model.pt",
+        seed=cfg.train.seed + fold,
+        label=f"fold {fold}: ",
+        ctx=ctx,
+    )
+    frames = []
+    for role in ("test", "val"):
+        ids = [it[IMAGE_ID] for it in items[role]]
+        scores = predict_scores(
+            model, items[role], device=device, bf16=bf16, batch_size=cfg.train.batch_size * 2, ctx=ctx
+        )
+        frames.append(
+            pd.DataFrame(
+                {
+                    PATIENT_ID: table.loc[ids, PATIENT_ID].to_numpy(),
+                    IMAGE_ID: ids,
+                    FOLD: fold,
+                    label_col: table.loc[ids, label_col].to_numpy(),
+                    SCORE: scores,
+                    ROLE: role,
+                }
+            )
+        )
+    if not ctx.is_main:
+        return
+    artifacts.write_csv(fold_dir / "history.csv", result.history)
+    artifacts.write_csv(fold_dir / PREDICTIONS_FILE, pd.concat(frames, ignore_index=True))
+    done = {"fold": fold, "best_epoch": result.best_epoch, "best_val_auc": result.best_val_auc}
+    artifacts.write_json(fold_dir / FOLD_DONE_FILE, {**done, "seconds": time.perf_counter() - start})
 
 
 # --------------------------------------------------------------------------- after training

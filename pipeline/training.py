@@ -20,15 +20,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from monai.data import DataLoader
+from monai.data import DataLoader, DistributedSampler, DistributedWeightedRandomSampler
 from monai.transforms import Compose
 from monai.utils import set_determinism
 from sklearn.metrics import roc_auc_score
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import WeightedRandomSampler
 
 from pipeline.config import TrainConfig
 from pipeline.datasets import sample_dataset, targets
+from pipeline.distributed import SINGLE, DistContext, barrier
 from pipeline.inference import predict_logits
 
 log = logging.getLogger(__name__)
@@ -115,18 +117,44 @@ def warmup_cosine(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def make_loader(items: list[dict[str, Any]], cfg: TrainConfig, augment: Any, generator: torch.Generator) -> DataLoader:
-    """Training loader: shuffled (or class-balanced sampling), trailing singleton batch dropped."""
+def make_loader(
+    items: list[dict[str, Any]],
+    cfg: TrainConfig,
+    augment: Any,
+    generator: torch.Generator,
+    ctx: DistContext = SINGLE,
+    seed: int = 0,
+) -> DataLoader:
+    """Training loader: shuffled (or class-balanced sampling), trailing singleton batch dropped.
+
+    Under torchrun each rank draws its own part of every epoch (MONAI's distributed samplers;
+    the training sampler pads the last batch, which only matters for training, never for
+    predictions). Call ``set_epoch(epoch)`` on ``loader.sampler`` when it has one.
+    """
     y = targets(items)
     n_pos = float(y.sum())
-    sampler = None
+    dataset = sample_dataset(items, augment)
+    sampler: Any = None
+    per_rank = math.ceil(len(items) / ctx.world_size)
     if cfg.class_balance == "sampler" and 0 < n_pos < len(y):
-        weights = np.where(y == 1, 0.5 / n_pos, 0.5 / (len(y) - n_pos))
-        sampler = WeightedRandomSampler(weights.tolist(), num_samples=len(y), replacement=True, generator=generator)
+        weights = np.where(y == 1, 0.5 / n_pos, 0.5 / (len(y) - n_pos)).tolist()
+        if ctx.enabled:
+            sampler = DistributedWeightedRandomSampler(
+                dataset,
+                weights,
+                num_samples_per_rank=per_rank,
+                generator=generator,
+                num_replicas=ctx.world_size,
+                rank=ctx.rank,
+            )
+        else:
+            sampler = WeightedRandomSampler(weights, num_samples=len(y), replacement=True, generator=generator)
+    elif ctx.enabled:
+        sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
     # BatchNorm cannot normalise a batch of one sample; drop a trailing singleton batch.
-    drop_last = len(items) % cfg.batch_size == 1
+    drop_last = per_rank % cfg.batch_size == 1
     return DataLoader(
-        sample_dataset(items, augment),
+        dataset,
         batch_size=cfg.batch_size,
         shuffle=sampler is None,
         sampler=sampler,
@@ -181,10 +209,16 @@ def run_epoch(
 
 
 def validation_metrics(
-    model: nn.Module, items: list[dict[str, Any]], device: torch.device, bf16: bool, batch: int
+    model: nn.Module,
+    items: list[dict[str, Any]],
+    device: torch.device,
+    bf16: bool,
+    batch: int,
+    ctx: DistContext = SINGLE,
 ) -> tuple[float, float | None]:
-    """(BCE loss, AUC or None when the validation set holds one class) on ``items``."""
-    logits = predict_logits(model, items, device=device, bf16=bf16, batch_size=batch)
+    """(BCE loss, AUC or None when the validation set holds one class) on ``items``; under
+    torchrun every rank gets the same numbers, so all ranks make the same best-epoch choice."""
+    logits = predict_logits(model, items, device=device, bf16=bf16, batch_size=batch, ctx=ctx)
     y = targets(items)
     loss = float(nn.functional.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(y)))
     auc = float(roc_auc_score(y, logits)) if 0 < y.sum() < len(y) else None
@@ -202,18 +236,24 @@ def train_fold(
     checkpoint: Path,
     seed: int,
     label: str = "",
+    ctx: DistContext = SINGLE,
 ) -> FoldResult:
-    """Fit ``model`` in place on ``train_items``; keep the epoch with the best validation AUC.
+    """Fit ``model`` in place on ``train_items``; keep the epoch that scores best on ``val_items``.
 
-    Ties in validation AUC go to the lower validation loss. The best state is written to
+    ``cfg.select`` picks the criterion: ``auc`` (ties go to the lower loss) or ``loss`` (the
+    lower validation BCE, ties to the higher AUC). The best state is written to
     ``checkpoint`` (a state_dict) and loaded into ``model`` before returning. The resumable
     training state lives beside it in ``last.pt`` and is removed once the fold is complete.
     """
     seed_everything(seed, cfg.deterministic)
     bf16 = use_bf16(cfg.amp, device)
     model.to(device)
+    # under torchrun the gradient step goes through DDP; evaluation and state use the bare model
+    stepper: nn.Module = model
+    if ctx.enabled:
+        stepper = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     generator = torch.Generator()
-    loader = make_loader(train_items, cfg, augment, generator)
+    loader = make_loader(train_items, cfg, augment, generator, ctx, seed)
     loss_fn = make_loss(cfg, targets(train_items), device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(loader))
@@ -228,12 +268,15 @@ def train_fold(
         if cfg.patience and state.stale >= cfg.patience:
             break
         es = epoch_seed(seed, epoch)
-        torch.manual_seed(es)
+        torch.manual_seed(es + ctx.rank)
         generator.manual_seed(es)
-        augment.set_random_state(seed=es)
-        stats = run_epoch(model, loader, optimizer, scheduler, loss_fn, device=device, bf16=bf16)
-        val_loss, val_auc = validation_metrics(model, val_items, device, bf16, cfg.batch_size * 2)
-        score = (val_auc if val_auc is not None else 0.0, -val_loss)
+        augment.set_random_state(seed=es + ctx.rank)
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        stats = run_epoch(stepper, loader, optimizer, scheduler, loss_fn, device=device, bf16=bf16)
+        val_loss, val_auc = validation_metrics(model, val_items, device, bf16, cfg.batch_size * 2, ctx)
+        auc_key = val_auc if val_auc is not None else 0.0
+        score = (auc_key, -val_loss) if cfg.select == "auc" else (-val_loss, auc_key)
         improved = score > state.best_score
         if improved:
             state.best_score, state.best_epoch, state.stale = score, epoch, 0
@@ -265,12 +308,16 @@ def train_fold(
             stats.seconds,
             stats.samples / max(stats.seconds, 1e-9),
         )
-        _save_training_state(last, model, optimizer, scheduler, state, best_state)
+        if ctx.is_main:
+            _save_training_state(last, model, optimizer, scheduler, state, best_state)
+        barrier(ctx)
         if cfg.patience and state.stale >= cfg.patience:
-            log.info("%sno better validation AUC for %d epochs: stopping", label, cfg.patience)
+            log.info("%sno better validation score for %d epochs: stopping", label, cfg.patience)
     model.load_state_dict(best_state)
-    save_state_dict(best_state, checkpoint)
-    last.unlink(missing_ok=True)
+    if ctx.is_main:
+        save_state_dict(best_state, checkpoint)
+        last.unlink(missing_ok=True)
+    barrier(ctx)
     best_row = state.history[state.best_epoch - 1] if state.best_epoch else {}
     return FoldResult(state.best_epoch, best_row.get("val_auc"), pd.DataFrame(state.history))
 

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         "demo cohort: %d patients, %d images (%d DICOM series, %d NIfTI) in %.1fs -> %s",
         table["patient_id"].nunique(),
         len(table),
-        int(~table["image"].str.endswith(".nii.gz").sum()),
+        int((~table["image"].str.endswith(".nii.gz")).sum()),
         int(table["image"].str.endswith(".nii.gz").sum()),
         time.perf_counter() - start,
         manifest,
@@ -61,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg, cohort = validate_workflow(workflow, args.overrides)
     result = run_study(cfg, cohort)
+    if not result.metrics:  # a torchrun rank other than 0: rank 0 reports
+        return 0
     total = time.perf_counter() - start
     m = result.metrics
     print(

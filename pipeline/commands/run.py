@@ -35,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         return 0
     result = run_study(cfg, cohort, run_id=args.run_id)
+    if not result.metrics:  # a torchrun rank other than 0: rank 0 reports
+        return 0
     m = result.metrics
     print(
         f"per-patient AUC {m['auc']:.3f} [95% CI {m['auc_ci_low']:.3f}, {m['auc_ci_high']:.3f}] "
