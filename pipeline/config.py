@@ -71,7 +71,7 @@ class DataConfig:
     resize: Literal["resize", "pad_crop"] = "resize"  # how to reach spatial_size after resampling
     intensity: IntensityConfig = field(default_factory=IntensityConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    nonfinite: Literal["refuse", "zero", "nan_to_num"] = "refuse"  # NaN/Inf voxel policy
+    nonfinite: Literal["refuse", "zero", "min"] = "refuse"  # NaN/Inf voxels: refuse, or replace by 0 or the minimum
     cache: Literal["auto", "memory", "disk", "none"] = "auto"
 
 

@@ -395,7 +395,7 @@ def finalize_run(run_dir: Path, cfg: WorkflowConfig | None = None, cohort: Cohor
     metrics = {
         **metrics,
         "n_patients": len(pp),
-        "level": "patient",
+        "unit": "patient",  # the table evaluated above has one row per patient
         "aggregate": cfg.evaluation.aggregate,
         "image_level": binary_summary(
             y_img,
