@@ -72,7 +72,9 @@ class DataConfig:
     intensity: IntensityConfig = field(default_factory=IntensityConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     nonfinite: Literal["refuse", "zero", "min"] = "refuse"  # NaN/Inf voxels: refuse, or replace by 0 or the minimum
-    cache: Literal["auto", "memory", "disk", "none"] = "auto"
+    # where preprocessed tensors live: host memory, one file per image on disk, or the GPU
+    # ("device"); auto: the GPU or host memory when the cohort fits in a quarter of it, else disk
+    cache: Literal["auto", "memory", "disk", "device"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,8 @@ class TrainConfig:
     patience: int = 0  # stop after this many epochs without a better validation score (0: never)
     deterministic: bool = False
     num_threads: int = 0  # torch CPU threads (0: torch's default)
+    channels_last: Literal["auto", "on", "off"] = "auto"  # auto: on CUDA only (slower on CPUs measured)
+    compile: bool = False  # torch.compile the model (first epoch pays the compilation)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Each image is loaded and preprocessed once per study (not once per fold or epoch); a scan that
 fails is recorded with its reason code and skipped, and the rest of the cohort goes on.
-The cache lives in memory when the cohort fits, otherwise on disk as one ``.pt`` file per image
+The cache lives on the GPU or in host memory when the cohort fits, otherwise on disk as one ``.pt`` file per image
 holding only the tensor (no path, no header text), named by a hash of the preprocessing
 fingerprint and the image file's content hash, so a change of either invalidates it. Cached files
 are loaded with ``weights_only=True``.
@@ -63,15 +63,22 @@ def _failure_reason(exc: BaseException) -> tuple[str, str]:
     return "preprocessing_error", f"{type(exc).__name__} while preprocessing"
 
 
-def choose_cache(policy: str, n_images: int, bytes_per_image: int) -> str:
-    """``auto`` -> memory when the cohort takes under MEMORY_FRACTION of physical RAM, else disk."""
+def choose_cache(policy: str, n_images: int, bytes_per_image: int, device: torch.device | None = None) -> str:
+    """``auto`` -> ``device`` (on a GPU) or ``memory`` when the cohort takes under MEMORY_FRACTION
+    of that memory, else ``disk``. ``device`` without a GPU means ``memory``."""
+    need = n_images * bytes_per_image
+    on_gpu = device is not None and device.type == "cuda"
+    if policy == "device" and not on_gpu:
+        return "memory"
     if policy != "auto":
         return policy
+    if on_gpu and need < MEMORY_FRACTION * torch.cuda.get_device_properties(device).total_memory:
+        return "device"
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         total = 8 << 30
-    return "memory" if n_images * bytes_per_image < MEMORY_FRACTION * total else "disk"
+    return "memory" if need < MEMORY_FRACTION * total else "disk"
 
 
 def cache_key(fingerprint: str, content_hash: str) -> str:
@@ -88,9 +95,14 @@ def prepare_cohort(
     cache_dir: Path | None,
     bytes_per_image: int,
     progress: bool = True,
+    device: torch.device | None = None,
 ) -> PreparedCohort:
-    """Preprocess every image of ``table`` (columns image_id, patient_id, path, target)."""
-    mode = choose_cache(cache, len(table), bytes_per_image)
+    """Preprocess every image of ``table`` (columns image_id, patient_id, path, target).
+
+    With the ``device`` cache the tensors are moved to ``device`` (a GPU), where augmentation
+    and training then read them without any host-to-device copy.
+    """
+    mode = choose_cache(cache, len(table), bytes_per_image, device)
     if mode == "disk":
         if cache_dir is None:
             raise ValueError("a disk cache needs a cache directory")
@@ -127,7 +139,7 @@ def prepare_cohort(
             os.replace(tmp, cached)
             samples[image_id] = {**sample, KEY: str(cached)}
         else:
-            samples[image_id] = {**sample, KEY: tensor}
+            samples[image_id] = {**sample, KEY: tensor.to(device) if mode == "device" and device else tensor}
     fail_df = pd.DataFrame(failures, columns=[IMAGE_ID, PATIENT_ID, "reason", "message"])
     return PreparedCohort(samples, fail_df, mode, cache_dir if mode == "disk" else None, {"cache_hits": hits})
 

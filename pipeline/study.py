@@ -240,6 +240,7 @@ def train_and_predict(
         cache_dir=cfg.output_dir / ".cache" / "preprocessed",
         bytes_per_image=4 * cfg.model.in_channels * math.prod(cfg.data.spatial_size),
         progress=progress,
+        device=device,
     )
     log.info(
         "preprocessed %d images in %.1fs (%s cache), %d excluded",
@@ -281,11 +282,12 @@ def _run_fold(
     from pipeline.distributed import init_from_env
     from pipeline.inference import predict_scores
     from pipeline.models import build_model, count_parameters
-    from pipeline.training import train_fold, use_bf16
+    from pipeline.training import seed_everything, train_fold, use_bf16
     from pipeline.transforms import augmentation_transforms
 
     ctx = init_from_env(cfg.train.device)
     bf16 = use_bf16(cfg.train.amp, device)
+    seed_everything(cfg.train.seed + fold, cfg.train.deterministic)  # the initial weights depend on the seed only
     model = build_model(cfg.model)
     log.info(
         "fold %d: %d train / %d val / %d test images on %s%s%s, %s (%.1fM parameters)",

@@ -99,6 +99,15 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
+def memory_format_for(cfg: TrainConfig, device: torch.device, spatial_dims: int) -> torch.memory_format:
+    """channels-last (NDHWC) where it is faster: cuDNN's convolutions on GPUs; measured slower
+    for 3D convolutions on the development CPU, so ``auto`` keeps the default layout there."""
+    on = cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda")
+    if not on:
+        return torch.contiguous_format
+    return torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 100_003 + epoch * 7_919) % (2**31 - 1)
 
@@ -124,6 +133,7 @@ def make_loader(
     generator: torch.Generator,
     ctx: DistContext = SINGLE,
     seed: int = 0,
+    pin_memory: bool = False,
 ) -> DataLoader:
     """Training loader: shuffled (or class-balanced sampling), trailing singleton batch dropped.
 
@@ -153,6 +163,10 @@ def make_loader(
         sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
     # BatchNorm cannot normalise a batch of one sample; drop a trailing singleton batch.
     drop_last = per_rank % cfg.batch_size == 1
+    # Cached tensors need no worker processes (on 2 cores they would steal the model's threads);
+    # host tensors bound for a GPU go through pinned memory so the copy overlaps compute.
+    first = items[0]["image"] if items else None
+    on_host = not (isinstance(first, torch.Tensor) and first.is_cuda)
     return DataLoader(
         dataset,
         batch_size=cfg.batch_size,
@@ -161,6 +175,7 @@ def make_loader(
         drop_last=drop_last,
         num_workers=0,
         generator=generator,
+        pin_memory=pin_memory and on_host,
     )
 
 
@@ -182,13 +197,14 @@ def run_epoch(
     *,
     device: torch.device,
     bf16: bool,
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> EpochStats:
     """One pass over ``loader``; returns the mean loss and where the time went."""
     model.train()
     losses, samples, waited = [], 0, 0.0
     start = tick = time.perf_counter()
     for batch in loader:
-        x = batch["image"].to(device, non_blocking=True)
+        x = batch["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
         y = batch["target"].to(device, non_blocking=True).float()
         waited += time.perf_counter() - tick
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -247,13 +263,18 @@ def train_fold(
     """
     seed_everything(seed, cfg.deterministic)
     bf16 = use_bf16(cfg.amp, device)
+    spatial_dims = 3 if any(isinstance(m, nn.Conv3d) for m in model.modules()) else 2
+    memory_format = memory_format_for(cfg, device, spatial_dims)
     model.to(device)
+    model.to(memory_format=memory_format)
     # under torchrun the gradient step goes through DDP; evaluation and state use the bare model
     stepper: nn.Module = model
+    if cfg.compile:
+        stepper = torch.compile(model)  # type: ignore[assignment]
     if ctx.enabled:
-        stepper = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        stepper = DistributedDataParallel(stepper, device_ids=[device.index] if device.type == "cuda" else None)
     generator = torch.Generator()
-    loader = make_loader(train_items, cfg, augment, generator, ctx, seed)
+    loader = make_loader(train_items, cfg, augment, generator, ctx, seed, pin_memory=device.type == "cuda")
     loss_fn = make_loss(cfg, targets(train_items), device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(loader))
@@ -273,7 +294,9 @@ def train_fold(
         augment.set_random_state(seed=es + ctx.rank)
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
-        stats = run_epoch(stepper, loader, optimizer, scheduler, loss_fn, device=device, bf16=bf16)
+        stats = run_epoch(
+            stepper, loader, optimizer, scheduler, loss_fn, device=device, bf16=bf16, memory_format=memory_format
+        )
         val_loss, val_auc = validation_metrics(model, val_items, device, bf16, cfg.batch_size * 2, ctx)
         auc_key = val_auc if val_auc is not None else 0.0
         score = (auc_key, -val_loss) if cfg.select == "auc" else (-val_loss, auc_key)

@@ -1,0 +1,57 @@
+"""A run killed with SIGKILL mid-training and started again with the same command ends with the
+same predictions as an uninterrupted run (deterministic mode, CPU)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from pipeline.cli import main
+
+
+def test_sigkill_then_rerun_matches_an_uninterrupted_run(
+    tmp_path: Path, make_cohort: Callable[..., Path], make_workflow: Callable[..., Path]
+) -> None:
+    manifest = make_cohort(n_patients=12, shape=(15, 16, 17), second_scan=(4,))
+    wf = make_workflow(
+        manifest,
+        data={"spatial_size": [16, 16, 16], "augment": {"flip": True, "intensity": True, "noise": True}},
+        model={"arch": "resnet10", "spatial_dims": 3, "stem_stride": 2, "dropout": 0.2},
+        train={"epochs": 4, "batch_size": 4, "deterministic": True, "device": "cpu", "num_threads": 1},
+    )
+    assert main(["run", str(wf), "--run-id", "full"]) == 0
+
+    run = tmp_path / "reports" / "tiny" / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "pipeline", "run", str(wf), "--run-id", "killed"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    # kill as soon as fold 1 has saved an epoch: fold 0 is complete, fold 1 is in the middle
+    while not (run / "fold_1" / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL, "the run finished before it could be killed"
+    state = torch.load(run / "fold_1" / "last.pt", weights_only=True)
+    assert 1 <= state["epoch"] < 4
+    assert not (run / "predictions.csv").exists()
+
+    assert main(["run", str(wf), "--run-id", "killed"]) == 0
+    log = (run / "run.log").read_text()
+    assert "fold 0: already done, skipping" in log
+    assert f"fold 1: resuming after epoch {state['epoch']}" in log
+    full = pd.read_csv(tmp_path / "reports" / "tiny" / "full" / "predictions.csv")
+    resumed = pd.read_csv(run / "predictions.csv")
+    pd.testing.assert_frame_equal(full, resumed, check_exact=False, rtol=1e-6, atol=1e-7)
+    history_full = pd.read_csv(tmp_path / "reports" / "tiny" / "full" / "fold_1" / "history.csv")
+    history_resumed = pd.read_csv(run / "fold_1" / "history.csv")
+    cols = ["epoch", "train_loss", "val_loss"]
+    pd.testing.assert_frame_equal(history_full[cols], history_resumed[cols], rtol=1e-6)
+    assert not (run / "fold_1" / "last.pt").exists()
