@@ -126,6 +126,8 @@ class WorkflowConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     output_dir: Path = Path("reports")  # run folder: <output_dir>/<study>/<run_id>/
+    # keep only manifest rows whose column has one of the listed values, e.g. {split: [train, val]}
+    filter: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML-ready dict of the resolved config (paths as strings, tuples as lists)."""
@@ -295,6 +297,8 @@ def _type_name(tp: Any) -> str:
         return " | ".join(repr(a) for a in get_args(tp))
     if origin in (Union, types.UnionType):
         return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin is dict:
+        return f"mapping of {_type_name(get_args(tp)[0])} to {_type_name(get_args(tp)[1])}"
     if origin is tuple:
         args = get_args(tp)
         inner = _type_name(args[0])
@@ -331,6 +335,32 @@ def _convert_value(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         problems.append(f"{where}: must be one of {_type_name(tp)}, got {value!r}{hint}")
         return None
+    if origin is dict:
+        key_type, value_type = get_args(tp)
+        if not isinstance(value, Mapping):
+            problems.append(f"{where}: expected a mapping, got {value!r}")
+            return None
+        n_before = len(problems)
+        out = {
+            _convert_value(key_type, k, f"{where} key", problems): _convert_value(
+                value_type, v, f"{where}.{k}", problems
+            )
+            for k, v in value.items()
+        }
+        return out if len(problems) == n_before else None
+    if origin is dict:
+        key_type, value_type = get_args(tp)
+        if not isinstance(value, Mapping):
+            problems.append(f"{where}: expected a mapping, got {value!r}")
+            return None
+        n_before = len(problems)
+        out = {
+            _convert_value(key_type, k, f"{where} key", problems): _convert_value(
+                value_type, v, f"{where}.{k}", problems
+            )
+            for k, v in value.items()
+        }
+        return out if len(problems) == n_before else None
     if origin is tuple:
         args = get_args(tp)
         if isinstance(value, str | bytes) or not isinstance(value, Sequence):

@@ -9,6 +9,7 @@ which flow through to the per-patient table and can define subgroups.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,8 +81,13 @@ def load_manifest(
     require_split: bool = False,
     check_files: bool = True,
     extra_required: tuple[str, ...] = (),
+    keep: Mapping[str, Sequence[str]] | None = None,
 ) -> Cohort:
-    """Read and validate a manifest; raise one ValidationError listing every problem."""
+    """Read and validate a manifest; raise one ValidationError listing every problem.
+
+    ``keep`` selects rows before any check: ``{"split": ["train", "val"]}`` keeps the rows whose
+    ``split`` is train or val.
+    """
     path = Path(path)
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
@@ -91,6 +97,12 @@ def load_manifest(
         raise ValidationError([f"{path} is not a readable CSV: {type(exc).__name__}"], "manifest") from None
     df.columns = [c.strip() for c in df.columns]
     problems: list[str] = []
+    for column, values in (keep or {}).items():
+        if column not in df.columns:
+            problems.append(f"filter: column {column!r} is not in the manifest")
+            continue
+        wanted = {str(v).strip().lower() for v in values}
+        df = df[df[column].str.strip().str.lower().isin(wanted)].reset_index(drop=True)
     required = [PATIENT_ID, IMAGE, label_col, *extra_required] + ([SPLIT] if require_split else [])
     missing = [c for c in dict.fromkeys(required) if c not in df.columns]
     if missing:

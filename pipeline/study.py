@@ -76,6 +76,7 @@ def validate_workflow(path: Path | str, overrides: tuple[str, ...] | list[str] =
                 label_col=str(task.get("label", "label")),
                 positive=task.get("positive", 1),
                 require_split=validation.get("scheme") == "holdout",
+                keep=raw["filter"] if isinstance(raw.get("filter"), dict) else None,
             )
         except ValidationError as exc:
             problems += [f"manifest: {p}" for p in exc.problems]
@@ -351,7 +352,7 @@ def _label_frame(predictions: pd.DataFrame, cohort: Cohort) -> pd.DataFrame:
 def finalize_run(run_dir: Path, cfg: WorkflowConfig | None = None, cohort: Cohort | None = None) -> dict[str, Any]:
     """Per-patient table, metrics, ROC table and figures, and the HTML report, from the saved
     predictions of ``run_dir`` (no model is needed)."""
-    from pipeline.evaluation import binary_summary, evaluate_predictions, roc_table
+    from pipeline.evaluation import binary_summary, evaluate_predictions, roc_table, threshold_metrics
     from pipeline.reporting import figures
     from pipeline.reporting.html import ReportInputs, render_report
     from pipeline.reporting.tables import per_patient
@@ -364,6 +365,7 @@ def finalize_run(run_dir: Path, cfg: WorkflowConfig | None = None, cohort: Cohor
             label_col=cfg.task.label,
             positive=cfg.task.positive,
             check_files=False,
+            keep=cfg.filter,
         )
     label = cohort.label_col
     preds = pd.read_csv(run_dir / PREDICTIONS_FILE, dtype={PATIENT_ID: str, IMAGE_ID: str})
@@ -379,6 +381,8 @@ def finalize_run(run_dir: Path, cfg: WorkflowConfig | None = None, cohort: Cohor
         .agg(**{label: (label, "first"), SCORE: (SCORE, cfg.evaluation.aggregate)})
         .reset_index()
     )
+    y_pp = (pp[label] == str(cohort.positive)).astype(int).to_numpy()
+    y_img = (preds[label] == str(cohort.positive)).astype(int).to_numpy()
     metrics = evaluate_predictions(
         pp,
         label_col=label,
@@ -392,12 +396,12 @@ def finalize_run(run_dir: Path, cfg: WorkflowConfig | None = None, cohort: Cohor
         n_bootstrap=cfg.evaluation.n_bootstrap,
         seed=cfg.train.seed,
     )
-    y_pp = (pp[label] == str(cohort.positive)).astype(int).to_numpy()
-    y_img = (preds[label] == str(cohort.positive)).astype(int).to_numpy()
     metrics = {
         **metrics,
         "n_patients": len(pp),
         "unit": "patient",  # the table evaluated above has one row per patient
+        # the conventional 0.5 cut-off, for comparison with papers that report accuracy at 0.5
+        "at_0.5": threshold_metrics(y_pp, pp[SCORE].to_numpy(), 0.5),
         "aggregate": cfg.evaluation.aggregate,
         "image_level": binary_summary(
             y_img,
