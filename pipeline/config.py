@@ -191,10 +191,23 @@ def load_config(path: Path | str, overrides: Sequence[str] = ()) -> WorkflowConf
 
 
 def read_workflow(path: Path | str, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """The workflow YAML with ``--set`` overrides merged in, before any checking."""
-    path = Path(path)
+    """The workflow YAML with ``--set`` overrides merged in, before any checking.
+
+    ``extends: other.yaml`` (relative to this file) starts from another workflow and overrides
+    its keys section by section; paths in the base stay relative to the base's folder.
+    """
+    raw = _read_yaml(Path(path), seen=())
+    return _merge(raw, parse_overrides(overrides))
+
+
+_PATH_KEYS = ("manifest", "output_dir")
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if not path.is_file():
         raise ValidationError([f"workflow file not found: {path}"], "workflow")
+    if path.resolve() in seen:
+        raise ValidationError([f"{path}: 'extends' forms a cycle"], "workflow")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -205,7 +218,16 @@ def read_workflow(path: Path | str, overrides: Sequence[str] = ()) -> dict[str, 
         raw = {}
     if not isinstance(raw, dict):
         raise ValidationError([f"{path}: expected a mapping of sections, got {type(raw).__name__}"], "workflow")
-    return _merge(raw, parse_overrides(overrides))
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise ValidationError([f"{path}: extends must be a file name, got {parent!r}"], "workflow")
+    base = _read_yaml(path.parent / parent, (*seen, path.resolve()))
+    for key in _PATH_KEYS:  # keep the base's paths pointing where the base meant them to
+        if isinstance(base.get(key), str) and key not in raw:
+            base[key] = str(((path.parent / parent).parent / base[key]).resolve())
+    return _merge(base, raw)
 
 
 def config_from_dict(raw: Mapping[str, Any], base_dir: Path, source: str = "workflow") -> WorkflowConfig:

@@ -105,3 +105,24 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
     dumped.write_text(dump_config(cfg))
     again = load_config(dumped)
     assert again == cfg
+
+
+def test_extends_a_base_workflow_and_filter_rows(tmp_path: Path) -> None:
+    base_dir = tmp_path / "base"
+    base_dir.mkdir()
+    (base_dir / "m.csv").write_text("patient_id,image,label\n")
+    (base_dir / "base.yaml").write_text(
+        yaml.safe_dump({"study": "s", "manifest": "m.csv", "train": {"epochs": 30, "lr": 0.01}})
+    )
+    child = tmp_path / "child.yaml"
+    child.write_text(
+        yaml.safe_dump({"extends": "base/base.yaml", "train": {"epochs": 3}, "filter": {"split": ["train", "val"]}})
+    )
+    cfg = load_config(child)
+    assert cfg.manifest == (base_dir / "m.csv").resolve()  # relative to the base file
+    assert cfg.train.epochs == 3
+    assert cfg.train.lr == pytest.approx(0.01)
+    assert cfg.filter == {"split": ("train", "val")}
+    (base_dir / "base.yaml").write_text(yaml.safe_dump({"extends": "../child.yaml"}))
+    with pytest.raises(ValidationError, match="cycle"):
+        load_config(child)

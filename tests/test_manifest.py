@@ -87,3 +87,12 @@ def test_holdout_split_checks(make_cohort: Callable[..., Path]) -> None:
     text = "\n".join(info.value.problems)
     assert "patient in more than one split (leakage): P000" in text
     assert "split must be one of train, val, test: line 5: 'validation'" in text
+
+
+def test_keep_selects_rows_before_the_checks(make_cohort: Callable[..., Path]) -> None:
+    manifest = make_cohort(n_patients=12, split=True)
+    cohort = load_manifest(manifest, keep={"split": ["train", "val"]})
+    assert set(cohort.table["split"]) == {"train", "val"}
+    assert len(cohort.table) == 10
+    with pytest.raises(ValidationError, match="filter: column 'scanner' is not in the manifest"):
+        load_manifest(manifest, keep={"scanner": ["x"]})
