@@ -370,19 +370,6 @@ def _convert_value(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
             for k, v in value.items()
         }
         return out if len(problems) == n_before else None
-    if origin is dict:
-        key_type, value_type = get_args(tp)
-        if not isinstance(value, Mapping):
-            problems.append(f"{where}: expected a mapping, got {value!r}")
-            return None
-        n_before = len(problems)
-        out = {
-            _convert_value(key_type, k, f"{where} key", problems): _convert_value(
-                value_type, v, f"{where}.{k}", problems
-            )
-            for k, v in value.items()
-        }
-        return out if len(problems) == n_before else None
     if origin is tuple:
         args = get_args(tp)
         if isinstance(value, str | bytes) or not isinstance(value, Sequence):

@@ -10,6 +10,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from pipeline.commands import add_set_argument
+
 log = logging.getLogger("pipeline")
 
 
@@ -18,14 +20,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--suite", choices=("training", "evaluation", "ingestion"), default="training")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--out", type=Path, help="also write the results as JSON")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a workflow key, as for cohortnet run",
-    )
+    add_set_argument(parser)
     parser.add_argument("--epochs", type=int, default=3, help="training: epochs end to end (first is cold)")
     parser.add_argument("--repeats", type=int, default=5, help="training: timed compute steps")
     parser.add_argument(

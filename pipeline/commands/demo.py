@@ -7,6 +7,8 @@ import logging
 import time
 from pathlib import Path
 
+from pipeline.commands import add_set_argument
+
 log = logging.getLogger("pipeline")
 
 _REPO = Path(__file__).resolve().parents[2]
@@ -23,14 +25,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patients", type=int, default=100, help="number of patients (default 100)")
     parser.add_argument("--seed", type=int, default=0, help="cohort seed (default 0)")
     parser.add_argument("--no-run", action="store_true", help="only write the cohort and its manifest")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a workflow key, as for cohortnet run",
-    )
+    add_set_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:

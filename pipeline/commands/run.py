@@ -5,19 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 
+from pipeline.commands import add_set_argument
+
 log = logging.getLogger("pipeline")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("workflow", help="workflow YAML (see workflows/ and README.md)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a workflow key, e.g. --set train.epochs=3 --set data.spatial_size=[32,32,32]",
-    )
+    add_set_argument(parser)
     parser.add_argument(
         "--run-id",
         help="name of the run folder (default: the start time); an existing "
