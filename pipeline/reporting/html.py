@@ -133,6 +133,7 @@ def render_report(run_dir: Path, inputs: ReportInputs) -> str:
         "threshold_rows": _threshold_rows(inputs.metrics),
         "confusion": {k: inputs.metrics[k] for k in ("tp", "fp", "tn", "fn")} if "tp" in inputs.metrics else None,
         "warnings": inputs.metrics.get("warnings") or [],
+        "at_half": inputs.metrics.get("at_0.5"),
         "decision_png": _b64(inputs.decision_png),
         "fold_rows": fold_rows,
         "fold_summary": fold_summary,
