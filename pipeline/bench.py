@@ -47,7 +47,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _median_time(step: Callable[[], Any], device: torch.device, repeats: int, warmup: int = 2) -> float:
+def _median_time(step: Callable[[], Any], device: torch.device, repeats: int, warmup: int = 3) -> float:
     for _ in range(warmup):
         step()
     _sync(device)
@@ -104,7 +104,7 @@ def pure_compute(
     train_s = _median_time(train_step, device, repeats)
     model.eval()
     infer_s = _median_time(infer_step, device, repeats)
-    return {"train_samples_per_s": bs / train_s, "infer_samples_per_s": bs / infer_s, "train_step_s": train_s}
+    return {"train_samples_per_s": bs / train_s, "infer_samples_per_s": bs / infer_s}
 
 
 def _fold0(cfg: WorkflowConfig, cohort: Cohort) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -244,8 +244,12 @@ def bench_workflow(
     shape = (cfg.model.in_channels, *cfg.data.spatial_size)
     flops = flops_per_sample(build_model(cfg.model), shape)
     seed_everything(cfg.train.seed, False)
-    compute = pure_compute(build_model(cfg.model).to(device), cfg, device, bf16, repeats)
+    before = pure_compute(build_model(cfg.model).to(device), cfg, device, bf16, repeats)
     e2e = end_to_end(cfg, cohort, device, bf16, epochs)
+    after = pure_compute(build_model(cfg.model).to(device), cfg, device, bf16, repeats)
+    # Pure compute is measured before and after the end-to-end run; outside load can only slow a
+    # measurement down, so the faster of the two is the better estimate of the limit.
+    compute = {k: max(before[k], after[k]) for k in ("train_samples_per_s", "infer_samples_per_s")}
     result: dict[str, Any] = {
         "workflow": cfg.study,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

@@ -1103,7 +1103,7 @@ def _plan_patient(
 ) -> list[ScanPlan]:  # fmt: skip
     """The scans of one patient; a follow-up shares anatomy, label and lesion (moved and resized)."""
     rng = np.random.default_rng([seed, 1, index])
-    pid = f"DEMO-{index + 1:04d}"
+    pid = f"DEMO{index + 1:04d}"  # one token, so log redaction of patient ids leaves the word "demo" alone
     anatomies = [random_anatomy(rng, sex=sex, age=age)]
     anatomies.append(followup_anatomy(rng, anatomies[0]))
     grids = [

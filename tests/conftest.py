@@ -18,9 +18,6 @@ import yaml
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
-
 
 def write_nifti(path: Path, volume: np.ndarray, spacing: tuple[float, ...] = (1.0, 1.0, 1.0)) -> Path:
     """Write ``volume`` (X, Y[, Z]) with a diagonal RAS affine of ``spacing`` mm."""
@@ -105,11 +102,3 @@ def make_workflow(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return factory
-
-
-def shared_data(*parts: str) -> Path:
-    """A path under ../shared/data; the test is skipped when it is absent."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"{path} is absent (real data lives in ../shared/data next to the checkout)")
-    return path

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pydicom
 import pytest
-from conftest import REPO, shared_data
+from datapaths import REPO, shared_data
 
 from pipeline.cli import main
 

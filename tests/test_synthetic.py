@@ -141,7 +141,7 @@ def test_dicom_series_round_trip(tmp_path: Path, case: tuple[str, tuple[float, .
     volume = random_volume()
     affine = syn.scan_affine(SHAPE, SPACING, orientation=orientation, oblique_deg=oblique, center_mm=(5, -7, 30))
     paths = syn.write_dicom_series(
-        volume, affine, tmp_path, patient_id="DEMO-0001", study_uid="1.2.3", series_uid="1.2.3.4",
+        volume, affine, tmp_path, patient_id="DEMO0001", study_uid="1.2.3", series_uid="1.2.3.4",
         rng=np.random.default_rng(0), slope=slope, intercept=intercept, file_naming=naming,  # type: ignore[arg-type]
     )  # fmt: skip
     assert len(paths) == SHAPE[2] == len(list(tmp_path.iterdir()))

@@ -21,8 +21,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--out", type=Path, help="also write the results as JSON")
     add_set_argument(parser)
-    parser.add_argument("--epochs", type=int, default=3, help="training: epochs end to end (first is cold)")
-    parser.add_argument("--repeats", type=int, default=5, help="training: timed compute steps")
+    parser.add_argument(
+        "--epochs", type=int, help="training: epochs end to end, the first one cold (default: the workflow's)"
+    )
+    parser.add_argument("--repeats", type=int, default=10, help="training: timed compute steps (median)")
     parser.add_argument(
         "--baseline", action="store_true", help="training: also run the MONAI tutorial loop side by side"
     )
@@ -47,7 +49,7 @@ def _training(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         cfg,
         cohort,
         device=resolve_device(args.device),
-        epochs=max(2, args.epochs),
+        epochs=max(2, args.epochs or cfg.train.epochs),
         repeats=args.repeats,
         baseline=args.baseline,
     )

@@ -9,8 +9,6 @@ from factories import CanaryTree, build_corpus, make_canary_tree
 
 from pipeline.privacy import REDACTOR
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-
 
 @pytest.fixture(scope="session")
 def corpus_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -33,11 +31,3 @@ def canary_tree(tmp_path: Path) -> CanaryTree:
 def _fresh_redactor() -> None:
     """Registered identifiers are process-wide; start each test without those of the last one."""
     REDACTOR.clear()
-
-
-def shared(*parts: str) -> Path:
-    """A path under ../shared/data; the test skips when it is absent."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"needs ../shared/data/{'/'.join(parts)} (real reference data, absent here)")
-    return path

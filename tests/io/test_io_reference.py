@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import shared
+from datapaths import shared_data as shared
 
 from pipeline.errors import ScanError
 from pipeline.io import convert, load_scan, scan_tree
