@@ -29,6 +29,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from pipeline.augment import BatchAugment, make_augmentation
 from pipeline.config import WorkflowConfig
 from pipeline.datasets import prepare_cohort
 from pipeline.inference import predict_logits
@@ -142,12 +143,16 @@ def end_to_end(cfg: WorkflowConfig, cohort: Cohort, device: torch.device, bf16: 
     train_items = prepared.items(train_table[IMAGE_ID].tolist())
     val_items = prepared.items(held_out[IMAGE_ID].tolist())
     generator = torch.Generator().manual_seed(cfg.train.seed)
-    augment = augmentation_transforms(cfg.data, dims)
-    loader = make_loader(train_items, cfg.train, augment, generator)
+    augment = make_augmentation(cfg.data, dims)
+    batch_augment = augment if isinstance(augment, BatchAugment) else None
+    loader = make_loader(train_items, cfg.train, None if batch_augment else augment, generator)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     scheduler = warmup_cosine(optimizer, 0, max(1, len(loader)) * epochs)
     loss_fn = make_loss(cfg.train, np.array([it["target"] for it in train_items]), device)
-    stats = [run_epoch(model, loader, optimizer, scheduler, loss_fn, device=device, bf16=bf16) for _ in range(epochs)]
+    stats = [
+        run_epoch(model, loader, optimizer, scheduler, loss_fn, device=device, bf16=bf16, augment=batch_augment)
+        for _ in range(epochs)
+    ]
     cold = stats[0]
     warm = stats[1:] or stats
     start = time.perf_counter()

@@ -62,6 +62,9 @@ class AugmentConfig:
     affine: bool = False  # small random rotation / scaling
     intensity: bool = True  # random intensity scale and shift
     noise: bool = False  # additive Gaussian noise
+    # batch: per-sample random draws applied to the whole batch on the training device (fast);
+    # monai: MONAI's dictionary transforms, one sample at a time in the loader
+    backend: Literal["batch", "monai"] = "batch"
 
 
 @dataclass(frozen=True)
@@ -260,6 +263,12 @@ def check_semantics(cfg: WorkflowConfig, check_manifest: bool = True) -> list[st
         problems.append(f"data.spatial_size has {len(cfg.data.spatial_size)} entries but model.spatial_dims is {dims}")
     if any(s < 8 for s in cfg.data.spatial_size):
         problems.append(f"data.spatial_size entries must be >= 8, got {list(cfg.data.spatial_size)}")
+    size = cfg.data.spatial_size
+    if cfg.data.augment.rotate90 and len(size) >= 2 and size[0] != size[1]:
+        problems.append(
+            "data.augment.rotate90 turns the first two axes, which need equal sizes; "
+            f"data.spatial_size is {list(cfg.data.spatial_size)}"
+        )
     if cfg.data.spacing is not None and len(cfg.data.spacing) != dims:
         problems.append(f"data.spacing has {len(cfg.data.spacing)} entries but model.spatial_dims is {dims}")
     if cfg.data.spacing is not None and any(s <= 0 for s in cfg.data.spacing):

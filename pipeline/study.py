@@ -280,11 +280,11 @@ def _run_fold(
     device: Any,
 ) -> None:
     """Train one fold, then predict its test and validation images (rank 0 writes the files)."""
+    from pipeline.augment import make_augmentation
     from pipeline.distributed import init_from_env
     from pipeline.inference import predict_scores
     from pipeline.models import build_model, count_parameters
     from pipeline.training import seed_everything, train_fold, use_bf16
-    from pipeline.transforms import augmentation_transforms
 
     ctx = init_from_env(cfg.train.device)
     bf16 = use_bf16(cfg.train.amp, device)
@@ -308,7 +308,7 @@ def _run_fold(
         items["train"],
         items["val"],
         cfg.train,
-        augment=augmentation_transforms(cfg.data, cfg.model.spatial_dims),
+        augment=make_augmentation(cfg.data, cfg.model.spatial_dims),
         device=device,
         checkpoint=fold_dir / "model.pt",
         seed=cfg.train.seed + fold,

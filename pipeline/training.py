@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import WeightedRandomSampler
 
+from pipeline.augment import BatchAugment
 from pipeline.config import TrainConfig
 from pipeline.datasets import sample_dataset, targets
 from pipeline.distributed import SINGLE, DistContext, barrier
@@ -198,15 +199,20 @@ def run_epoch(
     device: torch.device,
     bf16: bool,
     memory_format: torch.memory_format = torch.contiguous_format,
+    augment: BatchAugment | None = None,
 ) -> EpochStats:
-    """One pass over ``loader``; returns the mean loss and where the time went."""
+    """One pass over ``loader`` (batches augmented on the device by ``augment`` when given);
+    returns the mean loss and where the time went."""
     model.train()
     losses, samples, waited = [], 0, 0.0
     start = tick = time.perf_counter()
     for batch in loader:
-        x = batch["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        x = batch["image"].to(device, non_blocking=True)
         y = batch["target"].to(device, non_blocking=True).float()
         waited += time.perf_counter() - tick
+        if augment is not None:
+            x = augment(x)
+        x = x.contiguous(memory_format=memory_format)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(x).reshape(len(x), -1)[:, 0]
         loss = loss_fn(logits.float(), y)
@@ -247,7 +253,7 @@ def train_fold(
     val_items: list[dict[str, Any]],
     cfg: TrainConfig,
     *,
-    augment: Compose,
+    augment: Compose | BatchAugment,
     device: torch.device,
     checkpoint: Path,
     seed: int,
@@ -274,7 +280,11 @@ def train_fold(
     if ctx.enabled:
         stepper = DistributedDataParallel(stepper, device_ids=[device.index] if device.type == "cuda" else None)
     generator = torch.Generator()
-    loader = make_loader(train_items, cfg, augment, generator, ctx, seed, pin_memory=device.type == "cuda")
+    # batched augmentation runs in run_epoch on the device; MONAI's chain runs per sample in the loader
+    batch_augment = augment if isinstance(augment, BatchAugment) else None
+    loader = make_loader(
+        train_items, cfg, None if batch_augment else augment, generator, ctx, seed, pin_memory=device.type == "cuda"
+    )
     loss_fn = make_loss(cfg, targets(train_items), device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(loader))
@@ -295,7 +305,15 @@ def train_fold(
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
         stats = run_epoch(
-            stepper, loader, optimizer, scheduler, loss_fn, device=device, bf16=bf16, memory_format=memory_format
+            stepper,
+            loader,
+            optimizer,
+            scheduler,
+            loss_fn,
+            device=device,
+            bf16=bf16,
+            memory_format=memory_format,
+            augment=batch_augment,
         )
         val_loss, val_auc = validation_metrics(model, val_items, device, bf16, cfg.batch_size * 2, ctx)
         auc_key = val_auc if val_auc is not None else 0.0

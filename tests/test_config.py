@@ -72,7 +72,7 @@ def test_semantic_problems(tmp_path: Path) -> None:
         {
             "manifest": "absent.csv",
             "model": {"spatial_dims": 2},
-            "data": {"spatial_size": [32, 32, 32]},
+            "data": {"spatial_size": [32, 32, 32], "augment": {"rotate90": True, "backend": "torch"}},
             "train": {"batch_size": 0},
             "evaluation": {"threshold_rule": "sensitivity=2"},
         },
@@ -84,6 +84,7 @@ def test_semantic_problems(tmp_path: Path) -> None:
     assert "data.spatial_size has 3 entries but model.spatial_dims is 2" in problems
     assert "train.batch_size must be >= 1" in problems
     assert "evaluation.threshold_rule" in problems
+    assert "data.augment.backend" in problems
 
 
 def test_bad_override_syntax(tmp_path: Path) -> None:
@@ -126,3 +127,10 @@ def test_extends_a_base_workflow_and_filter_rows(tmp_path: Path) -> None:
     (base_dir / "base.yaml").write_text(yaml.safe_dump({"extends": "../child.yaml"}))
     with pytest.raises(ValidationError, match="cycle"):
         load_config(child)
+
+
+def test_rotate90_needs_equal_sizes_in_the_first_two_axes(tmp_path: Path) -> None:
+    path = write(tmp_path, {"data": {"spatial_size": [32, 24, 16], "augment": {"rotate90": True}}})
+    with pytest.raises(ValidationError) as info:
+        load_config(path)
+    assert "data.augment.rotate90 turns the first two axes, which need equal sizes" in str(info.value)
