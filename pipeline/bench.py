@@ -32,6 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from pipeline.augment import BatchAugment, make_augmentation
 from pipeline.config import WorkflowConfig
 from pipeline.datasets import prepare_cohort
+from pipeline.evaluation.compare import delong_paired_test
 from pipeline.inference import predict_logits
 from pipeline.manifest import Cohort
 from pipeline.models import build_model
@@ -62,8 +63,11 @@ def _median_time(step: Callable[[], Any], device: torch.device, repeats: int, wa
 
 
 def flops_per_sample(model: nn.Module, shape: tuple[int, ...]) -> dict[str, float]:
-    """Forward and forward+backward FLOPs for one sample (convolutions and matmuls, 2 per MAC)."""
-    x = torch.randn(1, *shape)
+    """Forward and forward+backward FLOPs for one sample (convolutions and matmuls, 2 per MAC).
+
+    Counted on a batch of two (BatchNorm in training mode refuses one sample at 1x1x1) and halved.
+    """
+    x = torch.randn(2, *shape)
     model = model.to("cpu").train()
     fwd = FlopCounterMode(display=False)
     with fwd:
@@ -73,7 +77,7 @@ def flops_per_sample(model: nn.Module, shape: tuple[int, ...]) -> dict[str, floa
         out = model(x)
         out.sum().backward()
     model.zero_grad(set_to_none=True)
-    return {"forward": float(fwd.get_total_flops()), "train": float(both.get_total_flops())}
+    return {"forward": fwd.get_total_flops() / 2.0, "train": both.get_total_flops() / 2.0}
 
 
 def pure_compute(
@@ -173,6 +177,7 @@ def end_to_end(cfg: WorkflowConfig, cohort: Cohort, device: torch.device, bf16: 
         "inference_samples_per_s": len(val_items) / infer_s,
         "held_out_auc": float(roc_auc_score(y, logits)) if 0 < y.sum() < len(y) else None,
         "epochs": epochs,
+        "_held_out": (y, np.asarray(logits, dtype=float)),
     }
 
 
@@ -226,6 +231,7 @@ def tutorial_baseline(cfg: WorkflowConfig, cohort: Cohort, device: torch.device,
         "inference_samples_per_s": len(val_records) / infer_s,
         "held_out_auc": float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else None,
         "epochs": epochs,
+        "_held_out": (y, s.astype(float)),
     }
 
 
@@ -282,6 +288,12 @@ def bench_workflow(
         result["tutorial_baseline"] = tut
         result["ratios"]["warm_epoch_vs_tutorial"] = e2e["warm_epoch_samples_per_s"] / tut["warm_epoch_samples_per_s"]
         result["ratios"]["cold_epoch_vs_tutorial"] = e2e["cold_epoch_samples_per_s"] / tut["cold_epoch_samples_per_s"]
+        y, ours = e2e["_held_out"]
+        y_tut, theirs = tut.pop("_held_out")
+        if np.array_equal(y, y_tut) and 0 < y.sum() < len(y):
+            # the same held-out images in the same order: a paired DeLong test of the two AUCs
+            result["auc_comparison"] = delong_paired_test(y, ours, theirs)
+    e2e.pop("_held_out")
     result["memory"] = peak_memory(device)
     return result
 
@@ -297,7 +309,7 @@ def format_bench(result: dict[str, Any]) -> str:
         "",
         f"{'measure':<44}{'samples/s':>12}{'ratio':>9}",
         f"{'(a) pure compute, training':<44}{c['train_samples_per_s']:>12.1f}{1.0:>9.2f}",
-        f"{'(b) end to end, cold epoch (incl. preprocessing)':<44}{e['cold_epoch_samples_per_s']:>12.1f}"
+        f"{'(b) end to end, cold epoch (+ preprocessing)':<44}{e['cold_epoch_samples_per_s']:>12.1f}"
         f"{r['cold_epoch_vs_compute']:>9.2f}",
         f"{'(b) end to end, warm epoch':<44}{e['warm_epoch_samples_per_s']:>12.1f}{r['warm_epoch_vs_compute']:>9.2f}",
         f"{'(a) pure compute, inference':<44}{c['infer_samples_per_s']:>12.1f}{1.0:>9.2f}",
@@ -324,6 +336,13 @@ def format_bench(result: dict[str, Any]) -> str:
             f"{tut['warm_epoch_samples_per_s']:>10.1f}{r['warm_epoch_vs_tutorial']:>8.2f}",
             f"{'held-out AUC':<28}{_f(e['held_out_auc']):>10}{_f(tut['held_out_auc']):>10}",
         ]
+        cmp = result.get("auc_comparison")
+        if cmp:
+            lines.append(
+                f"AUC difference (ours - tutorial) {cmp['auc_difference']:+.3f} "
+                f"[{cmp['ci_low']:+.3f}, {cmp['ci_high']:+.3f}], paired DeLong p = {cmp['p_value']:.2f} "
+                f"({cmp['n']} held-out images)"
+            )
     return "\n".join(lines)
 
 

@@ -1,0 +1,47 @@
+"""`cohortnet bench` on a tiny cohort: the table, the JSON and the side-by-side baseline (numbers
+are not asserted, only that every measure is there and sane)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+
+
+@pytest.mark.parametrize("backend", ["batch", "monai"])
+def test_bench_prints_the_table_and_writes_json(
+    tmp_path: Path,
+    make_cohort: Callable[..., Path],
+    make_workflow: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+    backend: str,
+) -> None:
+    wf = make_workflow(make_cohort(n_patients=10), data={"augment": {"flip": True, "affine": True, "backend": backend}})
+    out = tmp_path / "bench.json"
+    code = main(
+        ["bench", str(wf), "--epochs", "2", "--repeats", "2", "--baseline", "--out", str(out), "--device", "cpu"]
+    )
+    assert code == 0
+    text = capsys.readouterr().out
+    for line in ("(a) pure compute, training", "(b) end to end, warm epoch", "side by side with the MONAI tutorial"):
+        assert line in text
+    result = json.loads(out.read_text())
+    assert result["end_to_end"]["epochs"] == 2
+    assert result["flops_train_per_sample"] > result["flops_forward_per_sample"] > 0
+    for key in ("warm_epoch_vs_compute", "cold_epoch_vs_compute", "inference_vs_compute", "warm_epoch_vs_tutorial"):
+        assert result["ratios"][key] > 0
+    assert result["memory"]["peak_rss_gib"] > 0
+    assert result["memory"]["peak_gpu_gib"] is None
+    assert "_held_out" not in result["end_to_end"]
+    assert "_held_out" not in result["tutorial_baseline"]
+    if "auc_comparison" in result:  # both classes among the held-out images
+        assert result["auc_comparison"]["method"] == "delong_paired"
+
+
+def test_bench_without_workflow_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench"]) == 2
+    assert "needs a WORKFLOW" in capsys.readouterr().err
