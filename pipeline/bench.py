@@ -31,17 +31,50 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.augment import BatchAugment, make_augmentation
 from pipeline.config import WorkflowConfig
-from pipeline.datasets import prepare_cohort
+from pipeline.datasets import prepare_cohort, preprocess_workers, targets
 from pipeline.evaluation.compare import delong_paired_test
 from pipeline.inference import predict_logits
 from pipeline.manifest import Cohort
 from pipeline.models import build_model
 from pipeline.provenance import image_hashes
 from pipeline.schema import IMAGE_ID, PATIENT_ID
-from pipeline.training import make_loader, make_loss, run_epoch, seed_everything, use_bf16, warmup_cosine
+from pipeline.training import (
+    EpochStats,
+    make_loader,
+    make_loss,
+    memory_format_for,
+    run_epoch,
+    seed_everything,
+    use_bf16,
+    warmup_cosine,
+)
 from pipeline.transforms import augmentation_transforms, deterministic_transforms, preprocessing_fingerprint
 
 log = logging.getLogger(__name__)
+
+
+# Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from NVIDIA's data sheets, matched on the
+# device name, longest key first; --peak-tflops gives any other device's.
+BF16_PEAK_TFLOPS = {
+    "H200": 989.0,
+    "H100 NVL": 835.0,
+    "H100 PCIe": 756.0,
+    "H100": 989.0,
+    "GH200": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+    "A10G": 70.0,
+    "RTX 4090": 165.0,
+    "V100": 125.0,  # fp16 (V100 has no bf16 tensor cores)
+}
+
+
+def peak_tflops(device_name: str) -> float | None:
+    for key in sorted(BF16_PEAK_TFLOPS, key=len, reverse=True):
+        if key in device_name:
+            return BF16_PEAK_TFLOPS[key]
+    return None
 
 
 def _sync(device: torch.device) -> None:
@@ -83,9 +116,12 @@ def flops_per_sample(model: nn.Module, shape: tuple[int, ...]) -> dict[str, floa
 def pure_compute(
     model: nn.Module, cfg: WorkflowConfig, device: torch.device, bf16: bool, repeats: int
 ) -> dict[str, float]:
-    """Samples/s of training steps and of inference on one in-memory batch on ``device``."""
+    """Samples/s of training steps and of inference on one in-memory batch on ``device``
+    (in the memory format that training uses)."""
     bs = cfg.train.batch_size
-    x = torch.randn(bs, cfg.model.in_channels, *cfg.data.spatial_size, device=device)
+    fmt = memory_format_for(cfg.train, device, cfg.model.spatial_dims)
+    model.to(memory_format=fmt)
+    x = torch.randn(bs, cfg.model.in_channels, *cfg.data.spatial_size, device=device).contiguous(memory_format=fmt)
     y = (torch.arange(bs, device=device) % 2).float()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
     loss_fn = nn.BCEWithLogitsLoss()
@@ -122,63 +158,97 @@ def _fold0(cfg: WorkflowConfig, cohort: Cohort) -> tuple[pd.DataFrame, pd.DataFr
     return cohort.table[roles == "train"], cohort.table[roles != "train"]
 
 
-def end_to_end(cfg: WorkflowConfig, cohort: Cohort, device: torch.device, bf16: bool, epochs: int) -> dict[str, Any]:
-    """Our pipeline from the files: cold epoch (preprocess + train), warm epochs, inference."""
-    train_table, held_out = _fold0(cfg, cohort)
-    dims = cfg.model.spatial_dims
-    seed_everything(cfg.train.seed, cfg.train.deterministic)
-    model = build_model(cfg.model).to(device)
-    start = time.perf_counter()
-    hashes = image_hashes(cohort.table[IMAGE_ID].tolist(), cohort.table["path"].tolist())
-    hash_s = time.perf_counter() - start
-    start = time.perf_counter()
-    n_vox = cfg.model.in_channels * int(np.prod(cfg.data.spatial_size))
-    prepared = prepare_cohort(
-        cohort.table,
-        deterministic_transforms(cfg.data, dims),
-        fingerprint=preprocessing_fingerprint(cfg.data, dims),
-        content_hashes=hashes,
-        cache="memory" if cfg.data.cache == "auto" else cfg.data.cache,
-        cache_dir=cfg.output_dir / ".cache" / "preprocessed",
-        bytes_per_image=4 * n_vox,
-        progress=False,
-    )
-    preprocess_s = time.perf_counter() - start
-    train_items = prepared.items(train_table[IMAGE_ID].tolist())
-    val_items = prepared.items(held_out[IMAGE_ID].tolist())
-    generator = torch.Generator().manual_seed(cfg.train.seed)
-    augment = make_augmentation(cfg.data, dims)
-    batch_augment = augment if isinstance(augment, BatchAugment) else None
-    loader = make_loader(train_items, cfg.train, None if batch_augment else augment, generator)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    scheduler = warmup_cosine(optimizer, 0, max(1, len(loader)) * epochs)
-    loss_fn = make_loss(cfg.train, np.array([it["target"] for it in train_items]), device)
-    stats = [
-        run_epoch(model, loader, optimizer, scheduler, loss_fn, device=device, bf16=bf16, augment=batch_augment)
-        for _ in range(epochs)
-    ]
-    cold = stats[0]
-    warm = stats[1:] or stats
-    start = time.perf_counter()
-    logits = predict_logits(model, val_items, device=device, bf16=bf16, batch_size=cfg.train.batch_size * 2)
-    _sync(device)
-    infer_s = time.perf_counter() - start
-    y = np.array([it["target"] for it in val_items])
-    return {
-        "n_train": len(train_items),
-        "n_held_out": len(val_items),
-        "n_cohort": len(cohort.table),
-        "hash_s": hash_s,
-        "preprocess_s": preprocess_s,
-        "preprocess_images_per_s": len(cohort.table) / preprocess_s,
-        "cold_epoch_samples_per_s": cold.samples / (cold.seconds + preprocess_s * len(train_items) / len(cohort.table)),
-        "warm_epoch_samples_per_s": statistics.median(s.samples / s.seconds for s in warm),
-        "warm_epoch_data_wait_fraction": statistics.median(s.data_seconds / s.seconds for s in warm),
-        "inference_samples_per_s": len(val_items) / infer_s,
-        "held_out_auc": float(roc_auc_score(y, logits)) if 0 < y.sum() < len(y) else None,
-        "epochs": epochs,
-        "_held_out": (y, np.asarray(logits, dtype=float)),
-    }
+class _Probe:
+    """Pure compute measured between the epochs: a few training steps of a separate copy of the
+    model on one in-memory batch, so each epoch is compared with the limit measured next to it
+    (the machine's speed drifts when it is shared)."""
+
+    def __init__(self, cfg: WorkflowConfig, device: torch.device, bf16: bool, steps: int) -> None:
+        self.device, self.bf16, self.steps, self.bs = device, bf16, steps, cfg.train.batch_size
+        fmt = memory_format_for(cfg.train, device, cfg.model.spatial_dims)
+        self.model = build_model(cfg.model).to(device).to(memory_format=fmt).train()
+        self.x = torch.randn(self.bs, cfg.model.in_channels, *cfg.data.spatial_size, device=device)
+        self.x = self.x.contiguous(memory_format=fmt)
+        self.y = (torch.arange(self.bs, device=device) % 2).float()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr)
+        self.loss_fn = nn.BCEWithLogitsLoss()
+        self.step()  # warm-up
+
+    def step(self) -> None:
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.model(self.x).reshape(self.bs, -1)[:, 0]
+        loss = self.loss_fn(logits.float(), self.y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def samples_per_s(self) -> float:
+        return self.bs / _median_time(self.step, self.device, self.steps, warmup=1)
+
+
+class _Ours:
+    """Our pipeline from the files: preprocessing once into the cache, then epochs from the cache."""
+
+    def __init__(self, cfg: WorkflowConfig, cohort: Cohort, device: torch.device, bf16: bool, epochs: int) -> None:
+        train_table, held_out = _fold0(cfg, cohort)
+        dims = cfg.model.spatial_dims
+        self.cfg, self.device, self.bf16 = cfg, device, bf16
+        seed_everything(cfg.train.seed, cfg.train.deterministic)
+        self.fmt = memory_format_for(cfg.train, device, dims)
+        self.model = build_model(cfg.model).to(device).to(memory_format=self.fmt)
+        start = time.perf_counter()
+        hashes = image_hashes(cohort.table[IMAGE_ID].tolist(), cohort.table["path"].tolist())
+        self.hash_s = time.perf_counter() - start
+        start = time.perf_counter()
+        prepared = prepare_cohort(
+            cohort.table,
+            deterministic_transforms(cfg.data, dims),
+            fingerprint=preprocessing_fingerprint(cfg.data, dims),
+            content_hashes=hashes,
+            cache="memory" if cfg.data.cache == "auto" else cfg.data.cache,
+            cache_dir=cfg.output_dir / ".cache" / "preprocessed",
+            bytes_per_image=4 * cfg.model.in_channels * int(np.prod(cfg.data.spatial_size)),
+            progress=False,
+            device=device,
+            workers=preprocess_workers(cfg.data.workers),
+        )
+        self.preprocess_s = time.perf_counter() - start
+        self.n_cohort = len(cohort.table)
+        self.train_items = prepared.items(train_table[IMAGE_ID].tolist())
+        self.val_items = prepared.items(held_out[IMAGE_ID].tolist())
+        augment = make_augmentation(cfg.data, dims)
+        self.augment = augment if isinstance(augment, BatchAugment) else None
+        generator = torch.Generator().manual_seed(cfg.train.seed)
+        self.loader = make_loader(
+            self.train_items, cfg.train, None if self.augment else augment, generator, pin_memory=device.type == "cuda"
+        )
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+        )
+        self.scheduler = warmup_cosine(self.optimizer, 0, max(1, len(self.loader)) * epochs)
+        self.loss_fn = make_loss(cfg.train, np.array([it["target"] for it in self.train_items]), device)
+
+    def epoch(self) -> EpochStats:
+        return run_epoch(
+            self.model,
+            self.loader,
+            self.optimizer,
+            self.scheduler,
+            self.loss_fn,
+            device=self.device,
+            bf16=self.bf16,
+            memory_format=self.fmt,
+            augment=self.augment,
+        )
+
+    def predict(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """(labels, logits, seconds) over the held-out images."""
+        start = time.perf_counter()
+        logits = predict_logits(
+            self.model, self.val_items, device=self.device, bf16=self.bf16, batch_size=self.cfg.train.batch_size * 2
+        )
+        _sync(self.device)
+        return targets(self.val_items), np.asarray(logits, dtype=float), time.perf_counter() - start
 
 
 def _records(table: pd.DataFrame) -> list[dict[str, Any]]:
@@ -189,50 +259,112 @@ def _records(table: pd.DataFrame) -> list[dict[str, Any]]:
     ]
 
 
-def tutorial_baseline(cfg: WorkflowConfig, cohort: Cohort, device: torch.device, epochs: int) -> dict[str, Any]:
+class _Tutorial:
     """The straightforward MONAI tutorial loop on the same data, model and transforms: the whole
-    chain recomputed every epoch, DataLoader(num_workers=2), fp32, no cache."""
-    train_table, held_out = _fold0(cfg, cohort)
-    dims = cfg.model.spatial_dims
-    seed_everything(cfg.train.seed, cfg.train.deterministic)
-    model = build_model(cfg.model).to(device)
-    chain = Compose([deterministic_transforms(cfg.data, dims), augmentation_transforms(cfg.data, dims)])
-    records = _records(train_table)
-    loader = DataLoader(
-        Dataset(records, chain),
-        batch_size=cfg.train.batch_size,
-        shuffle=True,
-        num_workers=2,
-        drop_last=len(records) % cfg.train.batch_size == 1,
-    )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    scheduler = warmup_cosine(optimizer, 0, max(1, len(loader)) * epochs)
-    loss_fn = make_loss(cfg.train, train_table["target"].to_numpy(), device)
-    stats = [run_epoch(model, loader, optimizer, scheduler, loss_fn, device=device, bf16=False) for _ in range(epochs)]
-    val_records = _records(held_out)
-    val_loader = DataLoader(
-        Dataset(val_records, deterministic_transforms(cfg.data, dims)),
-        batch_size=cfg.train.batch_size * 2,
-        num_workers=2,
-    )
-    model.eval()
-    logits, ys = [], []
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for batch in val_loader:
-            logits.append(model(batch["image"].to(device)).reshape(-1).float().cpu().numpy())
-            ys.append(batch["target"].numpy())
-    infer_s = time.perf_counter() - start
-    y, s = np.concatenate(ys), np.concatenate(logits)
-    warm = stats[1:] or stats
-    return {
-        "cold_epoch_samples_per_s": stats[0].samples / stats[0].seconds,
-        "warm_epoch_samples_per_s": statistics.median(st.samples / st.seconds for st in warm),
-        "inference_samples_per_s": len(val_records) / infer_s,
-        "held_out_auc": float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else None,
+    chain (MONAI's per-sample augmentation included) recomputed every epoch, DataLoader(num_workers=2),
+    fp32, no cache."""
+
+    def __init__(self, cfg: WorkflowConfig, cohort: Cohort, device: torch.device, epochs: int) -> None:
+        train_table, self.held_out = _fold0(cfg, cohort)
+        dims = cfg.model.spatial_dims
+        self.cfg, self.device = cfg, device
+        seed_everything(cfg.train.seed, cfg.train.deterministic)
+        self.model = build_model(cfg.model).to(device)
+        chain = Compose([deterministic_transforms(cfg.data, dims), augmentation_transforms(cfg.data, dims)])
+        records = _records(train_table)
+        self.loader = DataLoader(
+            Dataset(records, chain),
+            batch_size=cfg.train.batch_size,
+            shuffle=True,
+            num_workers=2,
+            drop_last=len(records) % cfg.train.batch_size == 1,
+        )
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+        )
+        self.scheduler = warmup_cosine(self.optimizer, 0, max(1, len(self.loader)) * epochs)
+        self.loss_fn = make_loss(cfg.train, train_table["target"].to_numpy(), device)
+
+    def epoch(self) -> EpochStats:
+        return run_epoch(
+            self.model, self.loader, self.optimizer, self.scheduler, self.loss_fn, device=self.device, bf16=False
+        )
+
+    def predict(self) -> tuple[np.ndarray, np.ndarray, float]:
+        dims = self.cfg.model.spatial_dims
+        val_loader = DataLoader(
+            Dataset(_records(self.held_out), deterministic_transforms(self.cfg.data, dims)),
+            batch_size=self.cfg.train.batch_size * 2,
+            num_workers=2,
+        )
+        self.model.eval()
+        logits, ys = [], []
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for batch in val_loader:
+                logits.append(self.model(batch["image"].to(self.device)).reshape(-1).float().cpu().numpy())
+                ys.append(batch["target"].numpy())
+        return np.concatenate(ys), np.concatenate(logits).astype(float), time.perf_counter() - start
+
+
+def _auc(y: np.ndarray, s: np.ndarray) -> float | None:
+    return float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else None
+
+
+def _per_sec(st: EpochStats) -> float:
+    return st.samples / st.seconds
+
+
+def interleaved_runs(
+    cfg: WorkflowConfig, cohort: Cohort, device: torch.device, bf16: bool, epochs: int, baseline: bool, probe_steps: int
+) -> dict[str, Any]:
+    """Our epochs, a pure-compute probe after each and, with ``baseline``, a tutorial-loop epoch
+    after that: every ratio is a median over epochs of numbers measured next to each other."""
+    probe = _Probe(cfg, device, bf16, probe_steps)
+    ours = _Ours(cfg, cohort, device, bf16, epochs)
+    tutorial = _Tutorial(cfg, cohort, device, epochs) if baseline else None
+    our_stats, probes, tut_stats = [], [], []
+    for _ in range(epochs):
+        our_stats.append(ours.epoch())
+        probes.append(probe.samples_per_s())
+        if tutorial is not None:
+            tut_stats.append(tutorial.epoch())
+    warm = list(range(1, epochs)) or [0]
+    y, logits, infer_s = ours.predict()
+    cold_s = our_stats[0].seconds + ours.preprocess_s * len(ours.train_items) / ours.n_cohort
+    e2e = {
+        "n_train": len(ours.train_items),
+        "n_held_out": len(ours.val_items),
+        "n_cohort": ours.n_cohort,
+        "hash_s": ours.hash_s,
+        "preprocess_s": ours.preprocess_s,
+        "preprocess_images_per_s": ours.n_cohort / ours.preprocess_s,
+        "cold_epoch_samples_per_s": our_stats[0].samples / cold_s,
+        "warm_epoch_samples_per_s": statistics.median(_per_sec(our_stats[k]) for k in warm),
+        "warm_epoch_data_wait_fraction": statistics.median(
+            our_stats[k].data_seconds / our_stats[k].seconds for k in warm
+        ),
+        "inference_samples_per_s": len(ours.val_items) / infer_s,
+        "held_out_auc": _auc(y, logits),
         "epochs": epochs,
-        "_held_out": (y, s.astype(float)),
+        "warm_epoch_vs_compute": statistics.median(_per_sec(our_stats[k]) / probes[k] for k in warm),
+        "compute_probes_samples_per_s": probes,
     }
+    out: dict[str, Any] = {"end_to_end": e2e}
+    if tutorial is not None:
+        y_tut, theirs, tut_infer_s = tutorial.predict()
+        out["tutorial_baseline"] = {
+            "cold_epoch_samples_per_s": _per_sec(tut_stats[0]),
+            "warm_epoch_samples_per_s": statistics.median(_per_sec(tut_stats[k]) for k in warm),
+            "inference_samples_per_s": len(y_tut) / tut_infer_s,
+            "held_out_auc": _auc(y_tut, theirs),
+            "epochs": epochs,
+        }
+        out["warm_epoch_vs_tutorial"] = statistics.median(_per_sec(our_stats[k]) / _per_sec(tut_stats[k]) for k in warm)
+        if np.array_equal(y, y_tut) and 0 < y.sum() < len(y):
+            # the same held-out images in the same order: a paired DeLong test of the two AUCs
+            out["auc_comparison"] = delong_paired_test(y, logits, theirs)
+    return out
 
 
 def peak_memory(device: torch.device) -> dict[str, float | None]:
@@ -249,6 +381,7 @@ def bench_workflow(
     epochs: int = 3,
     repeats: int = 5,
     baseline: bool = False,
+    peak: float | None = None,
 ) -> dict[str, Any]:
     """Run (a)-(d) and, with ``baseline``, the tutorial loop; returns a JSON-ready dict."""
     bf16 = use_bf16(cfg.train.amp, device)
@@ -256,11 +389,20 @@ def bench_workflow(
     flops = flops_per_sample(build_model(cfg.model), shape)
     seed_everything(cfg.train.seed, False)
     before = pure_compute(build_model(cfg.model).to(device), cfg, device, bf16, repeats)
-    e2e = end_to_end(cfg, cohort, device, bf16, epochs)
+    runs = interleaved_runs(cfg, cohort, device, bf16, epochs, baseline, probe_steps=max(2, repeats // 3))
+    e2e = runs["end_to_end"]
     after = pure_compute(build_model(cfg.model).to(device), cfg, device, bf16, repeats)
-    # Pure compute is measured before and after the end-to-end run; outside load can only slow a
-    # measurement down, so the faster of the two is the better estimate of the limit.
-    compute = {k: max(before[k], after[k]) for k in ("train_samples_per_s", "infer_samples_per_s")}
+    # The limit: the faster of the measurements before and after (outside load only slows one
+    # down) or the median of the probes between epochs; the warm-epoch ratio itself is the median
+    # over epochs of each epoch against the probe right after it.
+    compute = {
+        "train_samples_per_s": max(
+            before["train_samples_per_s"],
+            after["train_samples_per_s"],
+            statistics.median(e2e["compute_probes_samples_per_s"]),
+        ),
+        "infer_samples_per_s": max(before["infer_samples_per_s"], after["infer_samples_per_s"]),
+    }
     result: dict[str, Any] = {
         "workflow": cfg.study,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -274,7 +416,7 @@ def bench_workflow(
         "compute": compute,
         "end_to_end": e2e,
         "ratios": {
-            "warm_epoch_vs_compute": e2e["warm_epoch_samples_per_s"] / compute["train_samples_per_s"],
+            "warm_epoch_vs_compute": e2e.pop("warm_epoch_vs_compute"),
             "cold_epoch_vs_compute": e2e["cold_epoch_samples_per_s"] / compute["train_samples_per_s"],
             "inference_vs_compute": e2e["inference_samples_per_s"] / compute["infer_samples_per_s"],
         },
@@ -284,16 +426,18 @@ def bench_workflow(
         },
     }
     if baseline:
-        tut = tutorial_baseline(cfg, cohort, device, epochs)
+        tut = runs["tutorial_baseline"]
         result["tutorial_baseline"] = tut
-        result["ratios"]["warm_epoch_vs_tutorial"] = e2e["warm_epoch_samples_per_s"] / tut["warm_epoch_samples_per_s"]
+        result["ratios"]["warm_epoch_vs_tutorial"] = runs["warm_epoch_vs_tutorial"]
         result["ratios"]["cold_epoch_vs_tutorial"] = e2e["cold_epoch_samples_per_s"] / tut["cold_epoch_samples_per_s"]
-        y, ours = e2e["_held_out"]
-        y_tut, theirs = tut.pop("_held_out")
-        if np.array_equal(y, y_tut) and 0 < y.sum() < len(y):
-            # the same held-out images in the same order: a paired DeLong test of the two AUCs
-            result["auc_comparison"] = delong_paired_test(y, ours, theirs)
-    e2e.pop("_held_out")
+        if "auc_comparison" in runs:
+            result["auc_comparison"] = runs["auc_comparison"]
+    name = result["device"]
+    peak = peak or (peak_tflops(name) if device.type == "cuda" else None)
+    if peak:
+        # model FLOP utilisation: the model's own training FLOPs per second against the peak
+        result["peak_tflops"] = peak
+        result["mfu"] = {k: v / peak for k, v in result["achieved_tflops"].items()}
     result["memory"] = peak_memory(device)
     return result
 
@@ -317,9 +461,17 @@ def format_bench(result: dict[str, Any]) -> str:
         f"{r['inference_vs_compute']:>9.2f}",
         f"{'preprocessing (load..normalise), images/s':<44}{e['preprocess_images_per_s']:>12.1f}",
         "",
+        "warm-epoch ratios: medians over epochs, each epoch against the compute probe run right after it",
         f"warm epoch waits for data {100 * e['warm_epoch_data_wait_fraction']:.1f}% of the time; "
         f"achieved {result['achieved_tflops']['warm_epoch'] * 1e3:.1f} GFLOP/s in a warm epoch "
-        f"({result['achieved_tflops']['compute_train'] * 1e3:.1f} pure compute)",
+        f"({result['achieved_tflops']['compute_train'] * 1e3:.1f} pure compute)"
+        + (
+            f"; model FLOP utilisation {100 * result['mfu']['warm_epoch']:.1f}% "
+            f"({100 * result['mfu']['compute_train']:.1f}% pure compute) of a {result['peak_tflops']:.0f} TFLOP/s "
+            f"{'bf16 ' if result['bf16'] else ''}peak"
+            if "mfu" in result
+            else ""
+        ),
         f"held-out AUC after {e['epochs']} epochs: {e['held_out_auc']}",
         f"peak RSS {result['memory']['peak_rss_gib']:.2f} GiB"
         + (f", peak GPU memory {result['memory']['peak_gpu_gib']:.2f} GiB" if result["memory"]["peak_gpu_gib"] else ""),
@@ -328,7 +480,7 @@ def format_bench(result: dict[str, Any]) -> str:
     if tut:
         lines += [
             "",
-            "side by side with the MONAI tutorial loop (transforms every epoch, 2 workers, fp32):",
+            "side by side with the MONAI tutorial loop (transforms every epoch, 2 workers, fp32), epochs interleaved:",
             f"{'':<28}{'ours':>10}{'tutorial':>10}{'ratio':>8}",
             f"{'cold epoch samples/s':<28}{e['cold_epoch_samples_per_s']:>10.1f}"
             f"{tut['cold_epoch_samples_per_s']:>10.1f}{r['cold_epoch_vs_tutorial']:>8.2f}",

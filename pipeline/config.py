@@ -78,6 +78,9 @@ class DataConfig:
     # where preprocessed tensors live: host memory, one file per image on disk, or the GPU
     # ("device"); auto: the GPU or host memory when the cohort fits in a quarter of it, else disk
     cache: Literal["auto", "memory", "disk", "device"] = "auto"
+    # processes for the one-time preprocessing; none: one per CPU (up to 8, shared by the ranks of
+    # a node); 0: in the main process
+    workers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -285,6 +288,8 @@ def check_semantics(cfg: WorkflowConfig, check_manifest: bool = True) -> list[st
         "evaluation.n_bootstrap": cfg.evaluation.n_bootstrap,
     }
     problems += [f"{k} must be >= 1, got {v}" for k, v in positive_ints.items() if v < 1]
+    if cfg.data.workers is not None and cfg.data.workers < 0:
+        problems.append(f"data.workers must be >= 0, got {cfg.data.workers}")
     if cfg.train.lr <= 0:
         problems.append(f"train.lr must be > 0, got {cfg.train.lr}")
     if cfg.validation.scheme == "kfold" and cfg.validation.folds < 2:

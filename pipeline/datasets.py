@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from monai.data import Dataset
 from monai.transforms import Compose, MapTransform
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline.errors import ScanError
@@ -81,6 +82,43 @@ def choose_cache(policy: str, n_images: int, bytes_per_image: int, device: torch
     return "memory" if need < MEMORY_FRACTION * total else "disk"
 
 
+def preprocess_workers(requested: int | None, ranks_per_node: int = 1) -> int:
+    """Worker processes for preprocessing: as requested, else one per usable CPU (up to 8)
+    shared among the ranks on this node; 0 when that leaves one (the main process does it)."""
+    if requested is not None:
+        return max(0, requested)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    n = min(8, cpus) // max(1, ranks_per_node)
+    return n if n > 1 else 0
+
+
+def _single_threaded(_: int) -> None:
+    torch.set_num_threads(1)  # the workers share the CPUs; one thread each avoids oversubscription
+
+
+class _Preprocess(torch.utils.data.Dataset):
+    """The deterministic chain on one image, guarded: (tensor, None) or (None, (reason, message))."""
+
+    def __init__(self, todo: list[tuple[str, str, str, dict[str, Any]]], transform: Compose) -> None:
+        self.todo = todo
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.todo)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, tuple[str, str] | None]:
+        image_id, _, path, _ = self.todo[index]
+        try:
+            out = self.transform({KEY: path, IMAGE_ID: image_id})
+            tensor = torch.as_tensor(out[KEY]).float().contiguous()
+            if not torch.isfinite(tensor).all():
+                raise ScanError("nonfinite_after_preprocessing", "non-finite values after preprocessing", image_id)
+        except Exception as exc:  # one bad scan must not abort the cohort
+            return None, _failure_reason(exc)
+        # a plain tensor (no MONAI metadata, which could carry header text) crosses the process boundary
+        return tensor.as_subclass(torch.Tensor), None
+
+
 def cache_key(fingerprint: str, content_hash: str) -> str:
     return hashlib.sha256(f"{fingerprint}\n{content_hash}".encode()).hexdigest()[:32]
 
@@ -96,8 +134,10 @@ def prepare_cohort(
     bytes_per_image: int,
     progress: bool = True,
     device: torch.device | None = None,
+    workers: int | None = None,
 ) -> PreparedCohort:
-    """Preprocess every image of ``table`` (columns image_id, patient_id, path, target).
+    """Preprocess every image of ``table`` (columns image_id, patient_id, path, target), in
+    ``workers`` processes (None: one per CPU, up to 8; 0: in this process).
 
     With the ``device`` cache the tensors are moved to ``device`` (a GPU), where augmentation
     and training then read them without any host-to-device copy.
@@ -110,12 +150,9 @@ def prepare_cohort(
     samples: dict[str, dict[str, Any]] = {}
     failures = []
     hits = 0
-    rows = table[[IMAGE_ID, PATIENT_ID, "path", "target"]].itertuples(index=False)
-    for image_id, patient_id, path, target in tqdm(
-        rows, total=len(table), desc="preprocess", unit="img", disable=not progress, leave=False
-    ):
+    todo = []
+    for image_id, patient_id, path, target in table[[IMAGE_ID, PATIENT_ID, "path", "target"]].itertuples(index=False):
         sample: dict[str, Any] = {IMAGE_ID: image_id, "target": float(target)}
-        cached = None
         if mode == "disk":
             assert cache_dir is not None
             cached = cache_dir / f"{cache_key(fingerprint, content_hashes[image_id])}.pt"
@@ -123,17 +160,27 @@ def prepare_cohort(
                 samples[image_id] = {**sample, KEY: str(cached)}
                 hits += 1
                 continue
-        try:
-            out = transform({KEY: path, IMAGE_ID: image_id})
-            tensor = torch.as_tensor(out[KEY]).float().contiguous()
-            if not torch.isfinite(tensor).all():
-                raise ScanError("nonfinite_after_preprocessing", "non-finite values after preprocessing", image_id)
-        except Exception as exc:  # one bad scan must not abort the cohort
-            reason, message = _failure_reason(exc)
-            failures.append((image_id, patient_id, reason, message))
-            log.warning("%s: skipped (%s): %s", image_id, reason, message)
+        todo.append((image_id, patient_id, path, sample))
+    n_workers = min(preprocess_workers(workers), len(todo) // 2)
+    # torch's DataLoader runs the chain in worker processes (one image per item, in order)
+    loader = DataLoader(
+        _Preprocess(todo, transform),
+        batch_size=None,
+        num_workers=n_workers,
+        worker_init_fn=_single_threaded if n_workers else None,
+    )
+    for (image_id, patient_id, _, sample), (tensor, failure) in zip(
+        todo,
+        tqdm(loader, total=len(todo), desc="preprocess", unit="img", disable=not progress, leave=False),
+        strict=True,
+    ):
+        if failure is not None:
+            failures.append((image_id, patient_id, *failure))
+            log.warning("%s: skipped (%s): %s", image_id, *failure)
             continue
-        if cached is not None:
+        if mode == "disk":
+            assert cache_dir is not None
+            cached = cache_dir / f"{cache_key(fingerprint, content_hashes[image_id])}.pt"
             tmp = cached.with_suffix(f".tmp{os.getpid()}")
             torch.save(tensor, tmp)
             os.replace(tmp, cached)

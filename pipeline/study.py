@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,7 +222,7 @@ def train_and_predict(
     """
     import torch
 
-    from pipeline.datasets import prepare_cohort
+    from pipeline.datasets import prepare_cohort, preprocess_workers
     from pipeline.distributed import barrier, device_for, init_from_env
     from pipeline.training import resolve_device
     from pipeline.transforms import deterministic_transforms, preprocessing_fingerprint
@@ -242,6 +243,7 @@ def train_and_predict(
         bytes_per_image=4 * cfg.model.in_channels * math.prod(cfg.data.spatial_size),
         progress=progress,
         device=device,
+        workers=preprocess_workers(cfg.data.workers, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))),
     )
     log.info(
         "preprocessed %d images in %.1fs (%s cache), %d excluded",

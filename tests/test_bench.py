@@ -22,9 +22,8 @@ def test_bench_prints_the_table_and_writes_json(
 ) -> None:
     wf = make_workflow(make_cohort(n_patients=10), data={"augment": {"flip": True, "affine": True, "backend": backend}})
     out = tmp_path / "bench.json"
-    code = main(
-        ["bench", str(wf), "--epochs", "2", "--repeats", "2", "--baseline", "--out", str(out), "--device", "cpu"]
-    )
+    args = ["bench", str(wf), "--epochs", "2", "--repeats", "2", "--baseline", "--device", "cpu", "--peak-tflops", "2"]
+    code = main([*args, "--out", str(out)])
     assert code == 0
     text = capsys.readouterr().out
     for line in ("(a) pure compute, training", "(b) end to end, warm epoch", "side by side with the MONAI tutorial"):
@@ -34,6 +33,8 @@ def test_bench_prints_the_table_and_writes_json(
     assert result["flops_train_per_sample"] > result["flops_forward_per_sample"] > 0
     for key in ("warm_epoch_vs_compute", "cold_epoch_vs_compute", "inference_vs_compute", "warm_epoch_vs_tutorial"):
         assert result["ratios"][key] > 0
+    assert result["mfu"]["warm_epoch"] == pytest.approx(result["achieved_tflops"]["warm_epoch"] / 2)
+    assert "model FLOP utilisation" in text
     assert result["memory"]["peak_rss_gib"] > 0
     assert result["memory"]["peak_gpu_gib"] is None
     assert "_held_out" not in result["end_to_end"]
@@ -45,3 +46,13 @@ def test_bench_prints_the_table_and_writes_json(
 def test_bench_without_workflow_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench"]) == 2
     assert "needs a WORKFLOW" in capsys.readouterr().err
+
+
+def test_known_gpus_have_a_bf16_peak() -> None:
+    from pipeline.bench import peak_tflops
+
+    assert peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert peak_tflops("NVIDIA H200") == 989.0
+    assert peak_tflops("NVIDIA L4") == 121.0
+    assert peak_tflops("cpu") is None

@@ -29,6 +29,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--baseline", action="store_true", help="training: also run the MONAI tutorial loop side by side"
     )
     parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        help="training: the device's peak TFLOP/s for model FLOP utilisation (known NVIDIA cards are looked up)",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="evaluation/ingestion: smaller sizes for a fast look (not the reported figures)",
@@ -52,6 +57,7 @@ def _training(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         epochs=max(2, args.epochs or cfg.train.epochs),
         repeats=args.repeats,
         baseline=args.baseline,
+        peak=args.peak_tflops,
     )
     return result, format_bench(result)
 
