@@ -81,9 +81,15 @@ class BatchAugment:
         cfg = self.cfg
         view = (n,) + (1,) * (x.dim() - 1)
         if cfg.flip:
-            for axis in range(dims):
-                flip = self._chance(n, P_FLIP).to(x.device).view(view)
-                x = torch.where(flip, x.flip(axis + 2), x)
+            # one flip per combination of axes (at most 2^dims groups), one copy of the batch in all
+            chosen = torch.stack([self._chance(n, P_FLIP) for _ in range(dims)], dim=1)
+            code = (chosen.long() * (2 ** torch.arange(dims))).sum(dim=1)
+            if bool(code.any()):
+                x = x.clone()
+                for c in code.unique().tolist():
+                    if c:
+                        idx = (code == c).nonzero().flatten().to(x.device)
+                        x[idx] = x[idx].flip([a + 2 for a in range(dims) if c >> a & 1])
         if cfg.rotate90:
             turns = torch.where(self._chance(n, P_ROT90), torch.randint(1, 4, (n,), generator=self.generator), 0)
             if bool(turns.any()):
@@ -117,7 +123,7 @@ class BatchAugment:
         if cfg.intensity:
             factor = 1 + torch.where(self._chance(n, P_SCALE), self._uniform((n,), INTENSITY_RANGE), 0.0)
             offset = torch.where(self._chance(n, P_SHIFT), self._uniform((n,), INTENSITY_RANGE), 0.0)
-            x = x * factor.to(x.device, x.dtype).view(view) + offset.to(x.device, x.dtype).view(view)
+            x = torch.addcmul(offset.to(x.device, x.dtype).view(view), x, factor.to(x.device, x.dtype).view(view))
         if cfg.noise:
             std = torch.where(self._chance(n, P_NOISE), torch.rand(n, generator=self.generator) * NOISE_STD, 0.0)
             noise_gen = torch.Generator(device=x.device).manual_seed(
