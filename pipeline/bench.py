@@ -31,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.augment import BatchAugment, make_augmentation
 from pipeline.config import WorkflowConfig
-from pipeline.datasets import prepare_cohort, preprocess_workers, targets
+from pipeline.datasets import prepare_for_workflow, targets
 from pipeline.evaluation.compare import delong_paired_test
 from pipeline.inference import predict_logits
 from pipeline.manifest import Cohort
@@ -48,7 +48,7 @@ from pipeline.training import (
     use_bf16,
     warmup_cosine,
 )
-from pipeline.transforms import augmentation_transforms, deterministic_transforms, preprocessing_fingerprint
+from pipeline.transforms import augmentation_transforms, deterministic_transforms
 
 log = logging.getLogger(__name__)
 
@@ -200,18 +200,9 @@ class _Ours:
         hashes = image_hashes(cohort.table[IMAGE_ID].tolist(), cohort.table["path"].tolist())
         self.hash_s = time.perf_counter() - start
         start = time.perf_counter()
-        prepared = prepare_cohort(
-            cohort.table,
-            deterministic_transforms(cfg.data, dims),
-            fingerprint=preprocessing_fingerprint(cfg.data, dims),
-            content_hashes=hashes,
-            cache="memory" if cfg.data.cache == "auto" else cfg.data.cache,
-            cache_dir=cfg.output_dir / ".cache" / "preprocessed",
-            bytes_per_image=4 * cfg.model.in_channels * int(np.prod(cfg.data.spatial_size)),
-            progress=False,
-            device=device,
-            workers=preprocess_workers(cfg.data.workers),
-        )
+        # the bench keeps the cohort in memory unless the workflow names a cache
+        cache = "memory" if cfg.data.cache == "auto" else cfg.data.cache
+        prepared = prepare_for_workflow(cfg, cohort.table, hashes, device=device, cache=cache, progress=False)
         self.preprocess_s = time.perf_counter() - start
         self.n_cohort = len(cohort.table)
         self.train_items = prepared.items(train_table[IMAGE_ID].tolist())

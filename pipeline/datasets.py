@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,8 +27,10 @@ from monai.transforms import Compose, MapTransform
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from pipeline.config import WorkflowConfig
 from pipeline.errors import ScanError
 from pipeline.schema import IMAGE, IMAGE_ID, PATIENT_ID
+from pipeline.transforms import deterministic_transforms, preprocessing_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,33 @@ def choose_cache(policy: str, n_images: int, bytes_per_image: int, device: torch
     except (ValueError, OSError, AttributeError):
         total = 8 << 30
     return "memory" if need < MEMORY_FRACTION * total else "disk"
+
+
+def prepare_for_workflow(
+    cfg: WorkflowConfig,
+    table: pd.DataFrame,
+    content_hashes: dict[str, str],
+    *,
+    device: torch.device | None,
+    cache: str | None = None,
+    progress: bool = True,
+    ranks_per_node: int = 1,
+) -> PreparedCohort:
+    """``prepare_cohort`` with the workflow's deterministic chain, cache policy (or ``cache``),
+    cache folder and worker count."""
+    dims = cfg.model.spatial_dims
+    return prepare_cohort(
+        table,
+        deterministic_transforms(cfg.data, dims),
+        fingerprint=preprocessing_fingerprint(cfg.data, dims),
+        content_hashes=content_hashes,
+        cache=cache or cfg.data.cache,
+        cache_dir=cfg.output_dir / ".cache" / "preprocessed",
+        bytes_per_image=4 * cfg.model.in_channels * math.prod(cfg.data.spatial_size),
+        progress=progress,
+        device=device,
+        workers=preprocess_workers(cfg.data.workers, ranks_per_node),
+    )
 
 
 def preprocess_workers(requested: int | None, ranks_per_node: int = 1) -> int:

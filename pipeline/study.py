@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -222,28 +221,22 @@ def train_and_predict(
     """
     import torch
 
-    from pipeline.datasets import prepare_cohort, preprocess_workers
+    from pipeline.datasets import prepare_for_workflow
     from pipeline.distributed import barrier, device_for, init_from_env
     from pipeline.training import resolve_device
-    from pipeline.transforms import deterministic_transforms, preprocessing_fingerprint
 
     ctx = init_from_env(cfg.train.device)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     device = device_for(ctx, resolve_device(cfg.train.device))
-    dims = cfg.model.spatial_dims
     t0 = time.perf_counter()
-    prepared = prepare_cohort(
+    prepared = prepare_for_workflow(
+        cfg,
         cohort.table,
-        deterministic_transforms(cfg.data, dims),
-        fingerprint=preprocessing_fingerprint(cfg.data, dims),
-        content_hashes=content_hashes,
-        cache=cfg.data.cache,
-        cache_dir=cfg.output_dir / ".cache" / "preprocessed",
-        bytes_per_image=4 * cfg.model.in_channels * math.prod(cfg.data.spatial_size),
-        progress=progress,
+        content_hashes,
         device=device,
-        workers=preprocess_workers(cfg.data.workers, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))),
+        progress=progress,
+        ranks_per_node=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
     )
     log.info(
         "preprocessed %d images in %.1fs (%s cache), %d excluded",
