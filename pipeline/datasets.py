@@ -91,19 +91,18 @@ def prepare_for_workflow(
     content_hashes: dict[str, str],
     *,
     device: torch.device | None,
-    cache: str | None = None,
     progress: bool = True,
     ranks_per_node: int = 1,
 ) -> PreparedCohort:
-    """``prepare_cohort`` with the workflow's deterministic chain, cache policy (or ``cache``),
-    cache folder and worker count."""
+    """``prepare_cohort`` with the workflow's deterministic chain, cache policy, cache folder and
+    worker count."""
     dims = cfg.model.spatial_dims
     return prepare_cohort(
         table,
         deterministic_transforms(cfg.data, dims),
         fingerprint=preprocessing_fingerprint(cfg.data, dims),
         content_hashes=content_hashes,
-        cache=cache or cfg.data.cache,
+        cache=cfg.data.cache,
         cache_dir=cfg.output_dir / ".cache" / "preprocessed",
         bytes_per_image=4 * cfg.model.in_channels * math.prod(cfg.data.spatial_size),
         progress=progress,
