@@ -139,3 +139,8 @@ def make_augmentation(data: DataConfig, spatial_dims: int) -> BatchAugment | Com
     if data.augment.backend == "monai":
         return augmentation_transforms(data, spatial_dims)
     return BatchAugment(data.augment, spatial_dims)
+
+
+def split_augmentation(augment: BatchAugment | Compose) -> tuple[Compose | None, BatchAugment | None]:
+    """(per-sample chain for the loader, batched augmentation for the training step): one is None."""
+    return (None, augment) if isinstance(augment, BatchAugment) else (augment, None)

@@ -29,7 +29,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline.augment import BatchAugment, make_augmentation
+from pipeline.augment import make_augmentation, split_augmentation
 from pipeline.config import WorkflowConfig
 from pipeline.datasets import prepare_for_workflow, targets
 from pipeline.evaluation.compare import delong_paired_test
@@ -113,39 +113,22 @@ def flops_per_sample(model: nn.Module, shape: tuple[int, ...]) -> dict[str, floa
     return {"forward": fwd.get_total_flops() / 2.0, "train": both.get_total_flops() / 2.0}
 
 
-def pure_compute(
-    model: nn.Module, cfg: WorkflowConfig, device: torch.device, bf16: bool, repeats: int
-) -> dict[str, float]:
+def pure_compute(cfg: WorkflowConfig, device: torch.device, bf16: bool, repeats: int) -> dict[str, float]:
     """Samples/s of training steps and of inference on one in-memory batch on ``device``
-    (in the memory format that training uses)."""
-    bs = cfg.train.batch_size
-    fmt = memory_format_for(cfg.train, device, cfg.model.spatial_dims)
-    model.to(memory_format=fmt)
-    x = torch.randn(bs, cfg.model.in_channels, *cfg.data.spatial_size, device=device).contiguous(memory_format=fmt)
-    y = (torch.arange(bs, device=device) % 2).float()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
-    loss_fn = nn.BCEWithLogitsLoss()
-
-    def train_step() -> None:
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(x).reshape(bs, -1)[:, 0]
-        loss = loss_fn(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    (in the memory format that training uses), with a fresh model."""
+    probe = _Probe(cfg, device, bf16, repeats)
+    train = probe.samples_per_s()
 
     def infer_step() -> None:
         with (
             torch.inference_mode(),
             torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16),
         ):
-            model(x)
+            probe.model(probe.x)
 
-    model.train()
-    train_s = _median_time(train_step, device, repeats)
-    model.eval()
+    probe.model.eval()
     infer_s = _median_time(infer_step, device, repeats)
-    return {"train_samples_per_s": bs / train_s, "infer_samples_per_s": bs / infer_s}
+    return {"train_samples_per_s": train, "infer_samples_per_s": probe.bs / infer_s}
 
 
 def _fold0(cfg: WorkflowConfig, cohort: Cohort) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -159,9 +142,9 @@ def _fold0(cfg: WorkflowConfig, cohort: Cohort) -> tuple[pd.DataFrame, pd.DataFr
 
 
 class _Probe:
-    """Pure compute measured between the epochs: a few training steps of a separate copy of the
-    model on one in-memory batch, so each epoch is compared with the limit measured next to it
-    (the machine's speed drifts when it is shared)."""
+    """Pure compute: training steps of a separate copy of the model on one in-memory batch. Run
+    between the epochs, each epoch is compared with the limit measured next to it (the machine's
+    speed drifts when it is shared)."""
 
     def __init__(self, cfg: WorkflowConfig, device: torch.device, bf16: bool, steps: int) -> None:
         self.device, self.bf16, self.steps, self.bs = device, bf16, steps, cfg.train.batch_size
@@ -183,6 +166,7 @@ class _Probe:
         self.optimizer.step()
 
     def samples_per_s(self) -> float:
+        self.model.train()
         return self.bs / _median_time(self.step, self.device, self.steps, warmup=1)
 
 
@@ -207,12 +191,9 @@ class _Ours:
         self.n_cohort = len(cohort.table)
         self.train_items = prepared.items(train_table[IMAGE_ID].tolist())
         self.val_items = prepared.items(held_out[IMAGE_ID].tolist())
-        augment = make_augmentation(cfg.data, dims)
-        self.augment = augment if isinstance(augment, BatchAugment) else None
+        per_sample, self.augment = split_augmentation(make_augmentation(cfg.data, dims))
         generator = torch.Generator().manual_seed(cfg.train.seed)
-        self.loader = make_loader(
-            self.train_items, cfg.train, None if self.augment else augment, generator, pin_memory=device.type == "cuda"
-        )
+        self.loader = make_loader(self.train_items, cfg.train, per_sample, generator, pin_memory=device.type == "cuda")
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
         )
@@ -380,10 +361,10 @@ def bench_workflow(
     shape = (cfg.model.in_channels, *cfg.data.spatial_size)
     flops = flops_per_sample(build_model(cfg.model), shape)
     seed_everything(cfg.train.seed, False)
-    before = pure_compute(build_model(cfg.model).to(device), cfg, device, bf16, repeats)
+    before = pure_compute(cfg, device, bf16, repeats)
     runs = interleaved_runs(cfg, cohort, device, bf16, epochs, baseline, probe_steps=max(2, repeats // 3))
     e2e = runs["end_to_end"]
-    after = pure_compute(build_model(cfg.model).to(device), cfg, device, bf16, repeats)
+    after = pure_compute(cfg, device, bf16, repeats)
     # The limit next to the epochs: the median of the probes run between them (the warm-epoch ratio
     # is the median over epochs of each epoch against the probe right after it). The best isolated
     # measurement (before or after; outside load only slows one down) is kept beside it.

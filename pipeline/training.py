@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import WeightedRandomSampler
 
-from pipeline.augment import BatchAugment
+from pipeline.augment import BatchAugment, split_augmentation
 from pipeline.config import TrainConfig
 from pipeline.datasets import sample_dataset, targets
 from pipeline.distributed import SINGLE, DistContext, barrier
@@ -281,10 +281,8 @@ def train_fold(
         stepper = DistributedDataParallel(stepper, device_ids=[device.index] if device.type == "cuda" else None)
     generator = torch.Generator()
     # batched augmentation runs in run_epoch on the device; MONAI's chain runs per sample in the loader
-    batch_augment = augment if isinstance(augment, BatchAugment) else None
-    loader = make_loader(
-        train_items, cfg, None if batch_augment else augment, generator, ctx, seed, pin_memory=device.type == "cuda"
-    )
+    per_sample, batch_augment = split_augmentation(augment)
+    loader = make_loader(train_items, cfg, per_sample, generator, ctx, seed, pin_memory=device.type == "cuda")
     loss_fn = make_loss(cfg, targets(train_items), device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(loader))
