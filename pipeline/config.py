@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -20,9 +21,10 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+from pipeline import options as opt
 from pipeline.errors import ValidationError
 
-ARCHS = ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet200")
+ARCHS = opt.ARCHS
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ class TaskConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: Literal["resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet200"] = "resnet18"
+    arch: opt.Arch = "resnet18"
     spatial_dims: Literal[2, 3] = 3
     in_channels: int = 1
     # ResNet stem: MONAI's default is a 7^d convolution with stride 1 followed by max-pooling; a
@@ -44,14 +46,14 @@ class ModelConfig:
     widen_factor: float = 1.0
     # batch: MONAI's default. instance/group do not depend on batch statistics, which keeps
     # scores comparable between folds when batches are small (pooled out-of-fold AUC).
-    norm: Literal["batch", "instance", "group"] = "batch"
+    norm: opt.Norm = "batch"
     dropout: float = 0.0
     pretrained: str | None = None  # local path to a state_dict (.pt), loaded with weights_only=True
 
 
 @dataclass(frozen=True)
 class IntensityConfig:
-    mode: Literal["ct_window", "zscore", "minmax", "none"] = "zscore"
+    mode: opt.IntensityMode = "zscore"
     window: tuple[float, float] = (-1000.0, 1000.0)  # HU range mapped to [0, 1] for ct_window
 
 
@@ -64,20 +66,20 @@ class AugmentConfig:
     noise: bool = False  # additive Gaussian noise
     # batch: per-sample random draws applied to the whole batch on the training device (fast);
     # monai: MONAI's dictionary transforms, one sample at a time in the loader
-    backend: Literal["batch", "monai"] = "batch"
+    backend: opt.AugmentBackend = "batch"
 
 
 @dataclass(frozen=True)
 class DataConfig:
     spatial_size: tuple[int, ...] = (64, 64, 64)  # network input size, one entry per spatial dim
     spacing: tuple[float, ...] | None = None  # resample to this voxel size (mm) before resizing
-    resize: Literal["resize", "pad_crop"] = "resize"  # how to reach spatial_size after resampling
+    resize: opt.Resize = "resize"  # how to reach spatial_size after resampling
     intensity: IntensityConfig = field(default_factory=IntensityConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    nonfinite: Literal["refuse", "zero", "min"] = "refuse"  # NaN/Inf voxels: refuse, or replace by 0 or the minimum
+    nonfinite: opt.Nonfinite = "refuse"  # NaN/Inf voxels: refuse, or replace by 0 or the minimum
     # where preprocessed tensors live: host memory, one file per image on disk, or the GPU
     # ("device"); auto: the GPU or host memory when the cohort fits in a quarter of it, else disk
-    cache: Literal["auto", "memory", "disk", "device"] = "auto"
+    cache: opt.Cache = "auto"
     # processes for the one-time preprocessing; none: one per CPU (up to 8, shared by the ranks of
     # a node); 0: in the main process
     workers: int | None = None
@@ -91,22 +93,22 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_epochs: int = 0
     seed: int = 0
-    class_balance: Literal["weighted_loss", "sampler", "none"] = "weighted_loss"
-    amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 on CUDA and on CPUs with native bf16
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    class_balance: opt.ClassBalance = "weighted_loss"
+    amp: opt.Amp = "auto"  # auto: bf16 on CUDA and on CPUs with native bf16
+    device: opt.Device = "auto"
     # how the best epoch is chosen on the validation patients: AUC (ties: lower loss) or loss. A
     # loss-selected model is better calibrated, so scores pooled over folds stay comparable.
-    select: Literal["auc", "loss"] = "auc"
+    select: opt.Select = "auc"
     patience: int = 0  # stop after this many epochs without a better validation score (0: never)
     deterministic: bool = False
     num_threads: int = 0  # torch CPU threads (0: torch's default)
-    channels_last: Literal["auto", "on", "off"] = "auto"  # auto: on CUDA only (slower on CPUs measured)
+    channels_last: opt.ChannelsLast = "auto"  # auto: on CUDA only (slower on CPUs measured)
     compile: bool = False  # torch.compile the model (first epoch pays the compilation)
 
 
 @dataclass(frozen=True)
 class ValidationConfig:
-    scheme: Literal["kfold", "holdout"] = "kfold"
+    scheme: opt.Scheme = "kfold"
     folds: int = 5
     # fraction of each fold's training patients held out (grouped by patient) to choose the epoch
     inner_val_fraction: float = 0.2
@@ -114,8 +116,8 @@ class ValidationConfig:
 
 @dataclass(frozen=True)
 class EvaluationConfig:
-    aggregate: Literal["mean", "max", "median"] = "mean"
-    ci_method: Literal["delong", "bootstrap"] = "delong"
+    aggregate: opt.Aggregate = "mean"
+    ci_method: opt.CiMethod = "delong"
     n_bootstrap: int = 2000
     threshold_rule: str = "youden"  # youden | sensitivity=0.9 | specificity=0.9 | a fixed number
     subgroups: tuple[str, ...] = ()  # manifest columns for subgroup metrics
@@ -153,6 +155,30 @@ def _plain(obj: Any) -> Any:
 # --------------------------------------------------------------------------- loading
 
 
+class _WorkflowLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` with YAML 1.2's booleans: only true/false (any case) are booleans.
+
+    YAML 1.1 also reads yes/no/on/off as booleans, so ``amp: off`` would arrive as False. Here they
+    stay the words the user wrote; a boolean option takes them as the yes or no they mean.
+    """
+
+
+_WorkflowLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_WorkflowLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_BOOL_WORDS = {"yes": True, "on": True, "y": True, "no": False, "off": False, "n": False}
+
+
+def yaml_load(text: str) -> Any:
+    """Parse workflow YAML (safe: plain data only; booleans as in YAML 1.2)."""
+    return yaml.load(text, Loader=_WorkflowLoader)
+
+
+
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     """``["train.epochs=3", "data.spatial_size=[32,32,32]"]`` -> nested dict (values parsed as YAML)."""
     nested: dict[str, Any] = {}
@@ -163,7 +189,7 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
             problems.append(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=3")
             continue
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = yaml_load(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw
         node = nested
@@ -215,7 +241,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if path.resolve() in seen:
         raise ValidationError([f"{path}: 'extends' forms a cycle"], "workflow")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -344,6 +370,9 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+_QUOTE_HINT = " (an empty value, null or ~ is no value; to mean the word, quote it, e.g. 'null')"
+
+
 def _convert_value(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
     """Check ``value`` against type hint ``tp``; return the converted value (or None after a problem)."""
     origin = get_origin(tp)
@@ -367,6 +396,9 @@ def _convert_value(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
     if origin is Literal:
         if value in get_args(tp) and type(value) in {type(a) for a in get_args(tp)}:
             return value
+        if value is None:
+            problems.append(f"{where}: must be one of {_type_name(tp)}, got null{_QUOTE_HINT}")
+            return None
         close = difflib.get_close_matches(str(value), [str(a) for a in get_args(tp)], n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         problems.append(f"{where}: must be one of {_type_name(tp)}, got {value!r}{hint}")
@@ -404,6 +436,8 @@ def _convert_value(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, str) and value.lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.lower()]
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -419,6 +453,9 @@ def _convert_value(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
     elif tp is str:
         if isinstance(value, str | int | float) and not isinstance(value, bool):
             return str(value)
+        if value is None:
+            problems.append(f"{where}: expected a string, got null{_QUOTE_HINT}")
+            return None
     elif tp is Path and isinstance(value, str | Path):
         return Path(value)
     problems.append(f"{where}: expected {_type_name(tp)}, got {value!r}")

@@ -49,3 +49,9 @@ class LeakageError(CohortnetError):
     """A patient appears on both sides of a split."""
 
     exit_code = 4
+
+
+class NonFiniteError(CohortnetError):
+    """Training produced NaN or Inf (loss, gradient or scores): the fold is stopped, nothing is pooled."""
+
+    exit_code = 5

@@ -12,8 +12,9 @@ import torch
 from monai.networks import nets
 from torch import nn
 
-from pipeline.config import ARCHS, ModelConfig
+from pipeline.config import ModelConfig
 from pipeline.errors import CohortnetError
+from pipeline.options import ARCHS
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from pipeline import crossval
 from pipeline.config import WorkflowConfig, config_from_dict, dump_config, load_config, read_workflow
-from pipeline.errors import CohortnetError, ValidationError
+from pipeline.errors import CohortnetError, NonFiniteError, ValidationError
 from pipeline.logs import add_run_log
 from pipeline.manifest import Cohort, load_manifest
 from pipeline.provenance import environment_record, file_sha256, image_hashes
@@ -279,21 +280,23 @@ def _run_fold(
     from pipeline.distributed import init_from_env
     from pipeline.inference import predict_scores
     from pipeline.models import build_model, count_parameters
-    from pipeline.training import seed_everything, train_fold, use_bf16
+    from pipeline.precision import choose_precision
+    from pipeline.training import seed_everything, train_fold
 
     ctx = init_from_env(cfg.train.device)
-    bf16 = use_bf16(cfg.train.amp, device)
     seed_everything(cfg.train.seed + fold, cfg.train.deterministic)  # the initial weights depend on the seed only
-    model = build_model(cfg.model)
+    model = build_model(cfg.model).to(device)
+    precision = choose_precision(cfg, model, device)
+    bf16 = precision.bf16
     log.info(
-        "fold %d: %d train / %d val / %d test images on %s%s%s, %s (%.1fM parameters)",
+        "fold %d: %d train / %d val / %d test images on %s%s (%s), %s (%.1fM parameters)",
         fold,
         len(items["train"]),
         len(items["val"]),
         len(items["test"]),
         device,
         f" x {ctx.world_size} ranks" if ctx.enabled else "",
-        " (bf16 autocast)" if bf16 else "",
+        precision.describe(),
         cfg.model.arch,
         count_parameters(model) / 1e6,
     )
@@ -307,6 +310,7 @@ def _run_fold(
         device=device,
         checkpoint=fold_dir / "model.pt",
         seed=cfg.train.seed + fold,
+        precision=precision,
         label=f"fold {fold}: ",
         ctx=ctx,
     )
@@ -316,6 +320,11 @@ def _run_fold(
         scores = predict_scores(
             model, items[role], device=device, bf16=bf16, batch_size=cfg.train.batch_size * 2, ctx=ctx
         )
+        if not np.isfinite(scores).all():
+            raise NonFiniteError(
+                f"fold {fold} ({precision.name}): {int((~np.isfinite(scores)).sum())} {role} scores are NaN or Inf; "
+                "the fold's model is kept in its folder, nothing is pooled"
+            )
         frames.append(
             pd.DataFrame(
                 {
@@ -332,7 +341,13 @@ def _run_fold(
         return
     artifacts.write_csv(fold_dir / "history.csv", result.history)
     artifacts.write_csv(fold_dir / PREDICTIONS_FILE, pd.concat(frames, ignore_index=True))
-    done = {"fold": fold, "best_epoch": result.best_epoch, "best_val_auc": result.best_val_auc}
+    done = {
+        "fold": fold,
+        "best_epoch": result.best_epoch,
+        "best_val_auc": result.best_val_auc,
+        "precision": precision.name,
+        "fp32_layers": list(precision.fp32_layers),
+    }
     artifacts.write_json(fold_dir / FOLD_DONE_FILE, {**done, "seconds": time.perf_counter() - start})
 
 

@@ -32,7 +32,9 @@ from pipeline.augment import BatchAugment, split_augmentation
 from pipeline.config import TrainConfig
 from pipeline.datasets import sample_dataset, targets
 from pipeline.distributed import SINGLE, DistContext, barrier
+from pipeline.errors import NonFiniteError
 from pipeline.inference import predict_logits
+from pipeline.precision import Precision
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,8 @@ log = logging.getLogger(__name__)
 class FoldResult:
     best_epoch: int
     best_val_auc: float | None
-    history: pd.DataFrame  # one row per epoch: epoch, train_loss, val_loss, val_auc, lr, seconds, data_seconds
+    # one row per epoch: epoch, train_loss, val_loss, val_auc, lr, seconds, data_seconds, precision
+    history: pd.DataFrame
 
 
 @dataclass
@@ -50,6 +53,7 @@ class EpochStats:
     samples: int
     seconds: float
     data_seconds: float  # time spent waiting for the next batch
+    first_nonfinite_step: int | None = None  # 1-based step of the first NaN/Inf loss or gradient
 
 
 @dataclass
@@ -69,27 +73,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bf16 in hardware (AVX-512 BF16 or AMX); elsewhere torch emulates
-    bf16 and autocast makes convolutions slower, not faster."""
-    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
-        check = getattr(torch.cpu, probe, None)
-        if check is not None and check():
-            return True
-    return False
-
-
-def use_bf16(amp: str, device: torch.device) -> bool:
-    """``auto``: bf16 autocast on a CUDA device that supports it and on CPUs with native bf16."""
-    if amp == "off":
-        return False
-    if amp == "bf16":
-        return True
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return cpu_has_native_bf16()
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -204,7 +187,8 @@ def run_epoch(
     """One pass over ``loader`` (batches augmented on the device by ``augment`` when given);
     returns the mean loss and where the time went."""
     model.train()
-    losses, samples, waited = [], 0, 0.0
+    losses, finite, samples, waited = [], [], 0, 0.0
+    params = [p for p in model.parameters() if p.requires_grad]
     start = tick = time.perf_counter()
     for batch in loader:
         x = batch["image"].to(device, non_blocking=True)
@@ -218,6 +202,8 @@ def run_epoch(
         loss = loss_fn(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        # one flag per step, kept on the device (no synchronisation per step on a GPU)
+        finite.append(torch.isfinite(loss) & torch.isfinite(_grad_norm(params)))
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
@@ -227,7 +213,17 @@ def run_epoch(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     mean = float(torch.stack(losses).mean()) if losses else math.nan
-    return EpochStats(mean, samples, time.perf_counter() - start, waited)
+    bad = (~torch.stack(finite)).nonzero() if finite else torch.zeros(0)
+    first_bad = int(bad[0]) + 1 if len(bad) else None
+    return EpochStats(mean, samples, time.perf_counter() - start, waited, first_bad)
+
+
+def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
+    """The gradients' total 2-norm (NaN or Inf when any gradient is)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
 
 
 def validation_metrics(
@@ -241,6 +237,8 @@ def validation_metrics(
     """(BCE loss, AUC or None when the validation set holds one class) on ``items``; under
     torchrun every rank gets the same numbers, so all ranks make the same best-epoch choice."""
     logits = predict_logits(model, items, device=device, bf16=bf16, batch_size=batch, ctx=ctx)
+    if not np.isfinite(logits).all():
+        raise NonFiniteError(f"{int((~np.isfinite(logits)).sum())} of {len(logits)} validation scores are NaN or Inf")
     y = targets(items)
     loss = float(nn.functional.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(y)))
     auc = float(roc_auc_score(y, logits)) if 0 < y.sum() < len(y) else None
@@ -257,6 +255,7 @@ def train_fold(
     device: torch.device,
     checkpoint: Path,
     seed: int,
+    precision: Precision,
     label: str = "",
     ctx: DistContext = SINGLE,
 ) -> FoldResult:
@@ -268,7 +267,7 @@ def train_fold(
     training state lives beside it in ``last.pt`` and is removed once the fold is complete.
     """
     seed_everything(seed, cfg.deterministic)
-    bf16 = use_bf16(cfg.amp, device)
+    bf16 = precision.bf16
     spatial_dims = 3 if any(isinstance(m, nn.Conv3d) for m in model.modules()) else 2
     memory_format = memory_format_for(cfg, device, spatial_dims)
     model.to(device)
@@ -302,7 +301,10 @@ def train_fold(
         augment.set_random_state(seed=es + ctx.rank)
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
-        stats = run_epoch(
+        stats = _checked_epoch(
+            label,
+            epoch,
+            precision,
             stepper,
             loader,
             optimizer,
@@ -313,7 +315,10 @@ def train_fold(
             memory_format=memory_format,
             augment=batch_augment,
         )
-        val_loss, val_auc = validation_metrics(model, val_items, device, bf16, cfg.batch_size * 2, ctx)
+        try:
+            val_loss, val_auc = validation_metrics(model, val_items, device, bf16, cfg.batch_size * 2, ctx)
+        except NonFiniteError as exc:
+            raise _stopped(label, epoch, precision, str(exc)) from None
         auc_key = val_auc if val_auc is not None else 0.0
         score = (auc_key, -val_loss) if cfg.select == "auc" else (-val_loss, auc_key)
         improved = score > state.best_score
@@ -332,6 +337,7 @@ def train_fold(
                 "lr": optimizer.param_groups[0]["lr"],
                 "seconds": stats.seconds,
                 "data_seconds": stats.data_seconds,
+                "precision": precision.name,
             }
         )
         auc_text = f"{val_auc:.3f}" if val_auc is not None else "n/a"
@@ -361,6 +367,29 @@ def train_fold(
     return FoldResult(state.best_epoch, best_row.get("val_auc"), pd.DataFrame(state.history))
 
 
+def _checked_epoch(label: str, epoch: int, precision: Precision, *args: Any, **kwargs: Any) -> EpochStats:
+    """``run_epoch`` that stops the fold when a loss or gradient was NaN or Inf."""
+    stats = run_epoch(*args, **kwargs)
+    if stats.first_nonfinite_step is not None:
+        what = f"the training loss or gradient became NaN or Inf at step {stats.first_nonfinite_step}"
+        raise _stopped(label, epoch, precision, what)
+    return stats
+
+
+def _stopped(label: str, epoch: int, precision: Precision, what: str) -> NonFiniteError:
+    """The error that stops a fold on non-finite values: where, what, and what to try."""
+    advice = (
+        "try --set \"train.amp='off'\" (fp32), a lower train.lr or more train.warmup_epochs"
+        if precision.bf16
+        else "try a lower train.lr, more train.warmup_epochs or check the input intensities (data.intensity)"
+    )
+    where = label.rstrip(": ") or "training"
+    return NonFiniteError(
+        f"{where}, epoch {epoch} ({precision.name}): {what}. The fold is stopped; finished folds and the "
+        f"last complete epoch are kept, and the same command resumes. {advice}"
+    )
+
+
 def _save_training_state(
     path: Path,
     model: nn.Module,
@@ -378,10 +407,17 @@ def _save_training_state(
         "best_score": list(state.best_score),
         "best_epoch": state.best_epoch,
         "stale": state.stale,
-        "history": [{k: (math.nan if v is None else float(v)) for k, v in row.items()} for row in state.history],
+        "history": [{k: _storable(v) for k, v in row.items()} for row in state.history],
         "torch_rng": torch.get_rng_state(),
     }
     save_state_dict(payload, path)
+
+
+def _storable(value: Any) -> float | str:
+    """A history value as ``torch.load(weights_only=True)`` reads it back (None as NaN)."""
+    if isinstance(value, str):
+        return value
+    return math.nan if value is None else float(value)
 
 
 def _load_training_state(

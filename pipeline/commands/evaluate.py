@@ -15,11 +15,12 @@ from typing import Any
 import pandas as pd
 
 from pipeline.errors import ValidationError
+from pipeline.options import AGGREGATES, CI_METHODS
 from pipeline.schema import METRICS_FILE, ROC_FILE
 
 log = logging.getLogger("pipeline")
 
-CI_CHOICES = ("delong", "delong_wald", "bootstrap", "bootstrap_percentile")
+CI_CHOICES = CI_METHODS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +71,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--level", type=float, default=0.95, help="confidence level (default 0.95)")
     add(
         "--aggregate",
-        choices=("mean", "max", "median"),
+        choices=AGGREGATES,
         default="mean",
         help="per-patient score (--group-col)",
     )

@@ -16,10 +16,11 @@ from sklearn.metrics import roc_auc_score
 
 from pipeline.evaluation.bootstrap import bca_interval, bootstrap_aucs, jackknife_aucs, percentile_interval
 from pipeline.evaluation.roc import delong_ci, delong_placements, logit_interval, normal_interval
+from pipeline.options import CI_METHODS
 
 COVERAGE_RANGE = (0.935, 0.965)  # acceptance band for a nominal 95% interval over 2,000 studies
 MIN_STUDIES_FOR_VERDICT = 2000  # the band is +/- 3 Monte Carlo SEs at 2,000 studies; fewer cannot judge
-METHODS = ("delong", "delong_wald", "bootstrap", "bootstrap_percentile")
+METHODS = CI_METHODS
 DEFAULT_METHODS = ("delong", "bootstrap")  # the defaults of binary_summary; these must pass
 
 

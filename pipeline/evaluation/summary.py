@@ -10,8 +10,8 @@ from pipeline.evaluation._inputs import binary_arrays, group_codes, py_float
 from pipeline.evaluation.bootstrap import bca_interval, bootstrap_aucs, jackknife_aucs, percentile_interval
 from pipeline.evaluation.roc import delong_ci, delong_placements
 from pipeline.evaluation.thresholds import choose_threshold, parse_rule, threshold_metrics
+from pipeline.options import CI_METHODS
 
-CI_METHODS = ("delong", "delong_wald", "bootstrap", "bootstrap_percentile")
 MIN_PER_CLASS = 10  # fewer cases than this in a class: intervals are too wide to say anything
 
 

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-AGGREGATES = ("mean", "max", "median")
+from pipeline.options import AGGREGATES
+
 _SHOW = 3  # examples shown per problem
 
 

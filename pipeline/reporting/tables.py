@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from pipeline.options import AGGREGATES
 from pipeline.schema import FOLD, IMAGE_ID, N_IMAGES, PATIENT_ID, SCORE
-
-AGGREGATES = ("mean", "max", "median")
 
 
 def per_patient(
