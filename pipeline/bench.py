@@ -36,16 +36,17 @@ from pipeline.evaluation.compare import delong_paired_test
 from pipeline.inference import predict_logits
 from pipeline.manifest import Cohort
 from pipeline.models import build_model
+from pipeline.precision import Precision, choose_precision, keep_in_fp32, resolve_precision, use_bf16
 from pipeline.provenance import image_hashes
 from pipeline.schema import IMAGE_ID, PATIENT_ID
 from pipeline.training import (
     EpochStats,
+    epoch_seed,
     make_loader,
     make_loss,
     memory_format_for,
     run_epoch,
     seed_everything,
-    use_bf16,
     warmup_cosine,
 )
 from pipeline.transforms import augmentation_transforms, deterministic_transforms
@@ -113,10 +114,11 @@ def flops_per_sample(model: nn.Module, shape: tuple[int, ...]) -> dict[str, floa
     return {"forward": fwd.get_total_flops() / 2.0, "train": both.get_total_flops() / 2.0}
 
 
-def pure_compute(cfg: WorkflowConfig, device: torch.device, bf16: bool, repeats: int) -> dict[str, float]:
+def pure_compute(cfg: WorkflowConfig, device: torch.device, precision: Precision, repeats: int) -> dict[str, float]:
     """Samples/s of training steps and of inference on one in-memory batch on ``device``
-    (in the memory format that training uses), with a fresh model."""
-    probe = _Probe(cfg, device, bf16, repeats)
+    (in the memory format and precision that training uses), with a fresh model."""
+    probe = _Probe(cfg, device, precision, repeats)
+    bf16 = precision.bf16
     train = probe.samples_per_s()
 
     def infer_step() -> None:
@@ -146,10 +148,11 @@ class _Probe:
     between the epochs, each epoch is compared with the limit measured next to it (the machine's
     speed drifts when it is shared)."""
 
-    def __init__(self, cfg: WorkflowConfig, device: torch.device, bf16: bool, steps: int) -> None:
-        self.device, self.bf16, self.steps, self.bs = device, bf16, steps, cfg.train.batch_size
+    def __init__(self, cfg: WorkflowConfig, device: torch.device, precision: Precision, steps: int) -> None:
+        self.device, self.bf16, self.steps, self.bs = device, precision.bf16, steps, cfg.train.batch_size
         fmt = memory_format_for(cfg.train, device, cfg.model.spatial_dims)
         self.model = build_model(cfg.model).to(device).to(memory_format=fmt).train()
+        keep_in_fp32(self.model, precision.fp32_layers)
         self.x = torch.randn(self.bs, cfg.model.in_channels, *cfg.data.spatial_size, device=device)
         self.x = self.x.contiguous(memory_format=fmt)
         self.y = (torch.arange(self.bs, device=device) % 2).float()
@@ -173,13 +176,16 @@ class _Probe:
 class _Ours:
     """Our pipeline from the files: preprocessing once into the cache, then epochs from the cache."""
 
-    def __init__(self, cfg: WorkflowConfig, cohort: Cohort, device: torch.device, bf16: bool, epochs: int) -> None:
+    def __init__(
+        self, cfg: WorkflowConfig, cohort: Cohort, device: torch.device, precision: Precision, epochs: int
+    ) -> None:
         train_table, held_out = _fold0(cfg, cohort)
         dims = cfg.model.spatial_dims
-        self.cfg, self.device, self.bf16 = cfg, device, bf16
+        self.cfg, self.device, self.bf16 = cfg, device, precision.bf16
         seed_everything(cfg.train.seed, cfg.train.deterministic)
         self.fmt = memory_format_for(cfg.train, device, dims)
         self.model = build_model(cfg.model).to(device).to(memory_format=self.fmt)
+        keep_in_fp32(self.model, precision.fp32_layers)
         start = time.perf_counter()
         hashes = image_hashes(cohort.table[IMAGE_ID].tolist(), cohort.table["path"].tolist())
         self.hash_s = time.perf_counter() - start
@@ -191,14 +197,25 @@ class _Ours:
         self.n_cohort = len(cohort.table)
         self.train_items = prepared.items(train_table[IMAGE_ID].tolist())
         self.val_items = prepared.items(held_out[IMAGE_ID].tolist())
-        per_sample, self.augment = split_augmentation(make_augmentation(cfg.data, dims))
-        generator = torch.Generator().manual_seed(cfg.train.seed)
-        self.loader = make_loader(self.train_items, cfg.train, per_sample, generator, pin_memory=device.type == "cuda")
+        self.per_sample, self.augment = split_augmentation(make_augmentation(cfg.data, dims))
+        self.generator = torch.Generator().manual_seed(cfg.train.seed)
+        self.loader = make_loader(
+            self.train_items, cfg.train, self.per_sample, self.generator, pin_memory=device.type == "cuda"
+        )
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
         )
         self.scheduler = warmup_cosine(self.optimizer, 0, max(1, len(self.loader)) * epochs)
         self.loss_fn = make_loss(cfg.train, np.array([it["target"] for it in self.train_items]), device)
+
+    def reseed(self, epoch: int) -> None:
+        """Draw epoch ``epoch``'s shuffling and augmentation as a study would (comparable runs)."""
+        es = epoch_seed(self.cfg.train.seed, epoch)
+        torch.manual_seed(es)
+        self.generator.manual_seed(es)
+        for aug in (self.per_sample, self.augment):
+            if aug is not None:
+                aug.set_random_state(seed=es)
 
     def epoch(self) -> EpochStats:
         return run_epoch(
@@ -288,12 +305,18 @@ def _per_sec(st: EpochStats) -> float:
 
 
 def interleaved_runs(
-    cfg: WorkflowConfig, cohort: Cohort, device: torch.device, bf16: bool, epochs: int, baseline: bool, probe_steps: int
+    cfg: WorkflowConfig,
+    cohort: Cohort,
+    device: torch.device,
+    precision: Precision,
+    epochs: int,
+    baseline: bool,
+    probe_steps: int,
 ) -> dict[str, Any]:
     """Our epochs, a pure-compute probe after each and, with ``baseline``, a tutorial-loop epoch
     after that: every ratio is a median over epochs of numbers measured next to each other."""
-    probe = _Probe(cfg, device, bf16, probe_steps)
-    ours = _Ours(cfg, cohort, device, bf16, epochs)
+    probe = _Probe(cfg, device, precision, probe_steps)
+    ours = _Ours(cfg, cohort, device, precision, epochs)
     tutorial = _Tutorial(cfg, cohort, device, epochs) if baseline else None
     our_stats, probes, tut_stats = [], [], []
     for _ in range(epochs):
@@ -357,14 +380,15 @@ def bench_workflow(
     peak: float | None = None,
 ) -> dict[str, Any]:
     """Run (a)-(d) and, with ``baseline``, the tutorial loop; returns a JSON-ready dict."""
-    bf16 = use_bf16(cfg.train.amp, device)
+    precision = choose_precision(cfg, build_model(cfg.model).to(device), device)
+    bf16 = precision.bf16
     shape = (cfg.model.in_channels, *cfg.data.spatial_size)
     flops = flops_per_sample(build_model(cfg.model), shape)
     seed_everything(cfg.train.seed, False)
-    before = pure_compute(cfg, device, bf16, repeats)
-    runs = interleaved_runs(cfg, cohort, device, bf16, epochs, baseline, probe_steps=max(2, repeats // 3))
+    before = pure_compute(cfg, device, precision, repeats)
+    runs = interleaved_runs(cfg, cohort, device, precision, epochs, baseline, probe_steps=max(2, repeats // 3))
     e2e = runs["end_to_end"]
-    after = pure_compute(cfg, device, bf16, repeats)
+    after = pure_compute(cfg, device, precision, repeats)
     # The limit next to the epochs: the median of the probes run between them (the warm-epoch ratio
     # is the median over epochs of each epoch against the probe right after it). The best isolated
     # measurement (before or after; outside load only slows one down) is kept beside it.
@@ -382,6 +406,7 @@ def bench_workflow(
         "input": list(shape),
         "batch_size": cfg.train.batch_size,
         "bf16": bf16,
+        "precision": precision.describe(),
         "flops_forward_per_sample": flops["forward"],
         "flops_train_per_sample": flops["train"],
         "compute": compute,
@@ -419,7 +444,7 @@ def format_bench(result: dict[str, Any]) -> str:
     lines = [
         f"workflow {result['workflow']} on {result['device']} ({result['torch_threads']} threads), "
         f"{result['model']} input {'x'.join(map(str, result['input']))}, batch {result['batch_size']}, "
-        f"bf16 {'on' if result['bf16'] else 'off'}",
+        f"{result.get('precision', 'bf16' if result['bf16'] else 'fp32')}",
         f"FLOPs per sample: forward {result['flops_forward_per_sample'] / 1e9:.2f} G, "
         f"train step {result['flops_train_per_sample'] / 1e9:.2f} G",
         "",
@@ -479,3 +504,87 @@ def _f(v: float | None) -> str:
 
 def with_device(cfg: WorkflowConfig, device: str) -> WorkflowConfig:
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=device))  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- precision
+
+
+def precision_benchmark(
+    cfg: WorkflowConfig, cohort: Cohort, *, device: torch.device, epochs: int, unchecked: bool = False
+) -> dict[str, Any]:
+    """fp32 and bf16 autocast trained side by side on the workflow's first fold: the same initial
+    weights, shuffling and augmentation, epochs interleaved (fp32, bf16, fp32, ...). bf16 is the
+    checked one a study uses (layers whose bf16 kernel is wrong kept in fp32); ``unchecked`` adds
+    bf16 on every layer, which is what plain autocast does. On a CPU without native bf16 torch
+    emulates bf16 (correct, but slower than fp32)."""
+    shape = (cfg.model.in_channels, *cfg.data.spatial_size)
+    checked = resolve_precision(build_model(cfg.model).to(device), "bf16", device, shape, cfg.train.batch_size)
+    variants = {"fp32": Precision(False), "bf16": checked}
+    if unchecked:
+        variants["bf16 unchecked"] = Precision(True, reason="every layer in bf16")
+    runs = {name: _Ours(cfg, cohort, device, p, epochs) for name, p in variants.items()}
+    stats: dict[str, list[EpochStats]] = {name: [] for name in runs}
+    for epoch in range(1, epochs + 1):
+        for name, ours in runs.items():
+            ours.reseed(epoch)
+            stats[name].append(ours.epoch())
+    out: dict[str, Any] = {
+        "workflow": cfg.study,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "native_bf16": use_bf16("auto", device),
+        "torch_threads": torch.get_num_threads(),
+        "epochs": epochs,
+        "n_train": len(runs["fp32"].train_items),
+        "n_held_out": len(runs["fp32"].val_items),
+        "variants": {},
+    }
+    logits = {}
+    for name, ours in runs.items():
+        y, lg, _ = ours.predict()
+        finite = bool(np.isfinite(lg).all())
+        st = stats[name]
+        warm = st[1:] or st
+        out["variants"][name] = {
+            "precision": variants[name].describe(),
+            "warm_epoch_samples_per_s": statistics.median(_per_sec(e) for e in warm),
+            "median_epoch_s": statistics.median(e.seconds for e in st),
+            "slowest_epoch_s": max(e.seconds for e in st),
+            "epoch_seconds": [e.seconds for e in st],
+            "epochs_with_nonfinite_steps": sum(e.first_nonfinite_step is not None for e in st),
+            "held_out_scores_finite": finite,
+            "held_out_auc": _auc(y, lg) if finite else None,
+        }
+        logits[name] = (y, lg)
+    v = out["variants"]
+    out["bf16_vs_fp32_speed"] = v["bf16"]["warm_epoch_samples_per_s"] / v["fp32"]["warm_epoch_samples_per_s"]
+    (y, a), (_, b) = logits["fp32"], logits["bf16"]
+    if np.isfinite(a).all() and np.isfinite(b).all() and 0 < y.sum() < len(y):
+        out["auc_comparison"] = delong_paired_test(y, b, a)  # bf16 - fp32
+    return out
+
+
+def format_precision(result: dict[str, Any]) -> str:
+    native = "native bf16" if result["native_bf16"] else "no native bf16: bf16 is emulated"
+    lines = [
+        f"workflow {result['workflow']} on {result['device']} ({native}, {result['torch_threads']} threads): "
+        f"{result['epochs']} epochs of fold 0 per precision, interleaved; {result['n_train']} training images, "
+        f"{result['n_held_out']} held out",
+        "",
+        f"{'precision':<16}{'samples/s':>11}{'median s':>10}{'slowest s':>11}{'NaN epochs':>12}{'held-out AUC':>14}",
+    ]
+    for name, v in result["variants"].items():
+        auc = _f(v["held_out_auc"]) if v["held_out_scores_finite"] else "NaN scores"
+        lines.append(
+            f"{name:<16}{v['warm_epoch_samples_per_s']:>11.1f}{v['median_epoch_s']:>10.2f}{v['slowest_epoch_s']:>11.2f}"
+            f"{v['epochs_with_nonfinite_steps']:>12d}{auc:>14}"
+        )
+    lines += ["", f"bf16 / fp32 warm-epoch speed {result['bf16_vs_fp32_speed']:.2f}x"]
+    cmp = result.get("auc_comparison")
+    if cmp:
+        lines.append(
+            f"AUC difference (bf16 - fp32) {cmp['auc_difference']:+.3f} [{cmp['ci_low']:+.3f}, {cmp['ci_high']:+.3f}], "
+            f"paired DeLong p = {cmp['p_value']:.2f} ({cmp['n']} held-out images)"
+        )
+    for name, v in result["variants"].items():
+        lines.append(f"{name}: {v['precision']}")
+    return "\n".join(lines)

@@ -178,7 +178,6 @@ def yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_WorkflowLoader)
 
 
-
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     """``["train.epochs=3", "data.spatial_size=[32,32,32]"]`` -> nested dict (values parsed as YAML)."""
     nested: dict[str, Any] = {}

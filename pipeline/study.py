@@ -191,6 +191,10 @@ def run_study(cfg: WorkflowConfig, cohort: Cohort, *, run_id: str | None = None,
         if ctx.is_main:
             metrics = finalize_run(run_dir, cfg, cohort)
         barrier(ctx)
+    except CohortnetError as exc:
+        if handler is not None:  # the run log says why the run stopped (the CLI tells the console)
+            handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, "run stopped: %s", (exc,), None))
+        raise
     finally:
         if handler is not None:
             logging.getLogger("pipeline").removeHandler(handler)
@@ -281,12 +285,13 @@ def _run_fold(
     from pipeline.inference import predict_scores
     from pipeline.models import build_model, count_parameters
     from pipeline.precision import choose_precision
-    from pipeline.training import seed_everything, train_fold
+    from pipeline.training import recorded_precision, seed_everything, train_fold
 
     ctx = init_from_env(cfg.train.device)
     seed_everything(cfg.train.seed + fold, cfg.train.deterministic)  # the initial weights depend on the seed only
     model = build_model(cfg.model).to(device)
-    precision = choose_precision(cfg, model, device)
+    checkpoint = fold_dir / "model.pt"
+    precision = recorded_precision(checkpoint, model) or choose_precision(cfg, model, device)
     bf16 = precision.bf16
     log.info(
         "fold %d: %d train / %d val / %d test images on %s%s (%s), %s (%.1fM parameters)",
@@ -308,7 +313,7 @@ def _run_fold(
         cfg.train,
         augment=make_augmentation(cfg.data, cfg.model.spatial_dims),
         device=device,
-        checkpoint=fold_dir / "model.pt",
+        checkpoint=checkpoint,
         seed=cfg.train.seed + fold,
         precision=precision,
         label=f"fold {fold}: ",

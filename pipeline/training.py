@@ -34,7 +34,7 @@ from pipeline.datasets import sample_dataset, targets
 from pipeline.distributed import SINGLE, DistContext, barrier
 from pipeline.errors import NonFiniteError
 from pipeline.inference import predict_logits
-from pipeline.precision import Precision
+from pipeline.precision import Precision, keep_in_fp32
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ def run_epoch(
     return EpochStats(mean, samples, time.perf_counter() - start, waited, first_bad)
 
 
-def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
+def _grad_norm(params: list[nn.Parameter]) -> torch.Tensor:
     """The gradients' total 2-norm (NaN or Inf when any gradient is)."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
@@ -354,7 +354,7 @@ def train_fold(
             stats.samples / max(stats.seconds, 1e-9),
         )
         if ctx.is_main:
-            _save_training_state(last, model, optimizer, scheduler, state, best_state)
+            _save_training_state(last, model, optimizer, scheduler, state, best_state, precision)
         barrier(ctx)
         if cfg.patience and state.stale >= cfg.patience:
             log.info("%sno better validation score for %d epochs: stopping", label, cfg.patience)
@@ -379,15 +379,29 @@ def _checked_epoch(label: str, epoch: int, precision: Precision, *args: Any, **k
 def _stopped(label: str, epoch: int, precision: Precision, what: str) -> NonFiniteError:
     """The error that stops a fold on non-finite values: where, what, and what to try."""
     advice = (
-        "try --set \"train.amp='off'\" (fp32), a lower train.lr or more train.warmup_epochs"
+        "Try --set \"train.amp='off'\" (fp32), a lower train.lr or more train.warmup_epochs"
         if precision.bf16
-        else "try a lower train.lr, more train.warmup_epochs or check the input intensities (data.intensity)"
+        else "Try a lower train.lr, more train.warmup_epochs or check the input intensities (data.intensity)"
     )
     where = label.rstrip(": ") or "training"
     return NonFiniteError(
         f"{where}, epoch {epoch} ({precision.name}): {what}. The fold is stopped; finished folds and the "
         f"last complete epoch are kept, and the same command resumes. {advice}"
     )
+
+
+def recorded_precision(checkpoint: Path, model: nn.Module) -> Precision | None:
+    """The precision an interrupted fold started with (from ``last.pt`` beside ``checkpoint``),
+    applied to ``model``; None when the fold has no saved epoch. A resumed fold never re-decides."""
+    last = checkpoint.with_name("last.pt")
+    if not last.is_file():
+        return None
+    recorded = torch.load(last, map_location="cpu", weights_only=True).get("precision")
+    if not isinstance(recorded, dict):
+        return None
+    layers = tuple(str(n) for n in recorded.get("fp32_layers", ()))
+    keep_in_fp32(model, layers)
+    return Precision(bool(recorded["bf16"]), layers, "as recorded when the fold started")
 
 
 def _save_training_state(
@@ -397,8 +411,10 @@ def _save_training_state(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     state: _State,
     best_state: dict[str, torch.Tensor],
+    precision: Precision,
 ) -> None:
     payload = {
+        "precision": {"bf16": precision.bf16, "fp32_layers": list(precision.fp32_layers)},
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),

@@ -1,5 +1,6 @@
 """A run killed with SIGKILL mid-training and started again with the same command ends with the
-same predictions as an uninterrupted run (deterministic mode, CPU)."""
+same predictions as an uninterrupted run (deterministic mode, CPU), in fp32 and in bf16 autocast
+(emulated by torch where the CPU has no native bf16)."""
 
 from __future__ import annotations
 
@@ -12,20 +13,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 
 from pipeline.cli import main
 
 
+@pytest.mark.parametrize("amp", ["off", "bf16"])
 def test_sigkill_then_rerun_matches_an_uninterrupted_run(
-    tmp_path: Path, make_cohort: Callable[..., Path], make_workflow: Callable[..., Path]
+    tmp_path: Path, make_cohort: Callable[..., Path], make_workflow: Callable[..., Path], amp: str
 ) -> None:
     manifest = make_cohort(n_patients=12, shape=(15, 16, 17), second_scan=(4,))
     wf = make_workflow(
         manifest,
         data={"spatial_size": [16, 16, 16], "augment": {"flip": True, "intensity": True, "noise": True}},
         model={"arch": "resnet10", "spatial_dims": 3, "stem_stride": 2, "dropout": 0.2},
-        train={"epochs": 4, "batch_size": 4, "deterministic": True, "device": "cpu", "num_threads": 1},
+        train={"epochs": 4, "batch_size": 4, "deterministic": True, "device": "cpu", "num_threads": 1, "amp": amp},
     )
     assert main(["run", str(wf), "--run-id", "full"]) == 0
 
@@ -49,9 +52,10 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(
     assert f"fold 1: resuming after epoch {state['epoch']}" in log
     full = pd.read_csv(tmp_path / "reports" / "tiny" / "full" / "predictions.csv")
     resumed = pd.read_csv(run / "predictions.csv")
-    pd.testing.assert_frame_equal(full, resumed, check_exact=False, rtol=1e-6, atol=1e-7)
+    pd.testing.assert_frame_equal(full, resumed, check_exact=True)
     history_full = pd.read_csv(tmp_path / "reports" / "tiny" / "full" / "fold_1" / "history.csv")
     history_resumed = pd.read_csv(run / "fold_1" / "history.csv")
     cols = ["epoch", "train_loss", "val_loss"]
-    pd.testing.assert_frame_equal(history_full[cols], history_resumed[cols], rtol=1e-6)
+    pd.testing.assert_frame_equal(history_full[cols], history_resumed[cols], check_exact=True)
+    assert set(history_resumed["precision"]) == {"fp32" if amp == "off" else "bf16"}
     assert not (run / "fold_1" / "last.pt").exists()

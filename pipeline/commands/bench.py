@@ -1,4 +1,4 @@
-"""``cohortnet bench [WORKFLOW] [--suite training|evaluation|ingestion] [--device cpu|cuda] [--out bench.json]``.
+"""``cohortnet bench [WORKFLOW] [--suite training|precision|evaluation|ingestion] [--device cpu|cuda] [--out F]``.
 
 Benchmarks print numbers; they assert nothing. Quote medians and ratios measured in one run.
 """
@@ -17,7 +17,7 @@ log = logging.getLogger("pipeline")
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("workflow", nargs="?", type=Path, help="workflow YAML (suite training)")
-    parser.add_argument("--suite", choices=("training", "evaluation", "ingestion"), default="training")
+    parser.add_argument("--suite", choices=("training", "precision", "evaluation", "ingestion"), default="training")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--out", type=Path, help="also write the results as JSON")
     add_set_argument(parser)
@@ -27,6 +27,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=10, help="training: timed compute steps (median)")
     parser.add_argument(
         "--baseline", action="store_true", help="training: also run the MONAI tutorial loop side by side"
+    )
+    parser.add_argument(
+        "--unchecked",
+        action="store_true",
+        help="precision: also train with every layer in bf16 (plain autocast, without the per-layer check)",
     )
     parser.add_argument(
         "--peak-tflops",
@@ -62,6 +67,23 @@ def _training(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     return result, format_bench(result)
 
 
+def _precision(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    from pipeline.bench import format_precision, precision_benchmark, with_device
+    from pipeline.errors import ValidationError
+    from pipeline.study import validate_workflow
+    from pipeline.training import resolve_device
+
+    if args.workflow is None:
+        raise ValidationError(["the precision suite needs a WORKFLOW argument"], "command line")
+    cfg, cohort = validate_workflow(args.workflow, args.overrides)
+    cfg = with_device(cfg, args.device)
+    epochs = max(2, args.epochs or cfg.train.epochs)
+    result = precision_benchmark(
+        cfg, cohort, device=resolve_device(args.device), epochs=epochs, unchecked=args.unchecked
+    )
+    return result, format_precision(result)
+
+
 def _evaluation(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     from pipeline.evaluation import bench
 
@@ -79,7 +101,7 @@ def _ingestion(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    suites = {"training": _training, "evaluation": _evaluation, "ingestion": _ingestion}
+    suites = {"training": _training, "precision": _precision, "evaluation": _evaluation, "ingestion": _ingestion}
     result, text = suites[args.suite](args)
     print(text)
     if args.out:

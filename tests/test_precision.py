@@ -1,0 +1,120 @@
+"""bf16 autocast checked layer by layer: a layer whose bf16 kernel is wrong is found and kept in
+fp32, on every machine (a broken kernel is emulated where the CPU's own are correct)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.config import ModelConfig
+from pipeline.models import build_model
+from pipeline.precision import (
+    Precision,
+    bf16_error,
+    cpu_has_native_bf16,
+    keep_in_fp32,
+    resolve_precision,
+    unsafe_bf16_layers,
+)
+
+CPU = torch.device("cpu")
+
+
+class _NanGradient(torch.autograd.Function):
+    """Identity forward; the backward returns NaN: what oneDNN's bf16 weight gradient does at
+    some shapes on CPUs with native bf16."""
+
+    @staticmethod
+    def forward(ctx: Any, w: torch.Tensor) -> torch.Tensor:
+        return w.view_as(w)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(grad, float("nan"))
+
+
+class BrokenBf16Conv3d(nn.Conv3d):
+    """A Conv3d whose weight gradient is NaN under bf16 autocast and exact in fp32."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        if torch.is_autocast_enabled(input.device.type):
+            weight = _NanGradient.apply(weight)
+        return F.conv3d(input, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+def tiny_net(broken: bool) -> nn.Module:
+    conv = BrokenBf16Conv3d if broken else nn.Conv3d
+    return nn.Sequential(
+        nn.Conv3d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        conv(4, 4, 3, padding=1),
+        nn.AdaptiveAvgPool3d(1),
+        nn.Flatten(),
+        nn.Linear(4, 1),
+    )
+
+
+def test_a_broken_bf16_layer_is_found_and_kept_in_fp32() -> None:
+    torch.manual_seed(0)
+    model = tiny_net(broken=True)
+    assert set(unsafe_bf16_layers(model, (1, 6, 7, 8), 4, CPU)) == {"2"}
+    keys = list(model.state_dict())
+    precision = resolve_precision(model, "bf16", CPU, (1, 6, 7, 8), batch_size=4)
+    assert precision == Precision(True, ("2",), precision.reason)
+    assert "kept in fp32 (2)" in precision.describe()
+    assert list(model.state_dict()) == keys  # checkpoints stay loadable
+    assert isinstance(model[2], BrokenBf16Conv3d)
+    # trained under bf16 autocast, the kept layer gets a finite gradient and an fp32 output
+    x = torch.randn(4, 1, 6, 7, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+        first = model[0](x)
+        kept = model[2](model[1](first))
+    assert first.dtype == torch.bfloat16  # the other layers keep bf16
+    assert kept.dtype == torch.float32
+    out.float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_the_check_does_not_touch_the_training_random_stream() -> None:
+    model = tiny_net(broken=True)
+    torch.manual_seed(7)
+    state = torch.get_rng_state()
+    resolve_precision(model, "bf16", CPU, (1, 6, 7, 8), batch_size=2)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_correct_layers_pass_and_off_skips_the_check() -> None:
+    model = tiny_net(broken=False)
+    assert bf16_error(nn.Conv3d(4, 4, 3, padding=1), (4, 6, 7, 8), 4, CPU) < 0.05
+    assert resolve_precision(model, "off", CPU, (1, 6, 7, 8), 4) == Precision(False, reason="train.amp is off")
+    auto = resolve_precision(model, "auto", CPU, (1, 6, 7, 8), 4)
+    assert auto.bf16 == cpu_has_native_bf16()
+
+
+def test_every_layer_broken_means_fp32() -> None:
+    model = nn.Sequential(BrokenBf16Conv3d(1, 2, 3, padding=1), nn.Flatten())
+    precision = resolve_precision(model, "bf16", CPU, (1, 4, 5, 6), 2)
+    assert not precision.bf16
+    assert "no layer" in precision.reason
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="the CPU emulates bf16; its kernels are correct")
+def test_native_bf16_cpu_flags_the_depth_two_convolution_of_the_demo_model() -> None:
+    """The oneDNN defect behind the demo's NaNs: 3x3x3 weight gradient over a 2x2x1 map."""
+    cfg = ModelConfig(arch="resnet10", spatial_dims=3, stem_stride=2, norm="instance", widen_factor=0.5)
+    bad = unsafe_bf16_layers(build_model(cfg), (1, 48, 48, 32), 8, CPU)
+    assert "layer4.0.conv2" in bad
+
+
+def test_keep_in_fp32_twice_is_harmless() -> None:
+    model = tiny_net(broken=False)
+    keep_in_fp32(model, ["2"])
+    cls = type(model[2])
+    keep_in_fp32(model, ["2"])
+    assert type(model[2]) is cls
