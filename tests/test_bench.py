@@ -56,3 +56,31 @@ def test_known_gpus_have_a_bf16_peak() -> None:
     assert peak_tflops("NVIDIA H200") == 989.0
     assert peak_tflops("NVIDIA L4") == 121.0
     assert peak_tflops("cpu") is None
+
+
+def test_precision_suite_trains_fp32_and_bf16_side_by_side(
+    tmp_path: Path,
+    make_cohort: Callable[..., Path],
+    make_workflow: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """bf16 runs on every machine (emulated where the CPU lacks it); unchecked adds plain autocast."""
+    wf = make_workflow(make_cohort(n_patients=10))
+    out = tmp_path / "precision.json"
+    args = ["bench", str(wf), "--suite", "precision", "--epochs", "2", "--unchecked", "--device", "cpu"]
+    assert main([*args, "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "held-out AUC" in text
+    assert "bf16 / fp32 warm-epoch speed" in text
+    result = json.loads(out.read_text())
+    assert set(result["variants"]) == {"fp32", "bf16", "bf16 unchecked"}
+    for name, v in result["variants"].items():
+        assert len(v["epoch_seconds"]) == 2
+        assert v["slowest_epoch_s"] >= v["median_epoch_s"] > 0
+        assert v["warm_epoch_samples_per_s"] > 0
+        if name != "bf16 unchecked":
+            assert v["held_out_scores_finite"]
+            assert v["epochs_with_nonfinite_steps"] == 0
+    assert result["variants"]["fp32"]["precision"] == "fp32"
+    assert result["variants"]["bf16"]["precision"].startswith("bf16 autocast")
+    assert result["bf16_vs_fp32_speed"] > 0

@@ -134,3 +134,114 @@ def test_rotate90_needs_equal_sizes_in_the_first_two_axes(tmp_path: Path) -> Non
     with pytest.raises(ValidationError) as info:
         load_config(path)
     assert "data.augment.rotate90 turns the first two axes, which need equal sizes" in str(info.value)
+
+
+# --------------------------------------------------------------------------- documented values
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _literal_fields() -> dict[str, tuple[object, ...]]:
+    """Every workflow key whose values form a closed list: dotted key -> accepted values."""
+    import dataclasses
+    import typing
+
+    from pipeline.config import WorkflowConfig
+
+    out: dict[str, tuple[object, ...]] = {}
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            if dataclasses.is_dataclass(tp):
+                walk(typing.cast(type, tp), f"{prefix}{f.name}.")
+            elif typing.get_origin(tp) is typing.Literal:
+                out[f"{prefix}{f.name}"] = typing.get_args(tp)
+
+    walk(WorkflowConfig, "")
+    return out
+
+
+def _readme_rows() -> dict[str, list[str]]:
+    """Workflow-table rows of README.md: dotted key -> backticked values in the default and
+    meaning columns. ``a.b`` / ``c`` in one key cell means ``a.b`` and ``a.c``; ``x.{p,q}`` too."""
+    import re
+
+    rows: dict[str, list[str]] = {}
+    for line in README.read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or not cells[0].startswith("`"):
+            continue
+        keys: list[str] = []
+        for token in re.findall(r"`([^`]+)`", cells[0]):
+            if "{" in token:
+                base, names = token.split("{")
+                keys += [base + n for n in names.rstrip("}").split(",")]
+            elif "." in token or not keys:
+                keys.append(token)
+            else:
+                keys.append(keys[0].rsplit(".", 1)[0] + "." + token)
+        values = re.findall(r"`([A-Za-z0-9_]+(?:=[0-9.]+)?)`", cells[1] + " " + cells[2])
+        for key in keys:
+            rows[key] = values
+    return rows
+
+
+def test_every_closed_list_is_documented_and_every_documented_value_is_accepted(tmp_path: Path) -> None:
+    rows = _readme_rows()
+    fields = _literal_fields()
+    wf = write(tmp_path, {})
+    for key, accepted in fields.items():
+        if key == "model.spatial_dims":
+            continue
+        assert key in rows, f"README's workflow table has no row for {key}"
+        documented = set(rows[key])
+        assert {str(a) for a in accepted} <= documented, f"{key}: README lists {sorted(documented)}"
+        for value in documented:
+            cfg = load_config(wf, [f"{key}={value}"])
+            section, _, name = key.rpartition(".")
+            node: object = cfg
+            for part in section.split("."):
+                node = getattr(node, part)
+            assert getattr(node, name) == value, key
+    for rule in rows["evaluation.threshold_rule"]:
+        assert load_config(wf, [f"evaluation.threshold_rule={rule}"]).evaluation.threshold_rule == rule
+
+
+@pytest.mark.parametrize(("word", "meaning"), [("off", False), ("on", True), ("yes", True), ("no", False)])
+def test_yaml_words_stay_words_for_string_options(tmp_path: Path, word: str, meaning: bool) -> None:
+    """YAML 1.1 reads these as booleans; a word option gets the word, a boolean option its meaning."""
+    (tmp_path / "m.csv").write_text("patient_id,image,label\n")
+    path = tmp_path / "wf.yaml"
+    path.write_text(f"study: s\nmanifest: m.csv\ntrain:\n  deterministic: {word}\n")
+    assert load_config(path).train.deterministic is meaning
+    assert load_config(path, [f"train.compile={word}"]).train.compile is meaning
+    if word in ("on", "off"):
+        assert load_config(path, [f"train.channels_last={word}"]).train.channels_last == word
+    else:
+        with pytest.raises(ValidationError, match=f"train.channels_last: must be one of .*got '{word}'"):
+            load_config(path, [f"train.channels_last={word}"])
+
+
+def test_amp_off_from_the_command_line_and_the_file(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, {}), ["train.amp=off"]).train.amp == "off"
+    path = tmp_path / "wf2.yaml"
+    path.write_text("study: s\nmanifest: m.csv\ntrain: {amp: off, deterministic: yes}\n")
+    cfg = load_config(path)
+    assert cfg.train.amp == "off"
+    assert cfg.train.deterministic is True
+
+
+def test_null_for_a_word_option_says_how_to_quote(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError) as info:
+        load_config(write(tmp_path, {}), ["train.amp=null", "evaluation.threshold_rule=~"])
+    text = str(info.value)
+    assert "train.amp: must be one of 'auto' | 'bf16' | 'off', got null" in text
+    assert "evaluation.threshold_rule: expected a string, got null" in text
+    assert "quote it" in text
+
+
+def test_documented_ci_methods_in_a_workflow_file(tmp_path: Path) -> None:
+    for method in ("delong", "delong_wald", "bootstrap", "bootstrap_percentile"):
+        assert load_config(write(tmp_path, {"evaluation": {"ci_method": method}})).evaluation.ci_method == method
