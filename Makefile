@@ -24,7 +24,8 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 # GPU benchmark: the demo cohort through a full-width 3D ResNet-18 at 96^3 and 128^3 (upsampled),
-# samples/s end to end against pure compute, and model FLOP utilisation against the card's bf16 peak.
+# samples/s end to end against pure compute, and model FLOP utilisation against the card's bf16 peak;
+# then the demo's first fold in fp32 and bf16 side by side (speed and held-out AUC).
 GPU_SIZES ?= 96 128
 bench-gpu: $(STAMP)
 	$(BIN)/cohortnet demo --no-run
@@ -33,6 +34,7 @@ bench-gpu: $(STAMP)
 	    --set "data.spatial_size=[$$s,$$s,$$s]" --set model.arch=resnet18 --set model.widen_factor=1.0 \
 	    --set model.norm=batch --set train.batch_size=16 || exit 1; \
 	done
+	$(BIN)/cohortnet bench workflows/demo.yaml --suite precision --device cuda --out reports/bench-gpu-precision.json
 
 # The report test renders report.html in headless Chromium. Where it is missing and we may install
 # system packages (root with apt, as on CI), install Debian's chromium; otherwise that test skips.
