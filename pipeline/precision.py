@@ -146,10 +146,8 @@ def bf16_error(layer: nn.Module, sample_shape: tuple[int, ...], batch_size: int,
     with torch.no_grad():
         for p in bf16_layer.parameters():
             p.copy_(p.bfloat16().float())
+    bf16_layer.__class__ = _kernel_class(bf16_layer)  # probe the layer's own kernel, not the fallback
     ref_layer = copy.deepcopy(bf16_layer)
-    if isinstance(ref_layer, _Fp32Forward):  # probe the layer's own kernel, not the fallback
-        for m in (bf16_layer, ref_layer):
-            m.__class__ = m.__class__.__mro__[2]
     x = torch.randn(batch_size, *sample_shape, generator=gen, device=device).bfloat16().float()
     x_bf16, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
@@ -169,6 +167,15 @@ def bf16_error(layer: nn.Module, sample_shape: tuple[int, ...], batch_size: int,
     return max(errors)
 
 
+_CHECKED: dict[tuple[Any, ...], float] = {}
+
+
+def _kernel_class(layer: nn.Module) -> type:
+    """The layer's own class (not the fp32 wrapper that ``keep_in_fp32`` may have put on it)."""
+    cls = type(layer)
+    return cls.__mro__[2] if issubclass(cls, _Fp32Forward) else cls
+
+
 def kernel_exceeds_input(layer: nn.Module, sample_shape: tuple[int, ...]) -> bool:
     """A convolution whose (dilated) kernel is larger than its input map along some axis."""
     if not isinstance(layer, nn.modules.conv._ConvNd):
@@ -183,20 +190,20 @@ def unsafe_bf16_layers(
 ) -> dict[str, float]:
     """Layers (name -> relative error, inf for the kernel-larger-than-input rule on a CPU) whose
     bf16 result at this input shape is wrong or not to be trusted on ``device``. Layers of the same
-    configuration and input shape are checked once, ``repeats`` times."""
+    configuration, input shape, batch size and device are checked once per process (``repeats``
+    times), so the folds of a study make the same decision."""
     modules = dict(model.named_modules())
-    seen: dict[tuple[Any, ...], float] = {}
     bad: dict[str, float] = {}
     for name, shape in layer_input_shapes(model, input_shape, device).items():
         layer = modules[name]
         if device.type == "cpu" and kernel_exceeds_input(layer, shape):
             bad[name] = float("inf")
             continue
-        key = (type(layer).__mro__, repr(layer), shape)
-        if key not in seen:
-            seen[key] = max(bf16_error(layer, shape, max(2, batch_size), device) for _ in range(repeats))
-        if not seen[key] <= TOLERANCE:
-            bad[name] = seen[key]
+        key = (_kernel_class(layer).__qualname__, repr(layer), shape, batch_size, str(device))
+        if key not in _CHECKED:
+            _CHECKED[key] = max(bf16_error(layer, shape, max(2, batch_size), device) for _ in range(repeats))
+        if not _CHECKED[key] <= TOLERANCE:
+            bad[name] = _CHECKED[key]
     return bad
 
 
