@@ -215,10 +215,12 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(path: Path | str, overrides: Sequence[str] = ()) -> WorkflowConfig:
-    """Read and validate a workflow. Relative paths in it are relative to the workflow file."""
+def load_config(path: Path | str, overrides: Sequence[str] = (), check_files: bool = True) -> WorkflowConfig:
+    """Read and validate a workflow. Relative paths in it are relative to the workflow file.
+    ``check_files=False`` does not require the manifest and pretrained weights to exist (a run
+    folder's ``config.yaml`` after its inputs were moved)."""
     raw = read_workflow(path, overrides)
-    return config_from_dict(raw, base_dir=Path(path).parent, source=str(path))
+    return config_from_dict(raw, base_dir=Path(path).parent, source=str(path), check_files=check_files)
 
 
 def read_workflow(path: Path | str, overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -261,7 +263,9 @@ def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     return _merge(base, raw)
 
 
-def config_from_dict(raw: Mapping[str, Any], base_dir: Path, source: str = "workflow") -> WorkflowConfig:
+def config_from_dict(
+    raw: Mapping[str, Any], base_dir: Path, source: str = "workflow", check_files: bool = True
+) -> WorkflowConfig:
     """Typed config from a workflow mapping; raises one ValidationError with every problem.
 
     A value with a type problem is replaced by its default so that the semantic checks still run
@@ -275,13 +279,14 @@ def config_from_dict(raw: Mapping[str, Any], base_dir: Path, source: str = "work
         manifest=(base_dir / str(cfg.manifest)).resolve(),
         output_dir=(base_dir / cfg.output_dir).resolve() if "output_dir" in raw else Path("reports").resolve(),
     )
-    problems += [p for p in check_semantics(cfg, check_manifest="manifest" in raw) if p not in problems]
+    semantic = check_semantics(cfg, check_manifest=check_files and "manifest" in raw, check_files=check_files)
+    problems += [p for p in semantic if p not in problems]
     if problems:
         raise ValidationError(problems, f"workflow {source}")
     return cfg
 
 
-def check_semantics(cfg: WorkflowConfig, check_manifest: bool = True) -> list[str]:
+def check_semantics(cfg: WorkflowConfig, check_manifest: bool = True, check_files: bool = True) -> list[str]:
     """Cross-field rules the types alone cannot express."""
     problems = []
     if check_manifest and not cfg.manifest.is_file():
@@ -325,7 +330,7 @@ def check_semantics(cfg: WorkflowConfig, check_manifest: bool = True) -> list[st
         )
     if not 0 <= cfg.model.dropout < 1:
         problems.append(f"model.dropout must be in [0, 1), got {cfg.model.dropout}")
-    if cfg.model.pretrained is not None and not Path(cfg.model.pretrained).is_file():
+    if check_files and cfg.model.pretrained is not None and not Path(cfg.model.pretrained).is_file():
         problems.append(f"model.pretrained: file not found: {cfg.model.pretrained}")
     if not _valid_threshold_rule(cfg.evaluation.threshold_rule):
         problems.append(

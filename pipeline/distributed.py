@@ -92,8 +92,3 @@ def gather_sharded(ctx: DistContext, values: np.ndarray, total: int) -> np.ndarr
     for rank, part in enumerate(parts):
         out[rank :: ctx.world_size] = part
     return out
-
-
-def shutdown(ctx: DistContext) -> None:
-    if ctx.enabled and dist.is_initialized():
-        dist.destroy_process_group()

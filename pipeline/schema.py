@@ -29,6 +29,7 @@ N_IMAGES = "n_images"
 RESOLVED_CONFIG_FILE = "config.yaml"
 ENVIRONMENT_FILE = "environment.json"
 SPLITS_FILE = "splits.csv"
+PATIENTS_FILE = "patients.csv"  # one row per patient: id, target, label and the manifest's extra columns
 PREDICTIONS_FILE = "predictions.csv"
 VAL_PREDICTIONS_FILE = "val_predictions.csv"
 PER_PATIENT_FILE = "per_patient.csv"

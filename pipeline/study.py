@@ -34,6 +34,7 @@ from pipeline.schema import (
     IMAGE_ID,
     METRICS_FILE,
     PATIENT_ID,
+    PATIENTS_FILE,
     PER_PATIENT_FILE,
     PREDICTIONS_FILE,
     REPORT_FILE,
@@ -134,7 +135,48 @@ def _record_inputs(run_dir: Path, cfg: WorkflowConfig, cohort: Cohort) -> dict[s
         {"manifest_sha256": file_sha256(cohort.manifest_path), "n_images": len(cohort.table)},
     )
     artifacts.write_json(run_dir / ENVIRONMENT_FILE, env)
+    artifacts.write_csv(run_dir / PATIENTS_FILE, _patients_table(cohort))
     return hashes
+
+
+def _patients_table(cohort: Cohort) -> pd.DataFrame:
+    """What the report needs of the cohort, kept in the run folder (``report`` never reads the manifest)."""
+    labels = cohort.table.groupby(PATIENT_ID, sort=False)[cohort.label_col].first()
+    patients = cohort.patients
+    return patients.assign(**{cohort.label_col: patients[PATIENT_ID].map(labels).to_numpy()})
+
+
+@dataclass(frozen=True)
+class RunCohort:
+    """The cohort as the run folder records it: label column, positive value, patients table."""
+
+    label_col: str
+    positive: str
+    patients: pd.DataFrame  # patient_id, target, extra columns
+
+    @classmethod
+    def from_cohort(cls, cohort: Cohort) -> RunCohort:
+        return cls(cohort.label_col, str(cohort.positive), cohort.patients)
+
+    @classmethod
+    def from_run(cls, run_dir: Path, cfg: WorkflowConfig) -> RunCohort:
+        path = run_dir / PATIENTS_FILE
+        if not path.is_file():  # a run folder from before patients.csv: the manifest, if still there
+            return cls.from_cohort(
+                load_manifest(
+                    cfg.manifest,
+                    label_col=cfg.task.label,
+                    positive=cfg.task.positive,
+                    check_files=False,
+                    keep=cfg.filter,
+                )
+            )
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        label = cfg.task.label
+        table["target"] = table["target"].astype(int)
+        positives = table.loc[table["target"] == 1, label]
+        positive = str(positives.iloc[0]) if len(positives) else str(cfg.task.positive)
+        return cls(label, positive, table.drop(columns=[label]))
 
 
 def make_splits(cfg: WorkflowConfig, cohort: Cohort) -> pd.DataFrame:
@@ -200,13 +242,6 @@ def run_study(cfg: WorkflowConfig, cohort: Cohort, *, run_id: str | None = None,
             logging.getLogger("pipeline").removeHandler(handler)
             handler.close()
     return StudyResult(run_dir, metrics, time.perf_counter() - start)
-
-
-def run_workflow(
-    path: Path | str, overrides: list[str] | tuple[str, ...] = (), run_id: str | None = None
-) -> StudyResult:
-    cfg, cohort = validate_workflow(path, overrides)
-    return run_study(cfg, cohort, run_id=run_id)
 
 
 def train_and_predict(
@@ -359,35 +394,23 @@ def _run_fold(
 # --------------------------------------------------------------------------- after training
 
 
-def _label_frame(predictions: pd.DataFrame, cohort: Cohort) -> pd.DataFrame:
-    labels = cohort.table[[IMAGE_ID, cohort.label_col]]
-    return predictions.merge(labels, on=IMAGE_ID, how="left")
-
-
 def finalize_run(run_dir: Path, cfg: WorkflowConfig | None = None, cohort: Cohort | None = None) -> dict[str, Any]:
     """Per-patient table, metrics, ROC table and figures, and the HTML report, from the saved
-    predictions of ``run_dir`` (no model is needed)."""
+    predictions of ``run_dir`` (no model, manifest or image is needed)."""
     from pipeline.evaluation import binary_summary, evaluate_predictions, roc_table, threshold_metrics
     from pipeline.reporting import figures
     from pipeline.reporting.html import ReportInputs, render_report
     from pipeline.reporting.tables import per_patient
 
     if cfg is None:
-        cfg = load_config(run_dir / RESOLVED_CONFIG_FILE)
-    if cohort is None:
-        cohort = load_manifest(
-            cfg.manifest,
-            label_col=cfg.task.label,
-            positive=cfg.task.positive,
-            check_files=False,
-            keep=cfg.filter,
-        )
-    label = cohort.label_col
+        cfg = load_config(run_dir / RESOLVED_CONFIG_FILE, check_files=False)
+    known = RunCohort.from_cohort(cohort) if cohort is not None else RunCohort.from_run(run_dir, cfg)
+    label = known.label_col
     preds = pd.read_csv(run_dir / PREDICTIONS_FILE, dtype={PATIENT_ID: str, IMAGE_ID: str})
     val = pd.read_csv(run_dir / VAL_PREDICTIONS_FILE, dtype={PATIENT_ID: str, IMAGE_ID: str})
     for frame in (preds, val):
         frame[label] = frame[label].astype(str)
-    extra = cohort.patients.drop(columns=["target"])
+    extra = known.patients.drop(columns=["target"])
     pp = per_patient(preds, aggregate=cfg.evaluation.aggregate, label_col=label, patients=extra)
     artifacts.write_csv(run_dir / PER_PATIENT_FILE, pp)
     # Validation predictions: one row per (fold, patient), each from that fold's own model.
@@ -396,13 +419,13 @@ def finalize_run(run_dir: Path, cfg: WorkflowConfig | None = None, cohort: Cohor
         .agg(**{label: (label, "first"), SCORE: (SCORE, cfg.evaluation.aggregate)})
         .reset_index()
     )
-    y_pp = (pp[label] == str(cohort.positive)).astype(int).to_numpy()
-    y_img = (preds[label] == str(cohort.positive)).astype(int).to_numpy()
+    y_pp = (pp[label] == str(known.positive)).astype(int).to_numpy()
+    y_img = (preds[label] == str(known.positive)).astype(int).to_numpy()
     metrics = evaluate_predictions(
         pp,
         label_col=label,
         score_col=SCORE,
-        positive=cohort.positive,
+        positive=known.positive,
         fold_col=FOLD,
         subgroup_cols=tuple(cfg.evaluation.subgroups),
         threshold_df=val_pp if len(val_pp) else None,
@@ -435,7 +458,7 @@ def finalize_run(run_dir: Path, cfg: WorkflowConfig | None = None, cohort: Cohor
 
     fold_curves = []
     for fold, part in pp.groupby(FOLD):
-        y = (part[label] == str(cohort.positive)).astype(int).to_numpy()
+        y = (part[label] == str(known.positive)).astype(int).to_numpy()
         if 0 < y.sum() < len(y):
             fold_curves.append((f"fold {fold}", roc_table(y, part[SCORE].to_numpy())))
     op = None
@@ -481,7 +504,7 @@ def finalize_run(run_dir: Path, cfg: WorkflowConfig | None = None, cohort: Cohor
         model_text=f"{cfg.model.arch} {cfg.model.spatial_dims}D, input {'x'.join(map(str, cfg.data.spatial_size))}",
         metrics=metrics,
         per_patient=pp,
-        split_summary=crossval.describe_splits(splits, cohort.patients),
+        split_summary=crossval.describe_splits(splits, known.patients),
         excluded=excluded,
         fold_training=training,
         n_images=len(preds),

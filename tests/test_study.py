@@ -199,3 +199,26 @@ def test_rerun_resumes_and_report_rebuilds(
     rebuilt = json.loads((run / "metrics.json").read_text())
     assert set(rebuilt) == set(metrics)
     assert np.isfinite(rebuilt["auc"])
+
+
+def test_report_rebuilds_from_the_run_folder_alone(
+    tmp_path: Path,
+    make_cohort: Callable[..., Path],
+    make_workflow: Callable[..., Path],
+) -> None:
+    """After the manifest and the images are moved away, `report` gives the same tables and metrics."""
+    manifest = make_cohort(n_patients=12, second_scan=(0, 3))
+    wf = make_workflow(manifest, evaluation={"aggregate": "mean", "n_bootstrap": 200, "subgroups": ["site"]})
+    assert main(["run", str(wf), "--run-id", "r"]) == 0
+    run = tmp_path / "reports" / "tiny" / "r"
+    per_patient = pd.read_csv(run / "per_patient.csv")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert (run / "patients.csv").is_file()
+    shutil.move(str(manifest.parent), str(tmp_path / "moved"))
+    for name in ("per_patient.csv", "metrics.json", "report.html", "roc.csv"):
+        (run / name).unlink()
+    assert main(["report", str(run)]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(run / "per_patient.csv"), per_patient)
+    assert json.loads((run / "metrics.json").read_text()) == metrics
+    assert "site" in per_patient.columns
+    assert (run / "report.html").is_file()
