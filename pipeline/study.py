@@ -9,6 +9,7 @@ rebuilds everything downstream of the predictions without retraining.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -21,12 +22,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline import crossval
+from pipeline import crossval, runfolder
 from pipeline.config import WorkflowConfig, config_from_dict, dump_config, load_config, read_workflow
 from pipeline.errors import CohortnetError, NonFiniteError, ValidationError
 from pipeline.logs import add_run_log
 from pipeline.manifest import Cohort, load_manifest
-from pipeline.provenance import environment_record, file_sha256, image_hashes
+from pipeline.provenance import environment_record, file_sha256, git_commit, image_hashes
 from pipeline.reporting import artifacts
 from pipeline.schema import (
     ENVIRONMENT_FILE,
@@ -119,24 +120,29 @@ def new_run_dir(cfg: WorkflowConfig, run_id: str | None = None) -> Path:
         n += 1
         run_dir = base / f"{run_id}-{n}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    artifacts.clean_stale_temporaries(run_dir)
     return run_dir
 
 
-def _record_inputs(run_dir: Path, cfg: WorkflowConfig, cohort: Cohort) -> dict[str, str]:
-    """Resolved config, environment and data hashes; returns image_id -> content hash."""
-    artifacts.write_text(run_dir / RESOLVED_CONFIG_FILE, dump_config(cfg))
+def _record_inputs(
+    run_dir: Path, cfg: WorkflowConfig, cohort: Cohort, splits: pd.DataFrame
+) -> tuple[dict[str, str], str]:
+    """Seal a new run folder or check a resumed one (nothing is overwritten when its inputs
+    changed), then write the resolved config, environment, data hashes, patients and splits.
+    Returns image_id -> content hash and the seal's digest."""
     hashes = image_hashes(cohort.table[IMAGE_ID].tolist(), cohort.table["path"].tolist())
+    manifest_sha = file_sha256(cohort.manifest_path)
+    seal = runfolder.fingerprint(cfg.to_dict(), manifest_sha, hashes, splits, git_commit())
+    if runfolder.seal_or_check(run_dir, seal):
+        log.info("resuming: the run folder's seal matches this run's inputs")
+    artifacts.write_text(run_dir / RESOLVED_CONFIG_FILE, dump_config(cfg))
     artifacts.write_csv(
         run_dir / DATA_HASHES_FILE, pd.DataFrame({IMAGE_ID: list(hashes), "sha256": list(hashes.values())})
     )
-    env = environment_record(
-        cfg.train.seed,
-        {"manifest_sha256": file_sha256(cohort.manifest_path), "n_images": len(cohort.table)},
-    )
+    env = environment_record(cfg.train.seed, {"manifest_sha256": manifest_sha, "n_images": len(cohort.table)})
     artifacts.write_json(run_dir / ENVIRONMENT_FILE, env)
     artifacts.write_csv(run_dir / PATIENTS_FILE, _patients_table(cohort))
-    return hashes
+    artifacts.write_csv(run_dir / SPLITS_FILE, splits)
+    return hashes, seal["digest"]
 
 
 def _patients_table(cohort: Cohort) -> pd.DataFrame:
@@ -210,26 +216,40 @@ def run_study(cfg: WorkflowConfig, cohort: Cohort, *, run_id: str | None = None,
     Under torchrun every rank runs this function: rank 0 creates the run folder and writes every
     file; the others train their share and return empty metrics.
     """
-    from pipeline.distributed import barrier, broadcast, init_from_env
+    from pipeline.distributed import broadcast, init_from_env
 
     start = time.perf_counter()
     ctx = init_from_env(cfg.train.device)
+    if run_id is not None:
+        runfolder.check_run_id(run_id)
     run_dir = broadcast(ctx, new_run_dir(cfg, run_id) if ctx.is_main else None)
     assert run_dir is not None
+    with runfolder.locked(run_dir) if ctx.is_main else contextlib.nullcontext():
+        if ctx.is_main:
+            artifacts.clean_stale_temporaries(run_dir)
+        metrics = _run_locked(cfg, cohort, run_dir, ctx, progress)
+    return StudyResult(run_dir, metrics, time.perf_counter() - start)
+
+
+def _run_locked(cfg: WorkflowConfig, cohort: Cohort, run_dir: Path, ctx: Any, progress: bool) -> dict[str, Any]:
+    """The study inside its run folder, which this process holds (rank 0) or shares (other ranks)."""
+    from pipeline.distributed import barrier, broadcast
+
     handler = add_run_log(run_dir) if ctx.is_main else None
     if not ctx.is_main:
         logging.getLogger("pipeline").setLevel(logging.WARNING)
     metrics: dict[str, Any] = {}
     try:
         log.info("study %s: run folder %s", cfg.study, run_dir)
-        hashes = broadcast(ctx, _record_inputs(run_dir, cfg, cohort) if ctx.is_main else None)
-        assert hashes is not None
         splits = make_splits(cfg, cohort)
-        if ctx.is_main:
-            artifacts.write_csv(run_dir / SPLITS_FILE, splits)
+        recorded = broadcast(ctx, _record_inputs(run_dir, cfg, cohort, splits) if ctx.is_main else None)
+        assert recorded is not None
+        hashes, seal = recorded
         summary = crossval.describe_splits(splits, cohort.patients)
         log.info("splits (%s):\n%s", cfg.validation.scheme, summary.to_string(index=False))
-        train_and_predict(cfg, cohort, splits, run_dir, content_hashes=hashes, progress=progress and ctx.is_main)
+        train_and_predict(
+            cfg, cohort, splits, run_dir, content_hashes=hashes, seal=seal, progress=progress and ctx.is_main
+        )
         if ctx.is_main:
             metrics = finalize_run(run_dir, cfg, cohort)
         barrier(ctx)
@@ -241,7 +261,7 @@ def run_study(cfg: WorkflowConfig, cohort: Cohort, *, run_id: str | None = None,
         if handler is not None:
             logging.getLogger("pipeline").removeHandler(handler)
             handler.close()
-    return StudyResult(run_dir, metrics, time.perf_counter() - start)
+    return metrics
 
 
 def train_and_predict(
@@ -251,6 +271,7 @@ def train_and_predict(
     run_dir: Path,
     *,
     content_hashes: dict[str, str],
+    seal: str,
     progress: bool = True,
 ) -> None:
     """Preprocess once, then per fold: train, save the model, predict test and val patients.
@@ -295,10 +316,12 @@ def train_and_predict(
             continue
         roles = table[PATIENT_ID].map(dict(zip(part[PATIENT_ID], part[ROLE], strict=True)))
         items = {r: prepared.items(roles.index[roles == r].tolist()) for r in crossval.ROLES}
-        _run_fold(cfg, int(str(fold)), items, table, cohort.label_col, fold_dir, device)
+        _run_fold(cfg, int(str(fold)), items, table, cohort.label_col, fold_dir, device, seal)
         barrier(ctx)
     if ctx.is_main:
-        parts = sorted(run_dir.glob(f"fold_*/{PREDICTIONS_FILE}"))
+        folds = sorted(int(str(f)) for f in splits[FOLD].unique())
+        runfolder.check_fold_records(run_dir, folds, seal)  # never pool folds made from other inputs
+        parts = [run_dir / f"fold_{f}" / PREDICTIONS_FILE for f in folds]
         pooled = pd.concat([pd.read_csv(p, dtype={PATIENT_ID: str, IMAGE_ID: str}) for p in parts], ignore_index=True)
         artifacts.write_csv(run_dir / PREDICTIONS_FILE, pooled[pooled[ROLE] == "test"].drop(columns=ROLE))
         artifacts.write_csv(run_dir / VAL_PREDICTIONS_FILE, pooled[pooled[ROLE] == "val"].drop(columns=ROLE))
@@ -313,6 +336,7 @@ def _run_fold(
     label_col: str,
     fold_dir: Path,
     device: Any,
+    seal: str,
 ) -> None:
     """Train one fold, then predict its test and validation images (rank 0 writes the files)."""
     from pipeline.augment import make_augmentation
@@ -380,13 +404,15 @@ def _run_fold(
     if not ctx.is_main:
         return
     artifacts.write_csv(fold_dir / "history.csv", result.history)
-    artifacts.write_csv(fold_dir / PREDICTIONS_FILE, pd.concat(frames, ignore_index=True))
+    predictions = pd.concat(frames, ignore_index=True)
+    artifacts.write_csv(fold_dir / PREDICTIONS_FILE, predictions)
     done = {
         "fold": fold,
         "best_epoch": result.best_epoch,
         "best_val_auc": result.best_val_auc,
         "precision": precision.name,
         "fp32_layers": list(precision.fp32_layers),
+        **runfolder.fold_record({"digest": seal}, predictions),
     }
     artifacts.write_json(fold_dir / FOLD_DONE_FILE, {**done, "seconds": time.perf_counter() - start})
 
@@ -408,6 +434,8 @@ def finalize_run(run_dir: Path, cfg: WorkflowConfig | None = None, cohort: Cohor
     label = known.label_col
     preds = pd.read_csv(run_dir / PREDICTIONS_FILE, dtype={PATIENT_ID: str, IMAGE_ID: str})
     val = pd.read_csv(run_dir / VAL_PREDICTIONS_FILE, dtype={PATIENT_ID: str, IMAGE_ID: str})
+    splits = pd.read_csv(run_dir / SPLITS_FILE, dtype={PATIENT_ID: str})
+    runfolder.check_predictions_complete(run_dir, preds, val, splits)
     for frame in (preds, val):
         frame[label] = frame[label].astype(str)
     extra = known.patients.drop(columns=["target"])
@@ -492,7 +520,6 @@ def finalize_run(run_dir: Path, cfg: WorkflowConfig | None = None, cohort: Cohor
     curve = metrics.get("decision_curve")
     decision_png = figures.decision_curve_figure(pd.DataFrame(curve)) if curve else None
     excluded = pd.read_csv(run_dir / EXCLUDED_FILE) if (run_dir / EXCLUDED_FILE).is_file() else pd.DataFrame()
-    splits = pd.read_csv(run_dir / SPLITS_FILE, dtype={PATIENT_ID: str})
     inputs = ReportInputs(
         study=cfg.study,
         run_id=run_dir.name,

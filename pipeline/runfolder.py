@@ -1,0 +1,183 @@
+"""The sealed run folder: what it was made from, who writes it, and whether its records agree.
+
+- **Seal** (``seal.json``): at creation the run records a fingerprint of everything its results
+  depend on: the resolved config (less the keys that only change speed), the manifest's SHA-256,
+  a digest of every image's content hash, the splits and the code version. Resuming into the same
+  folder recomputes it and refuses (exit 2, with a short diff) when anything differs, so folds
+  made from different inputs are never pooled.
+- **Fold records**: a finished fold's ``done.json`` carries the seal's digest and its prediction
+  counts; pooling and ``report`` refuse folds whose records disagree with the seal or with the
+  saved predictions (a truncated ``predictions.csv`` is caught, not reported on).
+- **One writer** (``run.lock``): ``fcntl.flock`` on a lock file for the length of the run. The
+  kernel releases it when the process dies, so a lock left by a killed run is simply taken over;
+  a second live run on the folder is refused at once, naming the holder's process id.
+- **Names stay inside** ``output_dir``: run ids are plain names.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline import __version__
+from pipeline.errors import CohortnetError, ValidationError
+from pipeline.reporting import artifacts
+from pipeline.schema import FOLD, PATIENT_ID, ROLE
+
+SEAL_FILE = "seal.json"
+LOCK_FILE = "run.lock"
+# keys that change how fast a run goes, never what it computes, and the manifest's path (its
+# content is sealed by hash): a resume may change them
+OPERATIONAL_KEYS = ("output_dir", "manifest", "data.workers", "data.cache", "train.num_threads", "train.device")
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class RunLockedError(CohortnetError):
+    exit_code = 2
+
+
+def check_run_id(run_id: str) -> None:
+    if not _RUN_ID.fullmatch(run_id) or ".." in run_id:
+        raise ValidationError(
+            [f"--run-id must be a plain name (letters, digits, '.', '_', '-'; no path), got {run_id!r}"],
+            "command line",
+        )
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for key, value in obj.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): obj}
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def fingerprint(
+    config: dict[str, Any], manifest_sha256: str, image_hashes: dict[str, str], splits: pd.DataFrame, code: str | None
+) -> dict[str, Any]:
+    """What the run's results depend on, in a form that can be compared and diffed."""
+    flat = {k: v for k, v in _flatten(config).items() if k not in OPERATIONAL_KEYS}
+    split_rows = sorted(splits[[FOLD, PATIENT_ID, ROLE]].astype(str).itertuples(index=False, name=None))
+    seal = {
+        "config": flat,
+        "manifest_sha256": manifest_sha256,
+        "images": _digest(sorted(image_hashes.items())),
+        "n_images": len(image_hashes),
+        "splits": _digest(split_rows),
+        "code": {"cohortnet": __version__, "commit": code},
+    }
+    return {**seal, "digest": _digest(seal)}
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    lines = []
+    for key in sorted(set(old.get("config", {})) | set(new["config"])):
+        a, b = old.get("config", {}).get(key, "(absent)"), new["config"].get(key, "(absent)")
+        if a != b:
+            lines.append(f"config {key}: {a!r} -> {b!r}")
+    if old.get("manifest_sha256") != new["manifest_sha256"]:
+        lines.append("the manifest's content changed")
+    if old.get("images") != new["images"]:
+        lines.append(f"image contents changed ({old.get('n_images')} -> {new['n_images']} images)")
+    if old.get("splits") != new["splits"]:
+        lines.append("the splits changed")
+    if old.get("code") != new["code"]:
+        lines.append(f"code version {old.get('code')} -> {new['code']}")
+    return lines
+
+
+def seal_or_check(run_dir: Path, seal: dict[str, Any]) -> bool:
+    """Write the seal of a new run folder, or check a resumed one against it; True when resuming."""
+    path = run_dir / SEAL_FILE
+    if not path.is_file():
+        artifacts.write_json(path, seal)
+        return False
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise ValidationError([f"{path}: the run's seal is unreadable; start a new run"], "run folder") from None
+    if old.get("digest") == seal["digest"]:
+        return True
+    diff = _differences(old, seal)[:12] or ["the recorded fingerprint differs"]
+    diff.append(f"{run_dir.name} was made from other inputs: start a new run (another --run-id, or none)")
+    raise ValidationError(diff, f"resumed run folder {run_dir}")
+
+
+@contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    """Hold ``run.lock`` for the block; refuse at once when another live process holds it."""
+    path = run_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise RunLockedError(
+                f"{run_dir} is in use by {holder}; wait for it to finish, or start a new run (another --run-id)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def fold_record(seal: dict[str, Any], predictions: pd.DataFrame) -> dict[str, Any]:
+    """What a finished fold records about itself: the seal it was made under, its prediction counts."""
+    counts = predictions[ROLE].value_counts()
+    return {"seal": seal["digest"], "n_test": int(counts.get("test", 0)), "n_val": int(counts.get("val", 0))}
+
+
+def check_fold_records(run_dir: Path, folds: list[int], seal_digest: str | None = None) -> list[dict[str, Any]]:
+    """The folds' ``done.json`` records; raises when one is missing or made under another seal."""
+    digest = seal_digest or json.loads((run_dir / SEAL_FILE).read_text(encoding="utf-8"))["digest"]
+    records, problems = [], []
+    for fold in folds:
+        done = run_dir / f"fold_{fold}" / "done.json"
+        if not done.is_file():
+            problems.append(f"fold {fold} is not finished ({done.name} missing)")
+            continue
+        record = json.loads(done.read_text(encoding="utf-8"))
+        if record.get("seal") != digest:
+            problems.append(f"fold {fold} was made from other inputs than this run's seal")
+        records.append(record)
+    if problems:
+        raise ValidationError(problems, f"run folder {run_dir}")
+    return records
+
+
+def check_predictions_complete(run_dir: Path, test: pd.DataFrame, val: pd.DataFrame, splits: pd.DataFrame) -> None:
+    """Refuse predictions that do not match what the folds recorded and what the splits allow."""
+    if not (run_dir / SEAL_FILE).is_file():
+        return  # a run folder from before the seal: nothing to check against
+    folds = sorted(int(f) for f in splits[FOLD].unique())
+    records = {int(r["fold"]): r for r in check_fold_records(run_dir, folds)}
+    problems = []
+    for fold in folds:
+        for role, frame, key in (("test", test, "n_test"), ("val", val, "n_val")):
+            rows = frame[frame[FOLD].astype(int) == fold]
+            expected = records[fold].get(key)
+            if expected is not None and len(rows) != expected:
+                problems.append(f"fold {fold}: {len(rows)} {role} predictions saved, the fold made {expected}")
+            allowed = set(splits.loc[(splits[FOLD].astype(int) == fold) & (splits[ROLE] == role), PATIENT_ID])
+            stray = set(rows[PATIENT_ID].astype(str)) - {str(p) for p in allowed}
+            if stray:
+                problems.append(f"fold {fold}: {len(stray)} {role} predictions for patients outside its {role} split")
+    if problems:
+        raise ValidationError([*problems, "the predictions are incomplete or damaged: rerun the study"], str(run_dir))
