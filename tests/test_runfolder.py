@@ -44,7 +44,7 @@ def test_resume_with_another_config_is_refused_with_a_diff(
 def test_resume_with_another_manifest_is_refused(
     finished: tuple[Path, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    wf, run = finished
+    wf, _ = finished
     manifest = tmp_path / "cohort" / "manifest.csv"
     table = pd.read_csv(manifest)
     table.iloc[:-1].to_csv(manifest, index=False)  # one patient fewer: other splits
@@ -71,7 +71,10 @@ def test_a_second_writer_is_refused_and_a_dead_ones_lock_is_taken_over(
         err = capsys.readouterr().err
         assert f"{run} is in use by process {os.getpid()}" in err
     # a process killed while holding the lock leaves the file behind, not the lock
-    code = f"import os; from pipeline.runfolder import locked\nwith locked(__import__('pathlib').Path({str(run)!r})): os.kill(os.getpid(), 9)"
+    code = (
+        "import os, pathlib; from pipeline.runfolder import locked\n"
+        f"with locked(pathlib.Path({str(run)!r})): os.kill(os.getpid(), 9)"
+    )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == -9
     assert (run / LOCK_FILE).is_file()
     assert main(["run", str(wf), "--run-id", "r"]) == 0
