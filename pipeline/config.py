@@ -155,12 +155,56 @@ def _plain(obj: Any) -> Any:
 # --------------------------------------------------------------------------- loading
 
 
+MAX_YAML_NODES = 100_000  # values once aliases are expanded; a workflow has a few hundred
+
+
+def _expanded_size(node: Any, memo: dict[int, int]) -> int:
+    """Nodes in ``node`` with every alias expanded (an alias is the same node object again)."""
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = 1  # a recursive structure counts once per cycle
+    children: list[Any] = []
+    if isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    elif isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    total = 1
+    for child in children:
+        total += _expanded_size(child, memo)
+        if total > MAX_YAML_NODES:
+            break
+    memo[id(node)] = total
+    return total
+
+
 class _WorkflowLoader(yaml.SafeLoader):
     """``yaml.safe_load`` with YAML 1.2's booleans: only true/false (any case) are booleans.
 
     YAML 1.1 also reads yes/no/on/off as booleans, so ``amp: off`` would arrive as False. Here they
-    stay the words the user wrote; a boolean option takes them as the yes or no they mean.
+    stay the words the user wrote; a boolean option takes them as the yes or no they mean. A key
+    written twice in one mapping (YAML keeps the last silently) is refused, and so is a file whose
+    aliases expand to more than ``MAX_YAML_NODES`` values (a "billion laughs" file), measured on
+    the composed nodes before any Python object is built.
     """
+
+    def get_single_node(self) -> Any:
+        node = super().get_single_node()
+        if node is not None and _expanded_size(node, {}) > MAX_YAML_NODES:
+            raise yaml.composer.ComposerError(
+                None, None, f"its aliases expand to more than {MAX_YAML_NODES:,} values", node.start_mark
+            )
+        return node
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is written twice in one section", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _WorkflowLoader.yaml_implicit_resolvers = {
@@ -246,7 +290,9 @@ def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ValidationError([f"{path} is not valid YAML{where}"], "workflow") from None
+        problem = getattr(exc, "problem", None)
+        detail = f": {str(problem)[:200]}" if problem else ""
+        raise ValidationError([f"{path} is not valid YAML{where}{detail}"], "workflow") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

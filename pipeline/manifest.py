@@ -8,6 +8,7 @@ which flow through to the per-patient table and can define subgroups.
 
 from __future__ import annotations
 
+import csv
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -45,6 +46,15 @@ class Cohort:
         """One row per patient: patient_id, target and the extra columns (first value per patient)."""
         cols = [PATIENT_ID, "target", *self.extra_columns]
         return self.table[cols].groupby(PATIENT_ID, sort=False, as_index=False).first()
+
+
+def _duplicate_columns(path: Path) -> list[str]:
+    """pandas renames a repeated column to ``name.1`` and uses the first silently; refuse instead."""
+    with open(path, encoding="utf-8", newline="") as fh:
+        header = next(csv.reader(fh), [])
+    names = [h.strip() for h in header]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    return [f"column {n!r} appears {names.count(n)} times in the header" for n in repeated]
 
 
 def _listed(kind: str, items: list[str]) -> list[str]:
@@ -95,8 +105,8 @@ def load_manifest(
         raise ValidationError([f"manifest not found: {path}"], "manifest") from None
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise ValidationError([f"{path} is not a readable CSV: {type(exc).__name__}"], "manifest") from None
+    problems: list[str] = _duplicate_columns(path)
     df.columns = [c.strip() for c in df.columns]
-    problems: list[str] = []
     for column, values in (keep or {}).items():
         if column not in df.columns:
             problems.append(f"filter: column {column!r} is not in the manifest")

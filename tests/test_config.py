@@ -245,3 +245,27 @@ def test_null_for_a_word_option_says_how_to_quote(tmp_path: Path) -> None:
 def test_documented_ci_methods_in_a_workflow_file(tmp_path: Path) -> None:
     for method in ("delong", "delong_wald", "bootstrap", "bootstrap_percentile"):
         assert load_config(write(tmp_path, {"evaluation": {"ci_method": method}})).evaluation.ci_method == method
+
+
+def test_a_section_written_twice_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "m.csv").write_text("patient_id,image,label\n")
+    path = tmp_path / "wf.yaml"
+    path.write_text("study: s\nmanifest: m.csv\ntrain: {epochs: 3}\ntrain: {lr: 0.1}\n")
+    with pytest.raises(ValidationError, match=r"line 4, column 1\): 'train' is written twice"):
+        load_config(path)
+
+
+def test_a_billion_laughs_workflow_is_refused_before_it_expands(tmp_path: Path) -> None:
+    """Nine levels of nine aliases: 9^9 values if expanded; refused from the composed nodes."""
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"l{k}: &l{k} [{', '.join([f'*l{k - 1}'] * 9)}]" for k in range(1, 9)]
+    path = tmp_path / "wf.yaml"
+    path.write_text("\n".join([*lines, "study: s", "manifest: m.csv", "train: {epochs: *l8}"]) + "\n")
+    with pytest.raises(ValidationError, match="aliases expand to more than 100,000 values"):
+        load_config(path)
+    text = (
+        "{a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1], "
+        + ", ".join(f"b{k}: &b{k} [" + ", ".join([f"*{'a' if k == 0 else f'b{k - 1}'}"] * 10) + "]" for k in range(5))
+        + "}"
+    )
+    assert parse_overrides([f"train.epochs={text}"]) == {"train": {"epochs": text}}  # kept as text, never expanded

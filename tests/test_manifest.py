@@ -96,3 +96,10 @@ def test_keep_selects_rows_before_the_checks(make_cohort: Callable[..., Path]) -
     assert len(cohort.table) == 10
     with pytest.raises(ValidationError, match="filter: column 'scanner' is not in the manifest"):
         load_manifest(manifest, keep={"scanner": ["x"]})
+
+
+def test_a_column_written_twice_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text("patient_id,image,label,label\nP1,a.nii.gz,1,0\n")
+    with pytest.raises(ValidationError, match="column 'label' appears 2 times in the header"):
+        load_manifest(path, check_files=False)

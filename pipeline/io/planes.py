@@ -80,6 +80,23 @@ def number(ds: Dataset, keyword: str, default: float | None = None) -> float | N
         return default
 
 
+def rescale(ds: Dataset | None, source: str) -> tuple[float, float]:
+    """(RescaleSlope, RescaleIntercept), 1 and 0 when absent. A slope of 0 (every voxel would be
+    the intercept) or a non-finite value is refused rather than guessed."""
+    if ds is None:
+        return 1.0, 0.0
+    slope, intercept = number(ds, "RescaleSlope", 1.0), number(ds, "RescaleIntercept", 0.0)
+    slope = 1.0 if slope is None else slope
+    intercept = 0.0 if intercept is None else intercept
+    if slope == 0 or not math.isfinite(slope) or not math.isfinite(intercept):
+        raise ScanError(
+            "invalid_rescale",
+            f"RescaleSlope {slope} / RescaleIntercept {intercept}: the stored values cannot be mapped to intensities",
+            source,
+        )
+    return slope, intercept
+
+
 def _int_or_none(ds: Dataset, keyword: str) -> int | None:
     value = number(ds, keyword)
     return int(value) if value is not None and math.isfinite(value) else None
@@ -117,8 +134,8 @@ def build_planes(ds: Dataset, *, rows: int, cols: int, n_frames: int, source: st
         orientation=floats(ds, "ImageOrientationPatient", 6),
         spacing=spacing,
         thickness=_thickness(ds),
-        slope=number(ds, "RescaleSlope", 1.0) or 1.0,
-        intercept=number(ds, "RescaleIntercept", 0.0) or 0.0,
+        slope=rescale(ds, source)[0],
+        intercept=rescale(ds, source)[1],
         instance=_int_or_none(ds, "InstanceNumber"),
         order=_order(ds),
     )
@@ -178,7 +195,7 @@ def _enhanced(ds: Dataset, matrix: tuple[int, int], n_frames: int, source: str) 
         position = _fg_item(frame_fg, shared, "PlanePositionSequence")
         orient = _fg_item(frame_fg, shared, "PlaneOrientationSequence")
         measures = _fg_item(frame_fg, shared, "PixelMeasuresSequence")
-        rescale = _fg_item(frame_fg, shared, "PixelValueTransformationSequence")
+        rescale_ds = _fg_item(frame_fg, shared, "PixelValueTransformationSequence")
         content = _fg_item(frame_fg, shared, "FrameContentSequence")
         temporal = number(content, "TemporalPositionIndex", 0.0) if content is not None else 0.0
         dims = tuple(float(v) for v in (content.get("DimensionIndexValues") or ())) if content else ()
@@ -190,8 +207,8 @@ def _enhanced(ds: Dataset, matrix: tuple[int, int], n_frames: int, source: str) 
                 orientation=floats(orient, "ImageOrientationPatient", 6) if orient else None,
                 spacing=floats(measures, "PixelSpacing", 2) if measures else None,
                 thickness=_thickness(measures) if measures else None,
-                slope=(number(rescale, "RescaleSlope", 1.0) or 1.0) if rescale else 1.0,
-                intercept=(number(rescale, "RescaleIntercept", 0.0) or 0.0) if rescale else 0.0,
+                slope=rescale(rescale_ds, source)[0],
+                intercept=rescale(rescale_ds, source)[1],
                 instance=f + 1,
                 order=(temporal or 0.0, *dims, float(f)),
             )
@@ -233,8 +250,8 @@ def _mosaic(ds: Dataset, rows: int, cols: int, spacing: Vec | None, source: str)
             orientation=iop,
             spacing=spacing,
             thickness=step,
-            slope=number(ds, "RescaleSlope", 1.0) or 1.0,
-            intercept=number(ds, "RescaleIntercept", 0.0) or 0.0,
+            slope=rescale(ds, source)[0],
+            intercept=rescale(ds, source)[1],
             instance=_int_or_none(ds, "InstanceNumber"),
             order=(*base_order, float(k)),
         )

@@ -675,6 +675,11 @@ def _d18(f: Path) -> Path:
     return _series_case(f, per_slice=[{"RescaleSlope": 1 + k, "RescaleIntercept": -10 * k} for k in range(9)])
 
 
+@case("d18_rescale_slope_zero", "RescaleSlope 0 (every voxel would be the intercept)")
+def _d18z(f: Path) -> Path:
+    return _series_case(f, RescaleSlope=0)
+
+
 @case("d19_enhanced_multiframe", "enhanced MR: geometry only in per-frame functional groups, frames scrambled")
 def _d19(f: Path) -> Path:
     return write_enhanced(_mkdir(f) / "enh.dcm", frame_order=[4, 0, 8, 2, 6, 1, 7, 3, 5])
