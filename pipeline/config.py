@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import os
 import re
 import types
 import typing
@@ -342,6 +344,7 @@ def check_semantics(cfg: WorkflowConfig, check_manifest: bool = True, check_file
         problems.append(f"data.spatial_size has {len(cfg.data.spatial_size)} entries but model.spatial_dims is {dims}")
     if any(s < 8 for s in cfg.data.spatial_size):
         problems.append(f"data.spatial_size entries must be >= 8, got {list(cfg.data.spatial_size)}")
+    problems += _memory_problems(cfg)
     size = cfg.data.spatial_size
     if cfg.data.augment.rotate90 and len(size) >= 2 and size[0] != size[1]:
         problems.append(
@@ -386,6 +389,27 @@ def check_semantics(cfg: WorkflowConfig, check_manifest: bool = True, check_file
     if not cfg.study.replace("-", "").replace("_", "").replace(".", "").isalnum():
         problems.append(f"study must contain only letters, digits, '-', '_' and '.', got {cfg.study!r}")
     return problems
+
+
+def physical_memory() -> int | None:
+    """Bytes of RAM on this machine (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _memory_problems(cfg: WorkflowConfig) -> list[str]:
+    """One batch of network inputs (float32) must fit in a quarter of this machine's memory; the
+    network's activations need several times more. Checked before anything is allocated."""
+    memory = physical_memory()
+    batch = 4 * cfg.model.in_channels * math.prod(cfg.data.spatial_size) * cfg.train.batch_size
+    if memory is None or cfg.train.batch_size < 1 or batch <= memory / 4:
+        return []
+    return [
+        f"data.spatial_size {list(cfg.data.spatial_size)} with train.batch_size {cfg.train.batch_size} needs "
+        f"{batch / 2**30:.1f} GiB for one batch of inputs alone; this machine has {memory / 2**30:.1f} GiB"
+    ]
 
 
 def _valid_threshold_rule(rule: str) -> bool:

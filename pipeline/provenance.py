@@ -25,12 +25,17 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+MISSING = "missing"  # the content hash recorded for an image that is not there (never an empty file's hash)
+
+
 def content_hash(path: Path | str) -> str:
     """SHA-256 of a file, or of a folder (a DICOM series) as the hash of its files' relative names
-    and hashes in sorted order. Names are hashed, never stored."""
+    and hashes in sorted order, or ``MISSING``. Names are hashed, never stored."""
     path = Path(path)
     if path.is_file():
         return file_sha256(path)
+    if not path.is_dir():
+        return MISSING
     digest = hashlib.sha256()
     for child in sorted(p for p in path.rglob("*") if p.is_file()):
         digest.update(str(child.relative_to(path)).encode())

@@ -27,7 +27,7 @@ from pipeline.config import WorkflowConfig, config_from_dict, dump_config, load_
 from pipeline.errors import CohortnetError, NonFiniteError, ValidationError
 from pipeline.logs import add_run_log
 from pipeline.manifest import Cohort, load_manifest
-from pipeline.provenance import environment_record, file_sha256, git_commit, image_hashes
+from pipeline.provenance import MISSING, environment_record, file_sha256, git_commit, image_hashes
 from pipeline.reporting import artifacts
 from pipeline.schema import (
     ENVIRONMENT_FILE,
@@ -130,6 +130,7 @@ def _record_inputs(
     changed), then write the resolved config, environment, data hashes, patients and splits.
     Returns image_id -> content hash and the seal's digest."""
     hashes = image_hashes(cohort.table[IMAGE_ID].tolist(), cohort.table["path"].tolist())
+    check_duplicate_content(cohort.table, hashes)
     manifest_sha = file_sha256(cohort.manifest_path)
     seal = runfolder.fingerprint(cfg.to_dict(), manifest_sha, hashes, splits, git_commit())
     if runfolder.seal_or_check(run_dir, seal):
@@ -143,6 +144,23 @@ def _record_inputs(
     artifacts.write_csv(run_dir / PATIENTS_FILE, _patients_table(cohort))
     artifacts.write_csv(run_dir / SPLITS_FILE, splits)
     return hashes, seal["digest"]
+
+
+def check_duplicate_content(table: pd.DataFrame, hashes: dict[str, str]) -> None:
+    """The same image content under two patient ids is leakage waiting to happen (one copy can
+    train, the other be tested): refuse, naming the patients (as the manifest names them)."""
+    frame = pd.DataFrame({IMAGE_ID: list(hashes), "sha256": list(hashes.values())}).merge(
+        table[[IMAGE_ID, PATIENT_ID]], on=IMAGE_ID
+    )
+    frame = frame[frame["sha256"] != MISSING]
+    shared = frame.groupby("sha256")[PATIENT_ID].agg(lambda p: sorted(set(p)))
+    pairs = [ids for ids in shared if len(ids) > 1]
+    if pairs:
+        problems = [f"identical image content under patients {', '.join(ids[:5])}" for ids in pairs[:20]]
+        if len(pairs) > 20:
+            problems.append(f"... and {len(pairs) - 20} more groups")
+        problems.append("one patient under two ids would leak between training and test: fix the manifest")
+        raise ValidationError(problems, "cohort")
 
 
 def _patients_table(cohort: Cohort) -> pd.DataFrame:

@@ -39,7 +39,7 @@ _RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 def deterministic_transforms(data: DataConfig, spatial_dims: int) -> Compose:
     """Path -> (C, *spatial_size) float32 tensor, RAS-oriented, intensity-normalised."""
     chain: list[Any] = [
-        LoadScand(keys=(KEY,), nonfinite=data.nonfinite),
+        LoadScand(keys=(KEY,), nonfinite=data.nonfinite, spatial_dims=spatial_dims),
         Orientationd(keys=KEY, axcodes="RAS"[:spatial_dims], labels=_RAS_LABELS),
     ]
     if data.spacing is not None:

@@ -20,6 +20,7 @@ from monai.data import ImageReader, MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import ImageMetaKey, MetaKeys, SpaceKeys
 
+from pipeline.errors import ScanError
 from pipeline.io import sniff
 from pipeline.io.loader import Scan, default_source, load_scan
 
@@ -69,6 +70,8 @@ class LoadScand(MapTransform):
     ``meta["filename_or_obj"]`` is ``d[id_key]`` (or a digest of the path), never the path.
     ``volumes`` is "refuse", "first" or "mean": keeping all volumes would make time points
     channels, which is what MONAI's EnsureChannelFirst does silently and we refuse to.
+    ``spatial_dims`` (2 or 3, when given) refuses an image of the other kind: a single slice or
+    radiograph is never repeated into a volume, and a volume is never read as one slice.
     Raises ``pipeline.errors.ScanError`` for unusable images.
     """
 
@@ -79,6 +82,7 @@ class LoadScand(MapTransform):
         id_key: str = "image_id",
         volumes: str = "refuse",
         allow_missing_keys: bool = False,
+        spatial_dims: int | None = None,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         if volumes == "all":
@@ -86,14 +90,31 @@ class LoadScand(MapTransform):
         self.nonfinite = nonfinite
         self.id_key = id_key
         self.volumes = volumes
+        self.spatial_dims = spatial_dims
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
             name = str(d[self.id_key]) if d.get(self.id_key) is not None else default_source(d[key])
             scan = load_scan(d[key], nonfinite=self.nonfinite, source=name, volumes=self.volumes)
+            if self.spatial_dims is not None:
+                check_dimensions(scan, self.spatial_dims, name)
             d[key] = to_metatensor(scan, name)
         return d
+
+
+def check_dimensions(scan: Scan, spatial_dims: int, source: str) -> None:
+    """Refuse a 2-D image (one slice, a radiograph) in a 3-D workflow and a volume in a 2-D one."""
+    shape = scan.array.shape[1:] if scan.meta.get("channel_dim") == 0 else scan.array.shape
+    extents = [n for n in shape if n > 1]
+    if spatial_dims == 3 and len(extents) < 3:
+        raise ScanError(
+            "wrong_dimensions",
+            f"a 2-D image (shape {tuple(shape)}) in a 3-D workflow; it would be repeated into identical slices",
+            source,
+        )
+    if spatial_dims == 2 and len(extents) > 2:
+        raise ScanError("wrong_dimensions", f"a 3-D volume (shape {tuple(shape)}) in a 2-D workflow", source)
 
 
 class CohortnetDicomReader(ImageReader):

@@ -143,6 +143,9 @@ class _Run:
     reid: list[dict[str, Any]] = field(default_factory=list)
     headers: list[DicomHeader] = field(default_factory=list)
     workers: int = 1
+    # NIfTI has no patient id: the file name is the patient, unless one name stands in several
+    # folders (patA/ct.nii.gz, patB/ct.nii.gz), when the folder is
+    nifti_by_folder: bool = False
 
     def rel(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
@@ -322,6 +325,9 @@ def _classify_file(run: _Run, path: Path, fid: str, result: tuple[str, Any]) -> 
 def _read_all(run: _Run, files: list[Path], progress: bool) -> None:
     """Headers of every file, in file order (in worker processes for large trees)."""
     jobs = [(f, run.ids.file(run.rel(f))) for f in files]
+    run.nifti_by_folder = _nifti_names_repeat(files)
+    if run.nifti_by_folder:
+        log.info("scan: NIfTI file names repeat across folders: each file's folder is its patient")
     bar = tqdm(total=len(jobs), desc="scan", unit="file", disable=None if progress else True, file=sys.stderr)
     crashed = ("failed", ("worker_crash", "the process reading this file died"))
     for (path, fid), result in zip(jobs, map_isolated(read_file, jobs, run.workers), strict=True):
@@ -330,9 +336,22 @@ def _read_all(run: _Run, files: list[Path], progress: bool) -> None:
     bar.close()
 
 
+def _nifti_stem(path: Path) -> str:
+    return path.name[: -len(".nii.gz")] if path.name.lower().endswith(".nii.gz") else path.stem
+
+
+def _nifti_names_repeat(files: list[Path]) -> bool:
+    folders: dict[str, set[Path]] = {}
+    for f in files:
+        if f.name.lower().endswith((".nii", ".nii.gz")):
+            folders.setdefault(_nifti_stem(f), set()).add(f.parent)
+    return any(len(parents) > 1 for parents in folders.values())
+
+
 def _scan_nifti(run: _Run, path: Path, kind: str, rel: str) -> None:
     nid = run.ids.nifti(rel)
-    stem = path.name[: -len(".nii.gz")] if path.name.lower().endswith(".nii.gz") else path.stem
+    folder = Path(rel).parent.as_posix()
+    stem = folder if run.nifti_by_folder and folder != "." else _nifti_stem(path)
     patient = run.ids.patient(stem, rel)
     reid = {
         "id": nid,

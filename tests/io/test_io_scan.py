@@ -252,3 +252,12 @@ def test_systematic_failures_raise_an_alarm(tmp_path: Path) -> None:
     assert len(summary.alarms) == 1
     assert "no_pixel_data" in summary.alarms[0]
     assert "ALARM" in summary.format_table()
+
+
+def test_nifti_files_of_one_name_in_patient_folders_are_separate_patients(tmp_path: Path) -> None:
+    """patA/ct.nii.gz, patB/ct.nii.gz, patC/ct.nii.gz: three patients, not one called ct."""
+    for name in ("patA", "patB", "patC"):
+        write_nifti(tmp_path / "data" / name / "ct.nii.gz", ramp().astype(np.int16))
+    summary = scan_tree(tmp_path / "data", out_manifest=tmp_path / "out" / "manifest.csv", progress=False)
+    assert summary.exit_code == EXIT_OK
+    assert sorted(_read(tmp_path / "out" / "manifest.csv")[PATIENT_ID]) == ["patA", "patB", "patC"]
