@@ -327,6 +327,9 @@ def config_from_dict(
         manifest=(base_dir / str(cfg.manifest)).resolve(),
         output_dir=(base_dir / cfg.output_dir).resolve() if "output_dir" in raw else Path("reports").resolve(),
     )
+    if cfg.model.pretrained:  # relative to the workflow file, like the manifest
+        model = dataclasses.replace(cfg.model, pretrained=str((base_dir / cfg.model.pretrained).resolve()))
+        cfg = dataclasses.replace(cfg, model=model)
     semantic = check_semantics(cfg, check_manifest=check_files and "manifest" in raw, check_files=check_files)
     problems += [p for p in semantic if p not in problems]
     if problems:
@@ -444,6 +447,12 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _short(value: Any) -> str:
+    """``repr`` of a value for a message, cut to 80 characters (a pasted blob is not echoed whole)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 _QUOTE_HINT = " (an empty value, null or ~ is no value; to mean the word, quote it, e.g. 'null')"
 
 
@@ -451,8 +460,10 @@ def _convert_value(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
     """Check ``value`` against type hint ``tp``; return the converted value (or None after a problem)."""
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
+        if value is None:  # a section header with nothing under it: all defaults
+            value = {}
         if not isinstance(value, Mapping):
-            problems.append(f"{where}: expected a section (mapping), got {value!r}")
+            problems.append(f"{where}: expected a section (mapping), got {_short(value)}")
             return None
         cls = typing.cast(type, tp)
         return cls(**_convert(cls, value, f"{where}.", problems))
@@ -465,7 +476,7 @@ def _convert_value(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
             out = _convert_value(arg, value, where, trial)
             if not trial:
                 return out
-        problems.append(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        problems.append(f"{where}: expected {_type_name(tp)}, got {_short(value)}")
         return None
     if origin is Literal:
         if value in get_args(tp) and type(value) in {type(a) for a in get_args(tp)}:
@@ -475,12 +486,12 @@ def _convert_value(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
             return None
         close = difflib.get_close_matches(str(value), [str(a) for a in get_args(tp)], n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        problems.append(f"{where}: must be one of {_type_name(tp)}, got {value!r}{hint}")
+        problems.append(f"{where}: must be one of {_type_name(tp)}, got {_short(value)}{hint}")
         return None
     if origin is dict:
         key_type, value_type = get_args(tp)
         if not isinstance(value, Mapping):
-            problems.append(f"{where}: expected a mapping, got {value!r}")
+            problems.append(f"{where}: expected a mapping, got {_short(value)}")
             return None
         n_before = len(problems)
         out = {
@@ -493,7 +504,7 @@ def _convert_value(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
     if origin is tuple:
         args = get_args(tp)
         if isinstance(value, str | bytes) or not isinstance(value, Sequence):
-            problems.append(f"{where}: expected {_type_name(tp)}, got {value!r}")
+            problems.append(f"{where}: expected {_type_name(tp)}, got {_short(value)}")
             return None
         if args[-1] is not Ellipsis and len(value) != len(args):
             problems.append(f"{where}: expected {_type_name(tp)}, got {len(value)} entries")
@@ -532,7 +543,7 @@ def _convert_value(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
             return None
     elif tp is Path and isinstance(value, str | Path):
         return Path(value)
-    problems.append(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    problems.append(f"{where}: expected {_type_name(tp)}, got {_short(value)}")
     return None
 
 
@@ -550,8 +561,14 @@ def _convert(cls: type, raw: Mapping[str, Any], prefix: str, problems: list[str]
         if name in raw:
             before = len(problems)
             out[name] = _convert_value(hints[name], raw[name], f"{prefix}{name}", problems)
-            if len(problems) > before and has_default and not dataclasses.is_dataclass(hints[name]):
+            if (
+                len(problems) > before
+                and has_default
+                and (out[name] is None or not dataclasses.is_dataclass(hints[name]))
+            ):
                 del out[name]  # fall back to the default so later checks can run
+            elif len(problems) > before and not has_default:
+                out[name] = ""  # a required value of the wrong type: checked as empty
         elif not has_default:
             problems.append(f"missing required key {prefix}{name}")
             out[name] = ""

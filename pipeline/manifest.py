@@ -103,7 +103,18 @@ def load_manifest(
         df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except FileNotFoundError:
         raise ValidationError([f"manifest not found: {path}"], "manifest") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+    except UnicodeDecodeError as exc:
+        raise ValidationError(
+            [f"{path.name} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x}): save it as UTF-8"],
+            "manifest",
+        ) from None
+    except OSError as exc:  # a name over the file system's limit, a folder, no permission
+        raise ValidationError(
+            [f"manifest {path.name[:80]}: cannot be read ({exc.strerror or exc})"], "manifest"
+        ) from None
+    except ValueError as exc:  # a NUL byte in the path
+        raise ValidationError([f"manifest path is not valid: {exc}"], "manifest") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise ValidationError([f"{path} is not a readable CSV: {type(exc).__name__}"], "manifest") from None
     problems: list[str] = _duplicate_columns(path)
     df.columns = [c.strip() for c in df.columns]

@@ -85,11 +85,24 @@ def validate_workflow(path: Path | str, overrides: tuple[str, ...] | list[str] =
             problems += [f"manifest: {p}" for p in exc.problems]
     if cfg is not None and cohort is not None:
         problems += _cohort_vs_config(cfg, cohort)
+    if cfg is not None and cfg.model.pretrained and Path(cfg.model.pretrained).is_file():
+        problems += _pretrained_problems(cfg)
     if problems:
         raise ValidationError(problems, f"workflow {path}")
     assert cfg is not None
     assert cohort is not None
     return cfg, cohort
+
+
+def _pretrained_problems(cfg: WorkflowConfig) -> list[str]:
+    """A pretrained file that cannot be loaded into the model is found at --check, not after preprocessing."""
+    from pipeline.models import build_model
+
+    try:
+        build_model(cfg.model)
+    except CohortnetError as exc:
+        return [str(exc)]
+    return []
 
 
 def _cohort_vs_config(cfg: WorkflowConfig, cohort: Cohort) -> list[str]:
@@ -327,14 +340,17 @@ def train_and_predict(
     if ctx.is_main:
         artifacts.write_csv(run_dir / EXCLUDED_FILE, prepared.failures)
     table = cohort.table.set_index(IMAGE_ID)
+    fold_items = {}
     for fold, part in splits.groupby(FOLD, sort=True):
+        roles = table[PATIENT_ID].map(dict(zip(part[PATIENT_ID], part[ROLE], strict=True)))
+        fold_items[int(str(fold))] = {r: prepared.items(roles.index[roles == r].tolist()) for r in crossval.ROLES}
+    _check_usable(fold_items, len(prepared.failures))
+    for fold, items in fold_items.items():
         fold_dir = run_dir / f"fold_{fold}"
         if (fold_dir / FOLD_DONE_FILE).is_file():
             log.info("fold %s: already done, skipping", fold)
             continue
-        roles = table[PATIENT_ID].map(dict(zip(part[PATIENT_ID], part[ROLE], strict=True)))
-        items = {r: prepared.items(roles.index[roles == r].tolist()) for r in crossval.ROLES}
-        _run_fold(cfg, int(str(fold)), items, table, cohort.label_col, fold_dir, device, seal)
+        _run_fold(cfg, fold, items, table, cohort.label_col, fold_dir, device, seal)
         barrier(ctx)
     if ctx.is_main:
         folds = sorted(int(str(f)) for f in splits[FOLD].unique())
@@ -344,6 +360,22 @@ def train_and_predict(
         artifacts.write_csv(run_dir / PREDICTIONS_FILE, pooled[pooled[ROLE] == "test"].drop(columns=ROLE))
         artifacts.write_csv(run_dir / VAL_PREDICTIONS_FILE, pooled[pooled[ROLE] == "val"].drop(columns=ROLE))
     barrier(ctx)
+
+
+def _check_usable(fold_items: dict[int, dict[str, list[dict[str, Any]]]], n_excluded: int) -> None:
+    """After the exclusions every fold still needs training images of both classes and validation
+    and test images; say so before any training rather than fail at the end."""
+    problems = []
+    for fold, items in fold_items.items():
+        for role in crossval.ROLES:
+            if not items[role]:
+                problems.append(f"fold {fold}: no usable {role} image is left")
+        classes = {int(it["target"]) for it in items["train"]}
+        if items["train"] and len(classes) < 2:
+            problems.append(f"fold {fold}: the usable training images are all of one class")
+    if problems:
+        problems.append(f"{n_excluded} image(s) were excluded (see excluded.csv)")
+        raise ValidationError(problems, "cohort after exclusions")
 
 
 def _run_fold(

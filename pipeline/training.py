@@ -32,7 +32,7 @@ from pipeline.augment import BatchAugment, split_augmentation
 from pipeline.config import TrainConfig
 from pipeline.datasets import sample_dataset, targets
 from pipeline.distributed import SINGLE, DistContext, barrier
-from pipeline.errors import NonFiniteError
+from pipeline.errors import CohortnetError, NonFiniteError
 from pipeline.inference import predict_logits
 from pipeline.precision import Precision, keep_in_fp32
 
@@ -396,7 +396,7 @@ def recorded_precision(checkpoint: Path, model: nn.Module) -> Precision | None:
     last = checkpoint.with_name("last.pt")
     if not last.is_file():
         return None
-    recorded = torch.load(last, map_location="cpu", weights_only=True).get("precision")
+    recorded = _read_checkpoint(last).get("precision")
     if not isinstance(recorded, dict):
         return None
     layers = tuple(str(n) for n in recorded.get("fp32_layers", ()))
@@ -429,6 +429,20 @@ def _save_training_state(
     save_state_dict(payload, path)
 
 
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """``last.pt`` loaded safely; a damaged one is named, with what to do, instead of a traceback."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(payload, dict) or "model" not in payload:
+            raise ValueError("not a training checkpoint")
+    except Exception as exc:  # any unreadable file is the same problem for the user
+        raise CohortnetError(
+            f"{path.parent.name}/{path.name} is damaged ({type(exc).__name__}); delete it to train that fold "
+            "again from its first epoch (finished folds are kept)"
+        ) from None
+    return payload
+
+
 def _storable(value: Any) -> float | str:
     """A history value as ``torch.load(weights_only=True)`` reads it back (None as NaN)."""
     if isinstance(value, str):
@@ -442,7 +456,7 @@ def _load_training_state(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
 ) -> tuple[_State, dict[str, torch.Tensor]]:
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = _read_checkpoint(path)
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])

@@ -7,22 +7,26 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import write_nifti
 
 from pipeline.cli import main
 from pipeline.provenance import MISSING, content_hash
 
 
+def write_nifti(path: Path, volume: np.ndarray) -> None:
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), str(path))
+
+
 def test_a_two_dimensional_image_in_a_3d_workflow_is_excluded(
     tmp_path: Path, make_cohort: Callable[..., Path], make_workflow: Callable[..., Path]
 ) -> None:
-    manifest = make_cohort(n_patients=10)
+    manifest = make_cohort(n_patients=16)
     table = pd.read_csv(manifest)
     write_nifti(manifest.parent / table.loc[0, "image"], np.ones((7, 8), np.float32))  # a single slice
-    write_nifti(manifest.parent / table.loc[1, "image"], np.ones((7, 8, 1), np.float32))
+    write_nifti(manifest.parent / table.loc[1, "image"], np.full((7, 8, 1), 2.0, np.float32))
     assert main(["run", str(make_workflow(manifest)), "--run-id", "r"]) == 0
     excluded = pd.read_csv(tmp_path / "reports" / "tiny" / "r" / "excluded.csv")
     assert sorted(excluded["reason"]) == ["wrong_dimensions", "wrong_dimensions"]
@@ -52,3 +56,93 @@ def test_a_vanished_image_is_recorded_as_missing_not_as_an_empty_file(tmp_path: 
     assert content_hash(tmp_path / "gone.nii.gz") == MISSING
     (tmp_path / "series").mkdir()
     assert content_hash(tmp_path / "series") != MISSING
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("train: 5", "train: expected a section (mapping), got 5"),
+        ("study: [a, b]", "study: expected str, got ['a', 'b']"),
+        ("train: {epochs: " + "9" * 300 + "x}", "..."),
+    ],
+)
+def test_malformed_sections_are_listed_not_raised(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], body: str, expected: str
+) -> None:
+    (tmp_path / "m.csv").write_text("patient_id,image,label\n")
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(f"manifest: m.csv\n{body}\n" + ("study: s\n" if not body.startswith("study") else ""))
+    assert main(["run", str(wf), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert expected in err
+    assert "Traceback" not in err
+    assert max(len(line) for line in err.splitlines()) < 400  # a pasted blob is not echoed whole
+
+
+def test_an_empty_section_means_its_defaults(tmp_path: Path) -> None:
+    from pipeline.config import load_config
+
+    (tmp_path / "m.csv").write_text("patient_id,image,label\n")
+    wf = tmp_path / "wf.yaml"
+    wf.write_text("study: s\nmanifest: m.csv\ndata:\n")
+    assert load_config(wf).data.spatial_size == (64, 64, 64)
+
+
+def test_a_latin1_manifest_is_named_with_the_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "m.csv").write_bytes("patient_id,image,label,site\nP1,a.nii.gz,1,Zürich\n".encode("latin-1"))
+    wf = tmp_path / "wf.yaml"
+    wf.write_text("study: s\nmanifest: m.csv\n")
+    assert main(["run", str(wf), "--check"]) == 2
+    assert "m.csv is not UTF-8 text (byte 0xfc): save it as UTF-8" in capsys.readouterr().err
+
+
+def test_pretrained_is_found_next_to_the_workflow_and_checked_at_check(
+    tmp_path: Path,
+    make_cohort: Callable[..., Path],
+    make_workflow: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (tmp_path / "weights.pt").write_bytes(b"not a checkpoint")
+    wf = make_workflow(make_cohort(n_patients=6), model={"arch": "resnet10", "pretrained": "weights.pt"})
+    monkeypatch.chdir(tmp_path.parent)  # the path is relative to the workflow, not to here
+    assert main(["run", str(wf), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert "model.pretrained weights.pt: cannot load weights" in err
+    assert "file not found" not in err
+
+
+def test_a_damaged_checkpoint_is_named(
+    tmp_path: Path,
+    make_cohort: Callable[..., Path],
+    make_workflow: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    wf = make_workflow(make_cohort(n_patients=8), train={"epochs": 1, "amp": "off"})
+    assert main(["run", str(wf), "--run-id", "r"]) == 0
+    run = tmp_path / "reports" / "tiny" / "r"
+    (run / "fold_1" / "done.json").unlink()
+    (run / "fold_1" / "last.pt").write_bytes(b"\x80garbage")
+    capsys.readouterr()
+    assert main(["run", str(wf), "--run-id", "r"]) == 1
+    err = capsys.readouterr().err
+    assert "fold_1/last.pt is damaged" in err
+    assert "delete it" in err
+
+
+def test_folds_left_without_usable_images_are_named_before_training(
+    tmp_path: Path,
+    make_cohort: Callable[..., Path],
+    make_workflow: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    manifest = make_cohort(n_patients=8)
+    table = pd.read_csv(manifest)
+    for rel in table.loc[table["label"] == 1, "image"]:
+        (manifest.parent / rel).write_bytes(f"broken {rel}".encode())  # every positive unusable
+    capsys.readouterr()
+    assert main(["run", str(make_workflow(manifest)), "--run-id", "r"]) == 2
+    err = capsys.readouterr().err
+    assert "the usable training images are all of one class" in err
+    assert "4 image(s) were excluded (see excluded.csv)" in err
+    assert not list((tmp_path / "reports" / "tiny" / "r").glob("fold_*"))
