@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import os
 import re
 import types
 import typing
@@ -25,6 +24,7 @@ import yaml
 
 from pipeline import options as opt
 from pipeline.errors import ValidationError
+from pipeline.resources import physical_memory
 
 ARCHS = opt.ARCHS
 
@@ -392,14 +392,6 @@ def check_semantics(cfg: WorkflowConfig, check_manifest: bool = True, check_file
     if not cfg.study.replace("-", "").replace("_", "").replace(".", "").isalnum():
         problems.append(f"study must contain only letters, digits, '-', '_' and '.', got {cfg.study!r}")
     return problems
-
-
-def physical_memory() -> int | None:
-    """Bytes of RAM on this machine (None where the OS does not say)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def _memory_problems(cfg: WorkflowConfig) -> list[str]:

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from pipeline.config import WorkflowConfig
 from pipeline.errors import ScanError
+from pipeline.reporting import artifacts
 from pipeline.schema import IMAGE, IMAGE_ID, PATIENT_ID
 from pipeline.transforms import deterministic_transforms, preprocessing_fingerprint
 
@@ -121,6 +122,10 @@ def preprocess_workers(requested: int | None, ranks_per_node: int = 1) -> int:
     return n if n > 1 else 0
 
 
+def _save_tensor(tensor: torch.Tensor, path: Path) -> None:
+    artifacts.write_with(path, lambda fh: torch.save(tensor, fh))
+
+
 def _single_threaded(_: int) -> None:
     torch.set_num_threads(1)  # the workers share the CPUs; one thread each avoids oversubscription
 
@@ -210,9 +215,7 @@ def prepare_cohort(
         if mode == "disk":
             assert cache_dir is not None
             cached = cache_dir / f"{cache_key(fingerprint, content_hashes[image_id])}.pt"
-            tmp = cached.with_suffix(f".tmp{os.getpid()}")
-            torch.save(tensor, tmp)
-            os.replace(tmp, cached)
+            _save_tensor(tensor, cached)
             samples[image_id] = {**sample, KEY: str(cached)}
         else:
             samples[image_id] = {**sample, KEY: tensor.to(device) if mode == "device" and device else tensor}

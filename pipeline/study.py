@@ -132,7 +132,10 @@ def new_run_dir(cfg: WorkflowConfig, run_id: str | None = None) -> Path:
     while run_dir.exists() and not (run_dir / RESOLVED_CONFIG_FILE).is_file():
         n += 1
         run_dir = base / f"{run_id}-{n}"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise artifacts.explain_os_error(exc, run_dir / RESOLVED_CONFIG_FILE) from None
     return run_dir
 
 

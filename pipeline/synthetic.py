@@ -20,6 +20,7 @@ patient in the scanner, and the scan affine maps voxels to scanner RAS mm.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import math
 import os
@@ -44,6 +45,7 @@ from pydicom.valuerep import format_number_as_ds
 from scipy import ndimage
 
 from pipeline import schema
+from pipeline.reporting import artifacts
 from pipeline.reporting.artifacts import write_csv
 
 Vec3 = tuple[float, float, float]
@@ -951,11 +953,10 @@ def write_nifti(volume_hu: np.ndarray, affine_ras: np.ndarray, path: Path, *, in
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp_{path.name}")
-    nib.save(img, tmp)
-    os.replace(tmp, path)
-    return path
+    data = img.to_bytes()
+    if path.name.endswith(".gz"):
+        data = gzip.compress(data, compresslevel=6, mtime=0)  # mtime 0: the same bytes for the same seed
+    return artifacts.write_bytes(path, data)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from pipeline.distributed import SINGLE, DistContext, barrier
 from pipeline.errors import CohortnetError, NonFiniteError
 from pipeline.inference import predict_logits
 from pipeline.precision import Precision, keep_in_fp32
+from pipeline.reporting import artifacts
 
 log = logging.getLogger(__name__)
 
@@ -476,11 +477,8 @@ def _load_training_state(
 
 
 def save_state_dict(state: dict[str, Any], path: Path) -> None:
-    """Write atomically (temporary file + rename), so a killed run never leaves half a checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    """Write atomically (the run folder's one helper), so a killed run never leaves half a checkpoint."""
+    artifacts.write_with(path, lambda fh: torch.save(state, fh))
 
 
 def load_state_dict(model: nn.Module, path: Path) -> nn.Module:

@@ -4,7 +4,9 @@ a reason code while the study goes on, or exit 2 with the problem named."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -146,3 +148,101 @@ def test_folds_left_without_usable_images_are_named_before_training(
     assert "the usable training images are all of one class" in err
     assert "4 image(s) were excluded (see excluded.csv)" in err
     assert not list((tmp_path / "reports" / "tiny" / "r").glob("fold_*"))
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """Mount tmpfs folders (``size=1m`` or ``ro``) for the test; skipped where mounting is not allowed."""
+    mounted: list[Path] = []
+
+    def mount(options: str) -> Path:
+        where = tmp_path / f"mnt{len(mounted)}"
+        where.mkdir()
+        command = ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)]
+        done = subprocess.run(command, check=False, capture_output=True)
+        if done.returncode != 0:
+            pytest.skip("cannot mount a tmpfs here (needs root)")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", str(where)], check=False)
+
+
+def test_a_full_disk_is_named_and_leaves_no_partial_file(
+    make_cohort: Callable[..., Path],
+    make_workflow: Callable[..., Path],
+    small_disk: Callable[[str], Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    disk = small_disk("size=1m")
+    wf = make_workflow(make_cohort(n_patients=8), output_dir=str(disk), train={"epochs": 1, "amp": "off"})
+    capsys.readouterr()
+    assert main(["run", str(wf), "--run-id", "r"]) == 1
+    err = capsys.readouterr().err
+    assert "is full" in err
+    assert "Traceback" not in err
+    assert not [p for p in disk.rglob("*") if p.name.startswith(".tmp_")]
+
+
+def test_a_read_only_output_folder_is_named(
+    make_cohort: Callable[..., Path],
+    make_workflow: Callable[..., Path],
+    small_disk: Callable[[str], Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    disk = small_disk("ro,size=1m")
+    wf = make_workflow(make_cohort(n_patients=8), output_dir=str(disk))
+    capsys.readouterr()
+    assert main(["run", str(wf), "--run-id", "r"]) == 1
+    err = capsys.readouterr().err
+    assert "is not writable" in err
+    assert "Traceback" not in err
+
+
+def _gzip_bomb(path: Path, shape: tuple[int, int, int]) -> Path:
+    """A valid .nii.gz of zeros: small on disk, ``prod(shape)`` bytes once inflated."""
+    import gzip
+
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.uint8)
+    header["vox_offset"] = 352
+    with gzip.open(path, "wb", compresslevel=1) as fh:
+        fh.write(header.binaryblock + b"\0" * 4)
+        chunk = b"\0" * (shape[0] * shape[1])
+        for _ in range(shape[2]):
+            fh.write(chunk)
+    return path
+
+
+def test_a_decompression_bomb_is_refused_before_it_inflates(tmp_path: Path) -> None:
+    """Under a 4 GiB address-space cap: 600^3 voxels (216 MB inflated, about 2 GB to load) are
+    refused from the header with too_large; nothing is decompressed, no MemoryError."""
+    bomb = _gzip_bomb(tmp_path / "bomb.nii.gz", (600, 600, 600))
+    assert bomb.stat().st_size < 2_000_000
+    code = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))\n"
+        "from pipeline.cli import main\n"
+        f"sys.exit(main(['convert', {str(bomb)!r}, {str(tmp_path / 'out.nii.gz')!r}]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "[too_large]" in done.stderr
+    assert "GiB per image" in done.stderr
+    assert "MemoryError" not in done.stderr
+    assert not (tmp_path / "out.nii.gz").exists()
+
+
+def test_recalibrating_scores_that_are_not_probabilities_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame({"y": [0, 0, 1, 1] * 10, "logit": rng.normal(0, 3, 40), "part": ["val", "test"] * 20})
+    table.to_csv(tmp_path / "t.csv", index=False)
+    args = ["evaluate", str(tmp_path / "t.csv"), "--label-col", "y", "--score-col", "logit"]
+    args += ["--threshold-split-col", "part", "--recalibrate", "platt", "--out", str(tmp_path / "o")]
+    assert main(args) == 2
+    assert "not probabilities in [0, 1] (logits? apply a sigmoid first)" in capsys.readouterr().err

@@ -154,9 +154,26 @@ def load_inputs(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame | 
         if val is not None:
             vcols = {**cols, "compare_col": None, "subgroup_cols": (), "fold_col": None}
             problems += [f"validation rows: {p}" for p in validate_score_table(val, **vcols)]
+        if args.recalibrate and not problems:
+            problems += _recalibration_problems(df, val, args)
     if problems or df is None:
         raise ValidationError(problems, "evaluation input")
     return df, val
+
+
+def _recalibration_problems(df: pd.DataFrame, val: pd.DataFrame | None, args: argparse.Namespace) -> list[str]:
+    """--recalibrate maps probabilities: scores outside [0, 1] are refused, not silently skipped."""
+    problems = []
+    for name, frame in (("table", df), ("validation rows", val)):
+        if frame is None:
+            continue
+        scores = pd.to_numeric(frame[args.score_col[0]], errors="coerce")
+        if scores.min() < 0 or scores.max() > 1:
+            problems.append(
+                f"--recalibrate {args.recalibrate}: {name} column {args.score_col[0]!r} ranges "
+                f"{scores.min():.3g}..{scores.max():.3g}, not probabilities in [0, 1] (logits? apply a sigmoid first)"
+            )
+    return problems
 
 
 def _roc_frame(df: pd.DataFrame, args: argparse.Namespace, metrics: dict[str, Any], col: str) -> pd.DataFrame:

@@ -2,7 +2,10 @@
 
 A killed process must leave either the previous file or the complete new one, never a partial
 file (pandas' ``to_csv`` killed mid-write leaves a parseable but truncated CSV), so every writer
-goes through a temporary file in the same folder, fsync and ``os.replace``.
+goes through a temporary file in the same folder, fsync, ``os.replace`` and an fsync of the
+folder. ``write_with`` is the one helper; checkpoints, cached tensors and the demo's NIfTI use it
+too. A full disk or a folder without write permission is reported as such (``OutputError``),
+and the temporary file is removed.
 """
 
 from __future__ import annotations
@@ -17,14 +20,43 @@ from typing import IO, Any
 
 import pandas as pd
 
+from pipeline.errors import CohortnetError
+
+
+class OutputError(CohortnetError):
+    """A file could not be written: the disk is full, the folder is read-only, or another OS error."""
+
+    exit_code = 1
+
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def explain_os_error(exc: BaseException, path: Path) -> OutputError:
+    errno = getattr(exc, "errno", None)
+    text = str(exc)
+    if errno == 28 or "No space left" in text or "unexpected pos" in text:  # torch.save reports ENOSPC so
+        why = f"the disk holding {path.parent} is full"
+    elif errno in (13, 30):
+        why = f"{path.parent} is not writable (permission denied or a read-only file system)"
+    else:
+        why = f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or text[:200]}"
+    return OutputError(f"cannot write {path.name}: {why}")
+
+
+def write_with(path: Path, write: Callable[[IO[Any]], object], binary: bool = True) -> Path:
+    """Write ``path`` atomically with ``write(file_object)``; see the module docstring."""
+    return _atomic_write(Path(path), write, binary=binary)
+
+
 def _atomic_write(path: Path, write: Callable[[IO[Any]], object], binary: bool = False) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp_{path.name}.", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp_{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise explain_os_error(exc, path) from None
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
     try:
         with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as fh:
@@ -32,6 +64,9 @@ def _atomic_write(path: Path, write: Callable[[IO[Any]], object], binary: bool =
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise explain_os_error(exc, path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
