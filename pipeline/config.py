@@ -24,7 +24,7 @@ import yaml
 
 from pipeline import options as opt
 from pipeline.errors import ValidationError
-from pipeline.resources import physical_memory
+from pipeline.resources import is_file, physical_memory
 
 ARCHS = opt.ARCHS
 
@@ -283,8 +283,8 @@ _PATH_KEYS = ("manifest", "output_dir")
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
-    if not path.is_file():
-        raise ValidationError([f"workflow file not found: {path}"], "workflow")
+    if not is_file(path):
+        raise ValidationError([f"workflow file not found: {str(path)[:200]}"], "workflow")
     if path.resolve() in seen:
         raise ValidationError([f"{path}: 'extends' forms a cycle"], "workflow")
     try:
@@ -340,8 +340,8 @@ def config_from_dict(
 def check_semantics(cfg: WorkflowConfig, check_manifest: bool = True, check_files: bool = True) -> list[str]:
     """Cross-field rules the types alone cannot express."""
     problems = []
-    if check_manifest and not cfg.manifest.is_file():
-        problems.append(f"manifest: file not found: {cfg.manifest}")
+    if check_manifest and not is_file(cfg.manifest):
+        problems.append(f"manifest: file not found: {_short(str(cfg.manifest))}")
     dims = cfg.model.spatial_dims
     if len(cfg.data.spatial_size) != dims:
         problems.append(f"data.spatial_size has {len(cfg.data.spatial_size)} entries but model.spatial_dims is {dims}")
@@ -382,7 +382,7 @@ def check_semantics(cfg: WorkflowConfig, check_manifest: bool = True, check_file
         )
     if not 0 <= cfg.model.dropout < 1:
         problems.append(f"model.dropout must be in [0, 1), got {cfg.model.dropout}")
-    if check_files and cfg.model.pretrained is not None and not Path(cfg.model.pretrained).is_file():
+    if check_files and cfg.model.pretrained is not None and not is_file(cfg.model.pretrained):
         problems.append(f"model.pretrained: file not found: {cfg.model.pretrained}")
     if not _valid_threshold_rule(cfg.evaluation.threshold_rule):
         problems.append(

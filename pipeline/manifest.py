@@ -57,8 +57,13 @@ def _duplicate_columns(path: Path) -> list[str]:
     return [f"column {n!r} appears {names.count(n)} times in the header" for n in repeated]
 
 
+def _unusable_path(image: str) -> bool:
+    """A path no file system can hold: a NUL byte, or one component over 255 bytes."""
+    return "\0" in image or any(len(part.encode()) > 255 for part in Path(image).parts)
+
+
 def _listed(kind: str, items: list[str]) -> list[str]:
-    shown = [f"{kind}: {item}" for item in items[:_MAX_LISTED]]
+    shown = [f"{kind}: {item if len(item) <= 120 else item[:117] + '...'}" for item in items[:_MAX_LISTED]]
     if len(items) > _MAX_LISTED:
         shown.append(f"{kind}: ... and {len(items) - _MAX_LISTED} more")
     return shown
@@ -181,8 +186,10 @@ def load_manifest(
             problems += [f"split {s!r} has no rows" for s in SPLIT_VALUES if s not in present]
 
     base = path.parent
-    df["path"] = [str((base / p).resolve()) if p else "" for p in df[IMAGE]]
-    duplicated = df[df.duplicated("path", keep="first") & (df[IMAGE] != "")]
+    unusable = [f"line {r}: {img!r}" for r, img in zip(rows, df[IMAGE], strict=False) if _unusable_path(img)]
+    problems += _listed("image path with a NUL byte or a name over 255 bytes", unusable)
+    df["path"] = [str((base / p).resolve()) if p and not _unusable_path(p) else "" for p in df[IMAGE]]
+    duplicated = df[df.duplicated("path", keep="first") & (df["path"] != "")]
     problems += _listed(
         "image listed twice",
         [f"line {r}: {img}" for r, img in zip(duplicated.index + 2, duplicated[IMAGE], strict=False)],
@@ -191,7 +198,7 @@ def load_manifest(
         missing_files = [
             f"line {r}: {img}"
             for r, img, p in zip(rows, df[IMAGE], df["path"], strict=False)
-            if img and not Path(p).exists()
+            if img and p and not Path(p).exists()
         ]
         problems += _listed("image not found (paths are relative to the manifest's folder)", missing_files)
 

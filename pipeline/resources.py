@@ -22,3 +22,14 @@ def image_memory_budget() -> int | None:
     memory (preprocessing workers run side by side, and the chain makes copies)."""
     memory = physical_memory()
     return None if memory is None else memory // 4
+
+
+def is_file(path: object) -> bool:
+    """``Path(path).is_file()`` that answers False, not an exception, for a name the file system
+    cannot hold (over 255 bytes per component, a NUL byte)."""
+    from pathlib import Path
+
+    try:
+        return Path(str(path)).is_file()
+    except (OSError, ValueError):
+        return False

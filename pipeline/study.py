@@ -29,6 +29,7 @@ from pipeline.logs import add_run_log
 from pipeline.manifest import Cohort, load_manifest
 from pipeline.provenance import MISSING, environment_record, file_sha256, git_commit, image_hashes
 from pipeline.reporting import artifacts
+from pipeline.resources import is_file
 from pipeline.schema import (
     ENVIRONMENT_FILE,
     FOLD,
@@ -72,7 +73,7 @@ def validate_workflow(path: Path | str, overrides: tuple[str, ...] | list[str] =
     validation = raw["validation"] if isinstance(raw.get("validation"), dict) else {}
     manifest = raw.get("manifest")
     cohort = None
-    if isinstance(manifest, str) and (Path(path).parent / manifest).is_file():
+    if isinstance(manifest, str) and is_file(Path(path).parent / manifest):
         try:
             cohort = load_manifest(
                 Path(path).parent / manifest,
@@ -85,7 +86,7 @@ def validate_workflow(path: Path | str, overrides: tuple[str, ...] | list[str] =
             problems += [f"manifest: {p}" for p in exc.problems]
     if cfg is not None and cohort is not None:
         problems += _cohort_vs_config(cfg, cohort)
-    if cfg is not None and cfg.model.pretrained and Path(cfg.model.pretrained).is_file():
+    if cfg is not None and cfg.model.pretrained and is_file(cfg.model.pretrained):
         problems += _pretrained_problems(cfg)
     if problems:
         raise ValidationError(problems, f"workflow {path}")

@@ -1241,7 +1241,7 @@ def _prepare_out_dir(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for sub in ("dicom", "nifti"):
         shutil.rmtree(out_dir / sub, ignore_errors=True)
-    (out_dir / _MARKER).write_text("written by pipeline.synthetic.make_demo_cohort; safe to delete\n")
+    artifacts.write_text(out_dir / _MARKER, "written by pipeline.synthetic.make_demo_cohort; safe to delete\n")
 
 
 def make_demo_cohort(

@@ -246,3 +246,18 @@ def test_recalibrating_scores_that_are_not_probabilities_is_refused(
     args += ["--threshold-split-col", "part", "--recalibrate", "platt", "--out", str(tmp_path / "o")]
     assert main(args) == 2
     assert "not probabilities in [0, 1] (logits? apply a sigmoid first)" in capsys.readouterr().err
+
+
+def test_unusable_manifest_paths_and_huge_ids_are_listed_short(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    long_name = "x" * 300
+    rows = f"P1,{long_name}.nii.gz,1\nP2,a\0b.nii.gz,0\n{'P' * 100_000},c.nii.gz,1\n"
+    (tmp_path / "m.csv").write_text("patient_id,image,label\n" + rows)
+    (tmp_path / "wf.yaml").write_text("study: s\nmanifest: m.csv\n")
+    assert main(["run", str(tmp_path / "wf.yaml"), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("image path with a NUL byte or a name over 255 bytes") == 2
+    assert "patient_id must be" in err
+    assert "Traceback" not in err
+    assert max(len(line) for line in err.splitlines()) < 400
