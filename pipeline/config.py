@@ -85,6 +85,9 @@ class DataConfig:
     # processes for the one-time preprocessing; none: one per CPU (up to 8, shared by the ranks of
     # a node); 0: in the main process
     workers: int | None = None
+    # image paths must stay under the manifest's folder or under one of these folders (relative to
+    # the workflow file); symbolic links inside them (cohortnet scan's layout) are followed
+    image_roots: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -327,6 +330,9 @@ def config_from_dict(
         manifest=(base_dir / str(cfg.manifest)).resolve(),
         output_dir=(base_dir / cfg.output_dir).resolve() if "output_dir" in raw else Path("reports").resolve(),
     )
+    if cfg.data.image_roots:
+        roots = tuple(str((base_dir / r).resolve()) for r in cfg.data.image_roots)
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, image_roots=roots))
     if cfg.model.pretrained:  # relative to the workflow file, like the manifest
         model = dataclasses.replace(cfg.model, pretrained=str((base_dir / cfg.model.pretrained).resolve()))
         cfg = dataclasses.replace(cfg, model=model)

@@ -9,6 +9,7 @@ which flow through to the per-patient table and can define subgroups.
 from __future__ import annotations
 
 import csv
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -57,6 +58,12 @@ def _duplicate_columns(path: Path) -> list[str]:
     return [f"column {n!r} appears {names.count(n)} times in the header" for n in repeated]
 
 
+def _under(path: Path, roots: list[Path]) -> bool:
+    """``path`` (made absolute, ``..`` folded, links not followed) lies under one of ``roots``."""
+    lexical = Path(os.path.normpath(path))
+    return any(lexical == root or root in lexical.parents for root in roots)
+
+
 def _unusable_path(image: str) -> bool:
     """A path no file system can hold: a NUL byte, or one component over 255 bytes."""
     return "\0" in image or any(len(part.encode()) > 255 for part in Path(image).parts)
@@ -97,11 +104,14 @@ def load_manifest(
     check_files: bool = True,
     extra_required: tuple[str, ...] = (),
     keep: Mapping[str, Sequence[str]] | None = None,
+    image_roots: Sequence[Path | str] | None = None,
 ) -> Cohort:
     """Read and validate a manifest; raise one ValidationError listing every problem.
 
     ``keep`` selects rows before any check: ``{"split": ["train", "val"]}`` keeps the rows whose
-    ``split`` is train or val.
+    ``split`` is train or val. With ``image_roots`` (a study passes its ``data.image_roots``), every
+    image path must stay under the manifest's folder or one of those folders: an absolute path or
+    ``../`` elsewhere is refused. The check is on the path as written; symbolic links are followed.
     """
     path = Path(path)
     try:
@@ -189,6 +199,16 @@ def load_manifest(
     unusable = [f"line {r}: {img!r}" for r, img in zip(rows, df[IMAGE], strict=False) if _unusable_path(img)]
     problems += _listed("image path with a NUL byte or a name over 255 bytes", unusable)
     df["path"] = [str((base / p).resolve()) if p and not _unusable_path(p) else "" for p in df[IMAGE]]
+    if image_roots is not None:
+        allowed = [base.resolve(), *(Path(r).resolve() for r in image_roots)]
+        outside = [
+            f"line {r}: {img}"
+            for r, img in zip(rows, df[IMAGE], strict=False)
+            if img and not _unusable_path(img) and not _under(base.resolve() / img, allowed)
+        ]
+        problems += _listed(
+            "image outside the manifest's folder (list its folder in data.image_roots to allow it)", outside
+        )
     duplicated = df[df.duplicated("path", keep="first") & (df["path"] != "")]
     problems += _listed(
         "image listed twice",

@@ -81,6 +81,7 @@ def validate_workflow(path: Path | str, overrides: tuple[str, ...] | list[str] =
                 positive=task.get("positive", 1),
                 require_split=validation.get("scheme") == "holdout",
                 keep=raw["filter"] if isinstance(raw.get("filter"), dict) else None,
+                image_roots=cfg.data.image_roots if cfg is not None else (),
             )
         except ValidationError as exc:
             problems += [f"manifest: {p}" for p in exc.problems]

@@ -1279,6 +1279,9 @@ def make_demo_cohort(
     )  # fmt: skip
     out_dir, manifest_path = Path(out_dir).resolve(), Path(manifest_path).resolve()
     _prepare_out_dir(out_dir)
+    # the manifest goes first and comes back last (atomically): a generator killed half-way leaves
+    # no manifest that points at half-written files
+    manifest_path.unlink(missing_ok=True)
     rows = []
     for plan in plans:
         image, info = write_scan(plan, out_dir)

@@ -261,3 +261,24 @@ def test_unusable_manifest_paths_and_huge_ids_are_listed_short(
     assert "patient_id must be" in err
     assert "Traceback" not in err
     assert max(len(line) for line in err.splitlines()) < 400
+
+
+def test_image_paths_outside_the_manifest_folder_need_a_listed_root(
+    tmp_path: Path,
+    make_cohort: Callable[..., Path],
+    make_workflow: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    manifest = make_cohort(n_patients=6)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    table = pd.read_csv(manifest)
+    shutil.move(str(manifest.parent / table.loc[0, "image"]), str(outside / "P000.nii.gz"))
+    table.loc[0, "image"] = str(outside / "P000.nii.gz")  # absolute, outside
+    shutil.move(str(manifest.parent / table.loc[1, "image"]), str(outside / "P001.nii.gz"))
+    table.loc[1, "image"] = "../elsewhere/P001.nii.gz"  # relative, escaping
+    table.to_csv(manifest, index=False)
+    wf = make_workflow(manifest)
+    assert main(["run", str(wf), "--check"]) == 2
+    assert capsys.readouterr().err.count("image outside the manifest's folder") == 2
+    assert main(["run", str(wf), "--check", "--set", f"data.image_roots=[{outside}]"]) == 0
