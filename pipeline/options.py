@@ -28,6 +28,8 @@ CiMethod = Literal["delong", "delong_wald", "bootstrap", "bootstrap_percentile"]
 ARCHS: tuple[str, ...] = get_args(Arch)
 AGGREGATES: tuple[str, ...] = get_args(Aggregate)
 CI_METHODS: tuple[str, ...] = get_args(CiMethod)
+DEVICES: tuple[str, ...] = get_args(Device)
+NONFINITE: tuple[str, ...] = get_args(Nonfinite)
 
 # threshold rules are open (any number), so they are a pattern rather than a list
 THRESHOLD_RULE_FORMS = ("youden", "sensitivity=<0..1>", "specificity=<0..1>", "<number>")

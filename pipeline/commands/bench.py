@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.commands import add_set_argument
+from pipeline.options import DEVICES
 
 log = logging.getLogger("pipeline")
 
@@ -18,7 +19,7 @@ log = logging.getLogger("pipeline")
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("workflow", nargs="?", type=Path, help="workflow YAML (suite training)")
     parser.add_argument("--suite", choices=("training", "precision", "evaluation", "ingestion"), default="training")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--out", type=Path, help="also write the results as JSON")
     add_set_argument(parser)
     parser.add_argument(

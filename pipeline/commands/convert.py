@@ -6,6 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from pipeline.options import NONFINITE
+
 log = logging.getLogger("pipeline")
 
 
@@ -20,7 +22,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--nonfinite",
-        choices=("refuse", "zero", "min"),
+        choices=NONFINITE,
         default="refuse",
         help="NaN/Inf voxels: refuse (default) or replace by 0 or the finite minimum",
     )

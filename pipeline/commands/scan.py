@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pipeline.options import NONFINITE
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("root", type=Path, help="folder to scan (any depth, any file names)")
@@ -40,7 +42,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--nonfinite",
-        choices=("refuse", "zero", "min"),
+        choices=NONFINITE,
         default="refuse",
         help="NaN/Inf policy the study will use (refuse excludes such images)",
     )
