@@ -22,13 +22,19 @@ from monai.transforms import Compose
 from monai.transforms.utils import create_rotate, create_scale
 
 from pipeline.config import AugmentConfig, DataConfig
-from pipeline.transforms import augmentation_transforms
-
-ROTATE_RANGE = 0.26  # radians, about 15 degrees either way (as the MONAI chain)
-SCALE_RANGE = 0.1  # scaling factors in [0.9, 1.1]
-P_FLIP, P_ROT90, P_AFFINE, P_SCALE, P_SHIFT, P_NOISE = 0.5, 0.5, 0.5, 0.5, 0.5, 0.3
-INTENSITY_RANGE = 0.1  # multiply by 1 + U(-0.1, 0.1); add U(-0.1, 0.1)
-NOISE_STD = 0.05  # noise std drawn from U(0, 0.05) per sample, as MONAI's RandGaussianNoise
+from pipeline.transforms import (
+    INTENSITY_RANGE,
+    NOISE_STD,
+    P_AFFINE,
+    P_FLIP,
+    P_NOISE,
+    P_ROT90,
+    P_SCALE,
+    P_SHIFT,
+    ROTATE_RANGE,
+    SCALE_RANGE,
+    augmentation_transforms,
+)
 
 
 def affine_theta(matrices: torch.Tensor, spatial_shape: tuple[int, ...]) -> torch.Tensor:

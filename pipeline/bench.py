@@ -38,7 +38,7 @@ from pipeline.manifest import Cohort
 from pipeline.models import build_model
 from pipeline.precision import Precision, choose_precision, keep_in_fp32, resolve_precision, use_bf16
 from pipeline.provenance import image_hashes
-from pipeline.schema import IMAGE_ID, PATIENT_ID
+from pipeline.schema import IMAGE_ID, PATIENT_ID, TARGET
 from pipeline.training import (
     EpochStats,
     epoch_seed,
@@ -206,7 +206,7 @@ class _Ours:
             self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
         )
         self.scheduler = warmup_cosine(self.optimizer, 0, max(1, len(self.loader)) * epochs)
-        self.loss_fn = make_loss(cfg.train, np.array([it["target"] for it in self.train_items]), device)
+        self.loss_fn = make_loss(cfg.train, np.array([it[TARGET] for it in self.train_items]), device)
 
     def reseed(self, epoch: int) -> None:
         """Draw epoch ``epoch``'s shuffling and augmentation as a study would (comparable runs)."""
@@ -243,8 +243,8 @@ class _Ours:
 def _records(table: pd.DataFrame) -> list[dict[str, Any]]:
     """MONAI datalist: the image path (read by the transform chain every time), id and target."""
     return [
-        {"image": p, IMAGE_ID: i, "target": float(t)}
-        for p, i, t in zip(table["path"].tolist(), table[IMAGE_ID].tolist(), table["target"].tolist(), strict=True)
+        {"image": p, IMAGE_ID: i, TARGET: float(t)}
+        for p, i, t in zip(table["path"].tolist(), table[IMAGE_ID].tolist(), table[TARGET].tolist(), strict=True)
     ]
 
 
@@ -272,7 +272,7 @@ class _Tutorial:
             self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
         )
         self.scheduler = warmup_cosine(self.optimizer, 0, max(1, len(self.loader)) * epochs)
-        self.loss_fn = make_loss(cfg.train, train_table["target"].to_numpy(), device)
+        self.loss_fn = make_loss(cfg.train, train_table[TARGET].to_numpy(), device)
 
     def epoch(self) -> EpochStats:
         return run_epoch(
@@ -292,7 +292,7 @@ class _Tutorial:
         with torch.inference_mode():
             for batch in val_loader:
                 logits.append(self.model(batch["image"].to(self.device)).reshape(-1).float().cpu().numpy())
-                ys.append(batch["target"].numpy())
+                ys.append(batch[TARGET].numpy())
         return np.concatenate(ys), np.concatenate(logits).astype(float), time.perf_counter() - start
 
 

@@ -14,7 +14,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from pipeline.errors import LeakageError
-from pipeline.schema import FOLD, PATIENT_ID, ROLE, SPLIT
+from pipeline.schema import FOLD, PATIENT_ID, ROLE, SPLIT, TARGET
 
 ROLES = ("train", "val", "test")
 
@@ -23,7 +23,7 @@ def _grouped_split(patients: pd.DataFrame, n_splits: int, seed: int) -> list[np.
     """Test-fold index arrays (positions in ``patients``) from StratifiedGroupKFold by patient."""
     n_splits = min(n_splits, len(patients))
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    y = patients["target"].to_numpy()
+    y = patients[TARGET].to_numpy()
     groups = patients[PATIENT_ID].to_numpy()
     return [test for _, test in splitter.split(np.zeros(len(patients)), y, groups)]
 
@@ -33,7 +33,7 @@ def _inner_val(train_patients: pd.DataFrame, fraction: float, seed: int) -> set[
     n_splits = max(2, round(1 / fraction))
     # StratifiedGroupKFold needs at least n_splits members per class to stratify well; fall back
     # to fewer splits (a larger validation share) rather than an empty class in validation.
-    min_class = int(train_patients["target"].value_counts().min()) if train_patients["target"].nunique() > 1 else 0
+    min_class = int(train_patients[TARGET].value_counts().min()) if train_patients[TARGET].nunique() > 1 else 0
     n_splits = max(2, min(n_splits, min_class)) if min_class >= 2 else 2
     first = _grouped_split(train_patients, n_splits, seed)[0]
     return set(train_patients[PATIENT_ID].iloc[first])
@@ -91,6 +91,6 @@ def check_splits(splits: pd.DataFrame, scheme: str) -> None:
 
 def describe_splits(splits: pd.DataFrame, patients: pd.DataFrame) -> pd.DataFrame:
     """Patients and positives per fold and role, for the log and the report."""
-    merged = splits.merge(patients[[PATIENT_ID, "target"]], on=PATIENT_ID)
-    out = merged.groupby([FOLD, ROLE])["target"].agg(patients="size", positives="sum").reset_index()
+    merged = splits.merge(patients[[PATIENT_ID, TARGET]], on=PATIENT_ID)
+    out = merged.groupby([FOLD, ROLE])[TARGET].agg(patients="size", positives="sum").reset_index()
     return out

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from pipeline.config import WorkflowConfig
 from pipeline.errors import ScanError
 from pipeline.reporting import artifacts
-from pipeline.schema import IMAGE, IMAGE_ID, PATIENT_ID
+from pipeline.schema import IMAGE, IMAGE_ID, PATIENT_ID, TARGET
 from pipeline.transforms import deterministic_transforms, preprocessing_fingerprint
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class PreparedCohort:
     """Preprocessed samples by image id, and the images that could not be used.
 
     ``samples[image_id]`` is ``{"image": tensor (C, *spatial) float32 or a cache file path,
-    "image_id": str, "target": float}``. ``failures`` has columns image_id, patient_id, reason, message.
+    "image_id": str, TARGET: float}``. ``failures`` has columns image_id, patient_id, reason, message.
     """
 
     samples: dict[str, dict[str, Any]]
@@ -185,8 +185,8 @@ def prepare_cohort(
     failures = []
     hits = 0
     todo = []
-    for image_id, patient_id, path, target in table[[IMAGE_ID, PATIENT_ID, "path", "target"]].itertuples(index=False):
-        sample: dict[str, Any] = {IMAGE_ID: image_id, "target": float(target)}
+    for image_id, patient_id, path, target in table[[IMAGE_ID, PATIENT_ID, "path", TARGET]].itertuples(index=False):
+        sample: dict[str, Any] = {IMAGE_ID: image_id, TARGET: float(target)}
         if mode == "disk":
             assert cache_dir is not None
             cached = cache_dir / f"{cache_key(fingerprint, content_hashes[image_id])}.pt"
@@ -243,4 +243,4 @@ def sample_dataset(items: list[dict[str, Any]], augment: Callable[..., Any] | No
 
 
 def targets(items: list[dict[str, Any]]) -> np.ndarray:
-    return np.array([it["target"] for it in items], dtype=np.float32)
+    return np.array([it[TARGET] for it in items], dtype=np.float32)

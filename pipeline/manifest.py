@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline.errors import ValidationError
-from pipeline.schema import IMAGE, IMAGE_ID, PATIENT_ID, SERIES_ID, SPLIT, SPLIT_VALUES, STUDY_ID
+from pipeline.schema import IMAGE, IMAGE_ID, PATIENT_ID, SERIES_ID, SPLIT, SPLIT_VALUES, STUDY_ID, TARGET
 
 # Characters that make a spreadsheet evaluate a cell as a formula (CSV injection).
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -45,7 +45,7 @@ class Cohort:
     @property
     def patients(self) -> pd.DataFrame:
         """One row per patient: patient_id, target and the extra columns (first value per patient)."""
-        cols = [PATIENT_ID, "target", *self.extra_columns]
+        cols = [PATIENT_ID, TARGET, *self.extra_columns]
         return self.table[cols].groupby(PATIENT_ID, sort=False, as_index=False).first()
 
 
@@ -225,8 +225,8 @@ def load_manifest(
     if problems:
         raise ValidationError(problems, f"manifest {path}")
 
-    df["target"] = (df[label_col] == pos).astype(int)
+    df[TARGET] = (df[label_col] == pos).astype(int)
     df[IMAGE_ID] = df[PATIENT_ID] + "#" + (df.groupby(PATIENT_ID).cumcount() + 1).astype(str)
-    contract = {PATIENT_ID, IMAGE, label_col, SPLIT, STUDY_ID, SERIES_ID, IMAGE_ID, "path", "target"}
+    contract = {PATIENT_ID, IMAGE, label_col, SPLIT, STUDY_ID, SERIES_ID, IMAGE_ID, "path", TARGET}
     extra = tuple(c for c in df.columns if c not in contract)
     return Cohort(table=df, label_col=label_col, positive=pos, extra_columns=extra, manifest_path=path.resolve())

@@ -32,10 +32,8 @@ import pandas as pd
 from pipeline import __version__
 from pipeline.errors import CohortnetError, ValidationError
 from pipeline.reporting import artifacts
-from pipeline.schema import FOLD, PATIENT_ID, ROLE
+from pipeline.schema import FOLD, FOLD_DONE_FILE, LOCK_FILE, PATIENT_ID, ROLE, SEAL_FILE
 
-SEAL_FILE = "seal.json"
-LOCK_FILE = "run.lock"
 # keys that change how fast a run goes, never what it computes, and the manifest's path (its
 # content is sealed by hash): a resume may change them
 OPERATIONAL_KEYS = ("output_dir", "manifest", "data.workers", "data.cache", "train.num_threads", "train.device")
@@ -149,7 +147,7 @@ def check_fold_records(run_dir: Path, folds: list[int], seal_digest: str | None 
     digest = seal_digest or json.loads((run_dir / SEAL_FILE).read_text(encoding="utf-8"))["digest"]
     records, problems = [], []
     for fold in folds:
-        done = run_dir / f"fold_{fold}" / "done.json"
+        done = run_dir / f"fold_{fold}" / FOLD_DONE_FILE
         if not done.is_file():
             problems.append(f"fold {fold} is not finished ({done.name} missing)")
             continue

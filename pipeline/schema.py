@@ -38,3 +38,14 @@ ROC_FILE = "roc.csv"
 ROC_FIGURE_FILE = "roc.png"
 REPORT_FILE = "report.html"
 LOG_FILE = "run.log"
+EXCLUDED_FILE = "excluded.csv"
+DATA_HASHES_FILE = "data_hashes.csv"
+CALIBRATION_FIGURE_FILE = "calibration.png"
+SEAL_FILE = "seal.json"
+LOCK_FILE = "run.lock"
+# Files of a fold folder (fold_<k>/).
+FOLD_DONE_FILE = "done.json"
+MODEL_FILE = "model.pt"  # the chosen epoch's state_dict
+CHECKPOINT_FILE = "last.pt"  # the resumable training state, removed when the fold is done
+HISTORY_FILE = "history.csv"
+TARGET = "target"  # 1 for the positive class, 0 otherwise (added to every table the pipeline builds)

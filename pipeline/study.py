@@ -31,10 +31,16 @@ from pipeline.provenance import MISSING, environment_record, file_sha256, git_co
 from pipeline.reporting import artifacts
 from pipeline.resources import is_file
 from pipeline.schema import (
+    CALIBRATION_FIGURE_FILE,
+    DATA_HASHES_FILE,
     ENVIRONMENT_FILE,
+    EXCLUDED_FILE,
     FOLD,
+    FOLD_DONE_FILE,
+    HISTORY_FILE,
     IMAGE_ID,
     METRICS_FILE,
+    MODEL_FILE,
     PATIENT_ID,
     PATIENTS_FILE,
     PER_PATIENT_FILE,
@@ -46,14 +52,11 @@ from pipeline.schema import (
     ROLE,
     SCORE,
     SPLITS_FILE,
+    TARGET,
     VAL_PREDICTIONS_FILE,
 )
 
 log = logging.getLogger(__name__)
-
-EXCLUDED_FILE = "excluded.csv"
-DATA_HASHES_FILE = "data_hashes.csv"
-FOLD_DONE_FILE = "done.json"
 
 
 # --------------------------------------------------------------------------- validation
@@ -111,7 +114,7 @@ def _cohort_vs_config(cfg: WorkflowConfig, cohort: Cohort) -> list[str]:
     problems = []
     patients = cohort.patients
     if cfg.validation.scheme == "kfold":
-        per_class = patients["target"].value_counts()
+        per_class = patients[TARGET].value_counts()
         if per_class.min() < cfg.validation.folds:
             problems.append(
                 f"{cfg.validation.folds}-fold cross-validation needs at least {cfg.validation.folds} patients "
@@ -215,8 +218,8 @@ class RunCohort:
             )
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
         label = cfg.task.label
-        table["target"] = table["target"].astype(int)
-        positives = table.loc[table["target"] == 1, label]
+        table[TARGET] = table[TARGET].astype(int)
+        positives = table.loc[table[TARGET] == 1, label]
         positive = str(positives.iloc[0]) if len(positives) else str(cfg.task.positive)
         return cls(label, positive, table.drop(columns=[label]))
 
@@ -375,7 +378,7 @@ def _check_usable(fold_items: dict[int, dict[str, list[dict[str, Any]]]], n_excl
         for role in crossval.ROLES:
             if not items[role]:
                 problems.append(f"fold {fold}: no usable {role} image is left")
-        classes = {int(it["target"]) for it in items["train"]}
+        classes = {int(it[TARGET]) for it in items["train"]}
         if items["train"] and len(classes) < 2:
             problems.append(f"fold {fold}: the usable training images are all of one class")
     if problems:
@@ -404,7 +407,7 @@ def _run_fold(
     ctx = init_from_env(cfg.train.device)
     seed_everything(cfg.train.seed + fold, cfg.train.deterministic)  # the initial weights depend on the seed only
     model = build_model(cfg.model).to(device)
-    checkpoint = fold_dir / "model.pt"
+    checkpoint = fold_dir / MODEL_FILE
     precision = recorded_precision(checkpoint, model) or choose_precision(cfg, model, device)
     bf16 = precision.bf16
     log.info(
@@ -458,7 +461,7 @@ def _run_fold(
         )
     if not ctx.is_main:
         return
-    artifacts.write_csv(fold_dir / "history.csv", result.history)
+    artifacts.write_csv(fold_dir / HISTORY_FILE, result.history)
     predictions = pd.concat(frames, ignore_index=True)
     artifacts.write_csv(fold_dir / PREDICTIONS_FILE, predictions)
     done = {
@@ -478,7 +481,7 @@ def _run_fold(
 def finalize_run(run_dir: Path, cfg: WorkflowConfig | None = None, cohort: Cohort | None = None) -> dict[str, Any]:
     """Per-patient table, metrics, ROC table and figures, and the HTML report, from the saved
     predictions of ``run_dir`` (no model, manifest or image is needed)."""
-    from pipeline.evaluation import binary_summary, evaluate_predictions, roc_table, threshold_metrics
+    from pipeline.evaluation import evaluate_predictions, roc_table
     from pipeline.reporting import figures
     from pipeline.reporting.html import ReportInputs, render_report
     from pipeline.reporting.tables import per_patient
@@ -493,48 +496,28 @@ def finalize_run(run_dir: Path, cfg: WorkflowConfig | None = None, cohort: Cohor
     runfolder.check_predictions_complete(run_dir, preds, val, splits)
     for frame in (preds, val):
         frame[label] = frame[label].astype(str)
-    extra = known.patients.drop(columns=["target"])
+    extra = known.patients.drop(columns=[TARGET])
     pp = per_patient(preds, aggregate=cfg.evaluation.aggregate, label_col=label, patients=extra)
     artifacts.write_csv(run_dir / PER_PATIENT_FILE, pp)
-    # Validation predictions: one row per (fold, patient), each from that fold's own model.
-    val_pp = (
-        val.groupby([FOLD, PATIENT_ID], sort=False)
-        .agg(**{label: (label, "first"), SCORE: (SCORE, cfg.evaluation.aggregate)})
-        .reset_index()
-    )
-    y_pp = (pp[label] == str(known.positive)).astype(int).to_numpy()
-    y_img = (preds[label] == str(known.positive)).astype(int).to_numpy()
+    # The same call as `cohortnet evaluate` on the per-image predictions with the patients'
+    # columns: --group-col patient_id --fold-col fold --val-table val_predictions.csv (tested).
+    images = preds.merge(extra, on=PATIENT_ID, how="left")
     metrics = evaluate_predictions(
-        pp,
+        images,
         label_col=label,
         score_col=SCORE,
         positive=known.positive,
+        group_col=PATIENT_ID,
         fold_col=FOLD,
         subgroup_cols=tuple(cfg.evaluation.subgroups),
-        threshold_df=val_pp if len(val_pp) else None,
+        threshold_df=val if len(val) else None,
         threshold_rule=cfg.evaluation.threshold_rule,
         ci_method=cfg.evaluation.ci_method,
         n_bootstrap=cfg.evaluation.n_bootstrap,
         seed=cfg.train.seed,
+        aggregate=cfg.evaluation.aggregate,
     )
-    metrics = {
-        **metrics,
-        "n_patients": len(pp),
-        "unit": "patient",  # the table evaluated above has one row per patient
-        # the conventional 0.5 cut-off, for comparison with papers that report accuracy at 0.5
-        "at_0.5": threshold_metrics(y_pp, pp[SCORE].to_numpy(), 0.5),
-        "aggregate": cfg.evaluation.aggregate,
-        "image_level": binary_summary(
-            y_img,
-            preds[SCORE].to_numpy(),
-            groups=preds[PATIENT_ID].to_numpy(),
-            ci_method="bootstrap",
-            n_bootstrap=cfg.evaluation.n_bootstrap,
-            seed=cfg.train.seed,
-        )
-        if len(preds) != len(pp)
-        else None,
-    }
+    y_pp = (pp[label] == str(known.positive)).astype(int).to_numpy()
     artifacts.write_json(run_dir / METRICS_FILE, metrics)
     roc = roc_table(y_pp, pp[SCORE].to_numpy())
     artifacts.write_csv(run_dir / ROC_FILE, roc)
@@ -560,7 +543,7 @@ def finalize_run(run_dir: Path, cfg: WorkflowConfig | None = None, cohort: Cohor
     bins = (metrics.get("calibration") or {}).get("reliability")
     if bins:
         cal_png = figures.calibration_figure(pd.DataFrame(bins))
-        artifacts.write_bytes(run_dir / "calibration.png", cal_png)
+        artifacts.write_bytes(run_dir / CALIBRATION_FIGURE_FILE, cal_png)
     histories, training = [], {}
     for done in sorted(run_dir.glob(f"fold_*/{FOLD_DONE_FILE}")):
         info = json.loads(done.read_text())
@@ -568,7 +551,7 @@ def finalize_run(run_dir: Path, cfg: WorkflowConfig | None = None, cohort: Cohor
             "best_epoch": info.get("best_epoch"),
             "best_val_auc": info.get("best_val_auc"),
         }
-        hist = done.parent / "history.csv"
+        hist = done.parent / HISTORY_FILE
         if hist.is_file():
             histories.append((f"fold {info['fold']}", pd.read_csv(hist)))
     curves_png = figures.training_curves_figure(histories) if histories else None

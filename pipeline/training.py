@@ -36,6 +36,7 @@ from pipeline.errors import CohortnetError, NonFiniteError
 from pipeline.inference import predict_logits
 from pipeline.precision import Precision, keep_in_fp32
 from pipeline.reporting import artifacts
+from pipeline.schema import CHECKPOINT_FILE, TARGET
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ def run_epoch(
     start = tick = time.perf_counter()
     for batch in loader:
         x = batch["image"].to(device, non_blocking=True)
-        y = batch["target"].to(device, non_blocking=True).float()
+        y = batch[TARGET].to(device, non_blocking=True).float()
         waited += time.perf_counter() - tick
         if augment is not None:
             x = augment(x)
@@ -287,7 +288,7 @@ def train_fold(
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(loader))
     scheduler = warmup_cosine(optimizer, steps_per_epoch * cfg.warmup_epochs, steps_per_epoch * cfg.epochs)
-    last = checkpoint.with_name("last.pt")
+    last = checkpoint.with_name(CHECKPOINT_FILE)
     state = _State()
     best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     if last.is_file():
@@ -394,7 +395,7 @@ def _stopped(label: str, epoch: int, precision: Precision, what: str) -> NonFini
 def recorded_precision(checkpoint: Path, model: nn.Module) -> Precision | None:
     """The precision an interrupted fold started with (from ``last.pt`` beside ``checkpoint``),
     applied to ``model``; None when the fold has no saved epoch. A resumed fold never re-decides."""
-    last = checkpoint.with_name("last.pt")
+    last = checkpoint.with_name(CHECKPOINT_FILE)
     if not last.is_file():
         return None
     recorded = _read_checkpoint(last).get("precision")

@@ -33,6 +33,12 @@ from pipeline.config import DataConfig
 from pipeline.io import LoadScand
 
 KEY = "image"
+# Augmentation ranges and probabilities, shared by this MONAI chain and the batched form (augment.py).
+ROTATE_RANGE = 0.26  # radians, about 15 degrees either way
+SCALE_RANGE = 0.1  # scaling factors in [0.9, 1.1]
+P_FLIP, P_ROT90, P_AFFINE, P_SCALE, P_SHIFT, P_NOISE = 0.5, 0.5, 0.5, 0.5, 0.5, 0.3
+INTENSITY_RANGE = 0.1  # multiply by 1 + U(-0.1, 0.1); add U(-0.1, 0.1)
+NOISE_STD = 0.05  # noise std drawn from U(0, 0.05) per sample, as MONAI's RandGaussianNoise
 _RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
@@ -67,28 +73,27 @@ def augmentation_transforms(data: DataConfig, spatial_dims: int) -> Compose:
     aug = data.augment
     chain: list[Any] = []
     if aug.flip:
-        chain += [RandFlipd(keys=KEY, prob=0.5, spatial_axis=axis) for axis in range(spatial_dims)]
+        chain += [RandFlipd(keys=KEY, prob=P_FLIP, spatial_axis=axis) for axis in range(spatial_dims)]
     if aug.rotate90:
-        chain.append(RandRotate90d(keys=KEY, prob=0.5, max_k=3, spatial_axes=(0, 1)))
+        chain.append(RandRotate90d(keys=KEY, prob=P_ROT90, max_k=3, spatial_axes=(0, 1)))
     if aug.affine:
-        angle = 0.26  # about 15 degrees
         chain.append(
             RandAffined(
                 keys=KEY,
-                prob=0.5,
-                rotate_range=(angle,) * (1 if spatial_dims == 2 else 3),
-                scale_range=(0.1,) * spatial_dims,
+                prob=P_AFFINE,
+                rotate_range=(ROTATE_RANGE,) * (1 if spatial_dims == 2 else 3),
+                scale_range=(SCALE_RANGE,) * spatial_dims,
                 padding_mode="border",
                 mode="bilinear",
             )
         )
     if aug.intensity:
         chain += [
-            RandScaleIntensityd(keys=KEY, factors=0.1, prob=0.5),
-            RandShiftIntensityd(keys=KEY, offsets=0.1, prob=0.5),
+            RandScaleIntensityd(keys=KEY, factors=INTENSITY_RANGE, prob=P_SCALE),
+            RandShiftIntensityd(keys=KEY, offsets=INTENSITY_RANGE, prob=P_SHIFT),
         ]
     if aug.noise:
-        chain.append(RandGaussianNoised(keys=KEY, prob=0.3, std=0.05))
+        chain.append(RandGaussianNoised(keys=KEY, prob=P_NOISE, std=NOISE_STD))
     chain.append(EnsureTyped(keys=KEY, dtype="float32", track_meta=False))
     return Compose(chain)
 

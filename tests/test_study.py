@@ -222,3 +222,28 @@ def test_report_rebuilds_from_the_run_folder_alone(
     assert json.loads((run / "metrics.json").read_text()) == metrics
     assert "site" in per_patient.columns
     assert (run / "report.html").is_file()
+
+
+def test_metrics_json_is_what_evaluate_writes_for_the_same_predictions(
+    tmp_path: Path, make_cohort: Callable[..., Path], make_workflow: Callable[..., Path]
+) -> None:
+    """One post-training path: the run's metrics.json equals `cohortnet evaluate` on the run's
+    per-image predictions (with the patients' columns) and its validation predictions."""
+    manifest = make_cohort(n_patients=16, second_scan=(0, 3, 5))
+    evaluation = {"aggregate": "max", "n_bootstrap": 200, "subgroups": ["site"], "threshold_rule": "youden"}
+    wf = make_workflow(manifest, evaluation=evaluation, train={"epochs": 1, "seed": 3, "amp": "off"})
+    assert main(["run", str(wf), "--run-id", "r"]) == 0
+    run = tmp_path / "reports" / "tiny" / "r"
+    images = pd.read_csv(run / "predictions.csv", dtype={"patient_id": str}).merge(
+        pd.read_csv(run / "patients.csv", dtype={"patient_id": str}).drop(columns=["target", "label"]), on="patient_id"
+    )
+    images.to_csv(tmp_path / "images.csv", index=False)
+    args = ["evaluate", str(tmp_path / "images.csv"), "--label-col", "label", "--score-col", "score"]
+    args += ["--positive", "1", "--group-col", "patient_id", "--fold-col", "fold", "--subgroup-col", "site"]
+    args += ["--val-table", str(run / "val_predictions.csv"), "--aggregate", "max", "--bootstrap", "200"]
+    args += ["--seed", "3", "--out", str(tmp_path / "ev")]
+    assert main(args) == 0
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text()) == json.loads((run / "metrics.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "cluster" in metrics["image_level"]["ci_method"]  # 19 images of 16 patients: a patient-cluster CI
+    assert metrics["unit"] == "patient"

@@ -29,7 +29,7 @@ from pipeline.evaluation.table import (
     resolve_positive,
     validate_score_table,
 )
-from pipeline.evaluation.thresholds import choose_threshold, parse_rule
+from pipeline.evaluation.thresholds import choose_threshold, parse_rule, threshold_metrics
 
 SCHEMA_VERSION = 1
 NOT_PROBABILITIES = "scores are not probabilities in [0, 1]"
@@ -165,14 +165,18 @@ def evaluate_predictions(
     if group_col:
         metrics.update({"n_patients": len(unit), "n_images": len(rows), "aggregate": aggregate})
     metrics.update(binary_summary(y, s, threshold=threshold, **opts))
+    if is_probability(s):  # the conventional cut-off, beside the locked one, for papers that report it
+        metrics["at_0.5"] = threshold_metrics(y, s, 0.5)
     metrics.update({"threshold_rule": threshold_rule, "threshold_source": source})
     if val is not None:
         metrics["threshold_validation_n"] = len(val[0])
-    if group_col:
+    if group_col:  # image-level figures with a patient-cluster interval (none when one image each)
         y_img = binary_target(rows[label_col], pos)
         s_img = rows[score].to_numpy(np.float64)
-        metrics["image_level"] = binary_summary(
-            y_img, s_img, groups=rows[group_col].to_numpy(), threshold=threshold, **opts
+        metrics["image_level"] = (
+            binary_summary(y_img, s_img, groups=rows[group_col].to_numpy(), threshold=threshold, **opts)
+            if len(rows) != len(unit)
+            else None
         )
     if compare_col:
         s2 = unit[compare_col].to_numpy(np.float64)
@@ -197,6 +201,11 @@ def _validation_arrays(
         return None
     vcols = {**cols, "positive": pos, "compare_col": None, "subgroup_cols": (), "fold_col": None}
     vrows = _validated(threshold_df, vcols, [score_col], "validation table")
+    fold, group = cols["fold_col"], cols["group_col"]
+    if fold is not None and group is not None and fold in vrows.columns:
+        # cross-validation: a patient may validate several folds; each fold's scores come from that
+        # fold's own model, so a validation unit is (fold, patient), never a mix of models
+        vrows = vrows.assign(**{group: vrows[fold].astype(str) + "/" + vrows[group].astype(str)})
     vunit = _per_unit(vrows, vcols, [score_col], aggregate)
     return binary_target(vunit[cols["label_col"]], pos), vunit[score_col].to_numpy(np.float64)
 
