@@ -287,7 +287,7 @@ def _run_locked(cfg: WorkflowConfig, cohort: Cohort, run_dir: Path, ctx: Any, pr
         summary = crossval.describe_splits(splits, cohort.patients)
         log.info("splits (%s):\n%s", cfg.validation.scheme, summary.to_string(index=False))
         train_and_predict(
-            cfg, cohort, splits, run_dir, content_hashes=hashes, seal=seal, progress=progress and ctx.is_main
+            cfg, cohort, splits, run_dir, content_hashes=hashes, seal=seal, ctx=ctx, progress=progress and ctx.is_main
         )
         if ctx.is_main:
             metrics = finalize_run(run_dir, cfg, cohort)
@@ -311,6 +311,7 @@ def train_and_predict(
     *,
     content_hashes: dict[str, str],
     seal: str,
+    ctx: Any,
     progress: bool = True,
 ) -> None:
     """Preprocess once, then per fold: train, save the model, predict test and val patients.
@@ -322,10 +323,9 @@ def train_and_predict(
     import torch
 
     from pipeline.datasets import prepare_for_workflow
-    from pipeline.distributed import barrier, device_for, init_from_env
+    from pipeline.distributed import barrier, device_for
     from pipeline.training import resolve_device
 
-    ctx = init_from_env(cfg.train.device)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     device = device_for(ctx, resolve_device(cfg.train.device))
@@ -358,7 +358,7 @@ def train_and_predict(
         if (fold_dir / FOLD_DONE_FILE).is_file():
             log.info("fold %s: already done, skipping", fold)
             continue
-        _run_fold(cfg, fold, items, table, cohort.label_col, fold_dir, device, seal)
+        _run_fold(cfg, RunContext(ctx, device, seal), fold, items, table, cohort.label_col, fold_dir)
         barrier(ctx)
     if ctx.is_main:
         folds = sorted(int(str(f)) for f in splits[FOLD].unique())
@@ -386,25 +386,32 @@ def _check_usable(fold_items: dict[int, dict[str, list[dict[str, Any]]]], n_excl
         raise ValidationError(problems, "cohort after exclusions")
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """Resolved once per run and handed to every fold: distributed context, device, the seal's digest."""
+
+    ctx: Any  # pipeline.distributed.DistContext
+    device: Any  # torch.device
+    seal: str
+
+
 def _run_fold(
     cfg: WorkflowConfig,
+    run: RunContext,
     fold: int,
     items: dict[str, list[dict[str, Any]]],
     table: pd.DataFrame,
     label_col: str,
     fold_dir: Path,
-    device: Any,
-    seal: str,
 ) -> None:
     """Train one fold, then predict its test and validation images (rank 0 writes the files)."""
     from pipeline.augment import make_augmentation
-    from pipeline.distributed import init_from_env
     from pipeline.inference import predict_scores
     from pipeline.models import build_model, count_parameters
     from pipeline.precision import choose_precision
     from pipeline.training import recorded_precision, seed_everything, train_fold
 
-    ctx = init_from_env(cfg.train.device)
+    ctx, device, seal = run.ctx, run.device, run.seal
     seed_everything(cfg.train.seed + fold, cfg.train.deterministic)  # the initial weights depend on the seed only
     model = build_model(cfg.model).to(device)
     checkpoint = fold_dir / MODEL_FILE
