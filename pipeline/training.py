@@ -101,7 +101,13 @@ def epoch_seed(seed: int, epoch: int) -> int:
 def warmup_cosine(
     optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up to the base lr, then cosine decay to zero, stepped once per batch."""
+    """Linear warm-up to the base lr, then cosine decay to zero, stepped once per batch.
+
+    Not MONAI's ``WarmupCosineSchedule``: its first warm-up step has lr 0 (a wasted step, and with
+    one warm-up epoch on a small cohort a visible share of it); here step k of the warm-up uses
+    (k + 1) / warmup_steps of the base lr, and past ``total_steps`` the lr stays at zero (MONAI's
+    cosine rises again there).
+    """
 
     def factor(step: int) -> float:
         if step < warmup_steps:
