@@ -409,7 +409,7 @@ def _run_fold(
     from pipeline.inference import predict_scores
     from pipeline.models import build_model, count_parameters
     from pipeline.precision import choose_precision
-    from pipeline.training import recorded_precision, seed_everything, train_fold
+    from pipeline.training import FoldSpec, recorded_precision, seed_everything, train_fold
 
     ctx, device, seal = run.ctx, run.device, run.seal
     seed_everything(cfg.train.seed + fold, cfg.train.deterministic)  # the initial weights depend on the seed only
@@ -430,19 +430,18 @@ def _run_fold(
         count_parameters(model) / 1e6,
     )
     start = time.perf_counter()
-    result = train_fold(
-        model,
-        items["train"],
-        items["val"],
+    spec = FoldSpec(
         cfg.train,
-        augment=make_augmentation(cfg.data, cfg.model.spatial_dims),
-        device=device,
-        checkpoint=checkpoint,
+        make_augmentation(cfg.data, cfg.model.spatial_dims),
+        device,
+        checkpoint,
         seed=cfg.train.seed + fold,
         precision=precision,
+        spatial_dims=cfg.model.spatial_dims,
         label=f"fold {fold}: ",
         ctx=ctx,
     )
+    result = train_fold(model, items["train"], items["val"], spec)
     frames = []
     for role in ("test", "val"):
         ids = [it[IMAGE_ID] for it in items[role]]

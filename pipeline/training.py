@@ -253,31 +253,76 @@ def validation_metrics(
     return loss, auc
 
 
+@dataclass(frozen=True)
+class FoldSpec:
+    """How one fold trains: everything but the model and the images (resolved once by the study)."""
+
+    cfg: TrainConfig
+    augment: Compose | BatchAugment
+    device: torch.device
+    checkpoint: Path  # model.pt; the resumable state lives beside it in last.pt
+    seed: int
+    precision: Precision
+    spatial_dims: int
+    label: str = ""  # log prefix, e.g. "fold 2: "
+    ctx: DistContext = SINGLE
+
+
+@dataclass
+class _Trainer:
+    """The objects one fold trains with."""
+
+    stepper: nn.Module  # the model, or its torch.compile / DDP wrapper that takes the gradient steps
+    loader: DataLoader
+    generator: torch.Generator
+    batch_augment: BatchAugment | None
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    memory_format: torch.memory_format
+
+
 def train_fold(
-    model: nn.Module,
-    train_items: list[dict[str, Any]],
-    val_items: list[dict[str, Any]],
-    cfg: TrainConfig,
-    *,
-    augment: Compose | BatchAugment,
-    device: torch.device,
-    checkpoint: Path,
-    seed: int,
-    precision: Precision,
-    label: str = "",
-    ctx: DistContext = SINGLE,
+    model: nn.Module, train_items: list[dict[str, Any]], val_items: list[dict[str, Any]], spec: FoldSpec
 ) -> FoldResult:
     """Fit ``model`` in place on ``train_items``; keep the epoch that scores best on ``val_items``.
 
     ``cfg.select`` picks the criterion: ``auc`` (ties go to the lower loss) or ``loss`` (the
     lower validation BCE, ties to the higher AUC). The best state is written to
-    ``checkpoint`` (a state_dict) and loaded into ``model`` before returning. The resumable
+    ``spec.checkpoint`` (a state_dict) and loaded into ``model`` before returning. The resumable
     training state lives beside it in ``last.pt`` and is removed once the fold is complete.
     """
-    seed_everything(seed, cfg.deterministic)
-    bf16 = precision.bf16
-    spatial_dims = 3 if any(isinstance(m, nn.Conv3d) for m in model.modules()) else 2
-    memory_format = memory_format_for(cfg, device, spatial_dims)
+    cfg, ctx = spec.cfg, spec.ctx
+    seed_everything(spec.seed, cfg.deterministic)
+    tr = _make_trainer(model, train_items, spec)
+    last = spec.checkpoint.with_name(CHECKPOINT_FILE)
+    state = _State()
+    best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    if last.is_file():
+        state, best_state = _load_training_state(last, model, tr.optimizer, tr.scheduler)
+        log.info("%sresuming after epoch %d", spec.label, state.epoch)
+    for epoch in range(state.epoch + 1, cfg.epochs + 1):
+        if cfg.patience and state.stale >= cfg.patience:
+            break
+        if _one_epoch(model, val_items, spec, tr, state, epoch):
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        if ctx.is_main:
+            _save_training_state(last, model, tr.optimizer, tr.scheduler, state, best_state, spec.precision)
+        barrier(ctx)
+        if cfg.patience and state.stale >= cfg.patience:
+            log.info("%sno better validation score for %d epochs: stopping", spec.label, cfg.patience)
+    model.load_state_dict(best_state)
+    if ctx.is_main:
+        save_state_dict(best_state, spec.checkpoint)
+        last.unlink(missing_ok=True)
+    barrier(ctx)
+    best_row = state.history[state.best_epoch - 1] if state.best_epoch else {}
+    return FoldResult(state.best_epoch, best_row.get("val_auc"), pd.DataFrame(state.history))
+
+
+def _make_trainer(model: nn.Module, train_items: list[dict[str, Any]], spec: FoldSpec) -> _Trainer:
+    cfg, device, ctx = spec.cfg, spec.device, spec.ctx
+    memory_format = memory_format_for(cfg, device, spec.spatial_dims)
     model.to(device)
     model.to(memory_format=memory_format)
     # under torchrun the gradient step goes through DDP; evaluation and state use the bare model
@@ -288,91 +333,79 @@ def train_fold(
         stepper = DistributedDataParallel(stepper, device_ids=[device.index] if device.type == "cuda" else None)
     generator = torch.Generator()
     # batched augmentation runs in run_epoch on the device; MONAI's chain runs per sample in the loader
-    per_sample, batch_augment = split_augmentation(augment)
-    loader = make_loader(train_items, cfg, per_sample, generator, ctx, seed, pin_memory=device.type == "cuda")
+    per_sample, batch_augment = split_augmentation(spec.augment)
+    loader = make_loader(train_items, cfg, per_sample, generator, ctx, spec.seed, pin_memory=device.type == "cuda")
     loss_fn = make_loss(cfg, targets(train_items), device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(loader))
     scheduler = warmup_cosine(optimizer, steps_per_epoch * cfg.warmup_epochs, steps_per_epoch * cfg.epochs)
-    last = checkpoint.with_name(CHECKPOINT_FILE)
-    state = _State()
-    best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-    if last.is_file():
-        state, best_state = _load_training_state(last, model, optimizer, scheduler)
-        log.info("%sresuming after epoch %d", label, state.epoch)
-    for epoch in range(state.epoch + 1, cfg.epochs + 1):
-        if cfg.patience and state.stale >= cfg.patience:
-            break
-        es = epoch_seed(seed, epoch)
-        torch.manual_seed(es + ctx.rank)
-        generator.manual_seed(es)
-        augment.set_random_state(seed=es + ctx.rank)
-        if hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
-        stats = _checked_epoch(
-            label,
-            epoch,
-            precision,
-            stepper,
-            loader,
-            optimizer,
-            scheduler,
-            loss_fn,
-            device=device,
-            bf16=bf16,
-            memory_format=memory_format,
-            augment=batch_augment,
-        )
-        try:
-            val_loss, val_auc = validation_metrics(model, val_items, device, bf16, cfg.batch_size * 2, ctx)
-        except NonFiniteError as exc:
-            raise _stopped(label, epoch, precision, str(exc)) from None
-        auc_key = val_auc if val_auc is not None else 0.0
-        score = (auc_key, -val_loss) if cfg.select == "auc" else (-val_loss, auc_key)
-        improved = score > state.best_score
-        if improved:
-            state.best_score, state.best_epoch, state.stale = score, epoch, 0
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        else:
-            state.stale += 1
-        state.epoch = epoch
-        state.history.append(
-            {
-                "epoch": epoch,
-                "train_loss": stats.loss,
-                "val_loss": val_loss,
-                "val_auc": val_auc,
-                "lr": optimizer.param_groups[0]["lr"],
-                "seconds": stats.seconds,
-                "data_seconds": stats.data_seconds,
-                "precision": precision.name,
-            }
-        )
-        auc_text = f"{val_auc:.3f}" if val_auc is not None else "n/a"
-        log.info(
-            "%sepoch %d/%d  train loss %.4f  val loss %.4f  val AUC %s%s  (%.1fs, %.0f samples/s)",
-            label,
-            epoch,
-            cfg.epochs,
-            stats.loss,
-            val_loss,
-            auc_text,
-            " *" if improved else "",
-            stats.seconds,
-            stats.samples / max(stats.seconds, 1e-9),
-        )
-        if ctx.is_main:
-            _save_training_state(last, model, optimizer, scheduler, state, best_state, precision)
-        barrier(ctx)
-        if cfg.patience and state.stale >= cfg.patience:
-            log.info("%sno better validation score for %d epochs: stopping", label, cfg.patience)
-    model.load_state_dict(best_state)
-    if ctx.is_main:
-        save_state_dict(best_state, checkpoint)
-        last.unlink(missing_ok=True)
-    barrier(ctx)
-    best_row = state.history[state.best_epoch - 1] if state.best_epoch else {}
-    return FoldResult(state.best_epoch, best_row.get("val_auc"), pd.DataFrame(state.history))
+    return _Trainer(stepper, loader, generator, batch_augment, loss_fn, optimizer, scheduler, memory_format)
+
+
+def _one_epoch(
+    model: nn.Module, val_items: list[dict[str, Any]], spec: FoldSpec, tr: _Trainer, state: _State, epoch: int
+) -> bool:
+    """Train epoch ``epoch`` (its randomness seeded from (seed, epoch) alone), validate, record it in
+    ``state`` and the log; True when it is the best epoch so far."""
+    cfg, ctx, precision = spec.cfg, spec.ctx, spec.precision
+    es = epoch_seed(spec.seed, epoch)
+    torch.manual_seed(es + ctx.rank)
+    tr.generator.manual_seed(es)
+    spec.augment.set_random_state(seed=es + ctx.rank)
+    if hasattr(tr.loader.sampler, "set_epoch"):
+        tr.loader.sampler.set_epoch(epoch)
+    stats = _checked_epoch(
+        spec.label,
+        epoch,
+        precision,
+        tr.stepper,
+        tr.loader,
+        tr.optimizer,
+        tr.scheduler,
+        tr.loss_fn,
+        device=spec.device,
+        bf16=precision.bf16,
+        memory_format=tr.memory_format,
+        augment=tr.batch_augment,
+    )
+    try:
+        val_loss, val_auc = validation_metrics(model, val_items, spec.device, precision.bf16, cfg.batch_size * 2, ctx)
+    except NonFiniteError as exc:
+        raise _stopped(spec.label, epoch, precision, str(exc)) from None
+    auc_key = val_auc if val_auc is not None else 0.0
+    score = (auc_key, -val_loss) if cfg.select == "auc" else (-val_loss, auc_key)
+    improved = score > state.best_score
+    if improved:
+        state.best_score, state.best_epoch, state.stale = score, epoch, 0
+    else:
+        state.stale += 1
+    state.epoch = epoch
+    state.history.append(
+        {
+            "epoch": epoch,
+            "train_loss": stats.loss,
+            "val_loss": val_loss,
+            "val_auc": val_auc,
+            "lr": tr.optimizer.param_groups[0]["lr"],
+            "seconds": stats.seconds,
+            "data_seconds": stats.data_seconds,
+            "precision": precision.name,
+        }
+    )
+    auc_text = f"{val_auc:.3f}" if val_auc is not None else "n/a"
+    log.info(
+        "%sepoch %d/%d  train loss %.4f  val loss %.4f  val AUC %s%s  (%.1fs, %.0f samples/s)",
+        spec.label,
+        epoch,
+        cfg.epochs,
+        stats.loss,
+        val_loss,
+        auc_text,
+        " *" if improved else "",
+        stats.seconds,
+        stats.samples / max(stats.seconds, 1e-9),
+    )
+    return improved
 
 
 def _checked_epoch(label: str, epoch: int, precision: Precision, *args: Any, **kwargs: Any) -> EpochStats:
