@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import logging
 import os
 import time
@@ -31,7 +30,6 @@ from pipeline.provenance import MISSING, environment_record, file_sha256, git_co
 from pipeline.reporting import artifacts
 from pipeline.resources import is_file
 from pipeline.schema import (
-    CALIBRATION_FIGURE_FILE,
     DATA_HASHES_FILE,
     ENVIRONMENT_FILE,
     EXCLUDED_FILE,
@@ -47,8 +45,6 @@ from pipeline.schema import (
     PREDICTIONS_FILE,
     REPORT_FILE,
     RESOLVED_CONFIG_FILE,
-    ROC_FIGURE_FILE,
-    ROC_FILE,
     ROLE,
     SCORE,
     SPLITS_FILE,
@@ -487,9 +483,8 @@ def _run_fold(
 def finalize_run(run_dir: Path, cfg: WorkflowConfig | None = None, cohort: Cohort | None = None) -> dict[str, Any]:
     """Per-patient table, metrics, ROC table and figures, and the HTML report, from the saved
     predictions of ``run_dir`` (no model, manifest or image is needed)."""
-    from pipeline.evaluation import evaluate_predictions, roc_table
-    from pipeline.reporting import figures
-    from pipeline.reporting.html import ReportInputs, render_report
+    from pipeline.evaluation import evaluate_predictions
+    from pipeline.reporting.build import ClassColumn, write_report
     from pipeline.reporting.tables import per_patient
 
     if cfg is None:
@@ -523,68 +518,16 @@ def finalize_run(run_dir: Path, cfg: WorkflowConfig | None = None, cohort: Cohor
         seed=cfg.train.seed,
         aggregate=cfg.evaluation.aggregate,
     )
-    y_pp = (pp[label] == str(known.positive)).astype(int).to_numpy()
     artifacts.write_json(run_dir / METRICS_FILE, metrics)
-    roc = roc_table(y_pp, pp[SCORE].to_numpy())
-    artifacts.write_csv(run_dir / ROC_FILE, roc)
-
-    fold_curves = []
-    for fold, part in pp.groupby(FOLD):
-        y = (part[label] == str(known.positive)).astype(int).to_numpy()
-        if 0 < y.sum() < len(y):
-            fold_curves.append((f"fold {fold}", roc_table(y, part[SCORE].to_numpy())))
-    op = None
-    if metrics.get("sensitivity") is not None and metrics.get("specificity") is not None:
-        op = (1 - metrics["specificity"], metrics["sensitivity"])
-    roc_png = figures.roc_figure(
-        roc,
-        auc=metrics.get("auc"),
-        ci=(metrics.get("auc_ci_low"), metrics.get("auc_ci_high")),
-        folds=fold_curves if len(fold_curves) > 1 else (),
-        operating_point=op,
-        title=f"{cfg.study}: per-patient ROC",
-    )
-    artifacts.write_bytes(run_dir / ROC_FIGURE_FILE, roc_png)
-    cal_png = None
-    bins = (metrics.get("calibration") or {}).get("reliability")
-    if bins:
-        cal_png = figures.calibration_figure(pd.DataFrame(bins))
-        artifacts.write_bytes(run_dir / CALIBRATION_FIGURE_FILE, cal_png)
-    histories, training = [], {}
-    for done in sorted(run_dir.glob(f"fold_*/{FOLD_DONE_FILE}")):
-        info = json.loads(done.read_text())
-        training[str(info["fold"])] = {
-            "best_epoch": info.get("best_epoch"),
-            "best_val_auc": info.get("best_val_auc"),
-        }
-        hist = done.parent / HISTORY_FILE
-        if hist.is_file():
-            histories.append((f"fold {info['fold']}", pd.read_csv(hist)))
-    curves_png = figures.training_curves_figure(histories) if histories else None
-    curve = metrics.get("decision_curve")
-    decision_png = figures.decision_curve_figure(pd.DataFrame(curve)) if curve else None
-    excluded = pd.read_csv(run_dir / EXCLUDED_FILE) if (run_dir / EXCLUDED_FILE).is_file() else pd.DataFrame()
-    inputs = ReportInputs(
-        study=cfg.study,
-        run_id=run_dir.name,
-        scheme_text=(
-            f"{cfg.validation.folds}-fold patient-grouped cross-validation"
-            if cfg.validation.scheme == "kfold"
-            else "holdout (manifest split: train / val / test)"
-        ),
-        model_text=f"{cfg.model.arch} {cfg.model.spatial_dims}D, input {'x'.join(map(str, cfg.data.spatial_size))}",
-        metrics=metrics,
-        per_patient=pp,
-        split_summary=crossval.describe_splits(splits, known.patients),
-        excluded=excluded,
-        fold_training=training,
+    write_report(
+        run_dir,
+        cfg,
+        metrics,
+        pp,
+        crossval.describe_splits(splits, known.patients),
+        ClassColumn(label, str(known.positive)),
         n_images=len(preds),
-        roc_png=roc_png,
-        calibration_png=cal_png,
-        curves_png=curves_png,
-        decision_png=decision_png,
     )
-    artifacts.write_text(run_dir / REPORT_FILE, render_report(run_dir, inputs))
     return metrics
 
 

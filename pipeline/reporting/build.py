@@ -1,0 +1,119 @@
+"""The run's figures and HTML report from its metrics and tables (``study.finalize_run`` computes
+those; this module only draws and assembles). Reads the folds' records and histories and the
+exclusions from the run folder; writes ``roc.csv``, the figures and ``report.html``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline.config import WorkflowConfig
+from pipeline.evaluation import roc_table
+from pipeline.reporting import artifacts, figures
+from pipeline.reporting.html import ReportInputs, render_report
+from pipeline.schema import (
+    CALIBRATION_FIGURE_FILE,
+    EXCLUDED_FILE,
+    FOLD,
+    FOLD_DONE_FILE,
+    HISTORY_FILE,
+    REPORT_FILE,
+    ROC_FIGURE_FILE,
+    ROC_FILE,
+    SCORE,
+)
+
+
+@dataclass(frozen=True)
+class ClassColumn:
+    """The label column and the value that is the positive class (as text)."""
+
+    name: str
+    positive: str
+
+    def binary(self, table: pd.DataFrame) -> Any:
+        return (table[self.name].astype(str) == self.positive).astype(int).to_numpy()
+
+
+def write_report(
+    run_dir: Path,
+    cfg: WorkflowConfig,
+    metrics: dict[str, Any],
+    per_patient: pd.DataFrame,
+    split_summary: pd.DataFrame,
+    label: ClassColumn,
+    *,
+    n_images: int,
+) -> None:
+    """ROC table, figures and the self-contained report of a finished run."""
+    roc = roc_table(label.binary(per_patient), per_patient[SCORE].to_numpy())
+    artifacts.write_csv(run_dir / ROC_FILE, roc)
+    roc_png = _roc_png(roc, per_patient, label, metrics, f"{cfg.study}: per-patient ROC")
+    artifacts.write_bytes(run_dir / ROC_FIGURE_FILE, roc_png)
+    cal_png = None
+    bins = (metrics.get("calibration") or {}).get("reliability")
+    if bins:
+        cal_png = figures.calibration_figure(pd.DataFrame(bins))
+        artifacts.write_bytes(run_dir / CALIBRATION_FIGURE_FILE, cal_png)
+    histories, training = _fold_records(run_dir)
+    curve = metrics.get("decision_curve")
+    excluded = pd.read_csv(run_dir / EXCLUDED_FILE) if (run_dir / EXCLUDED_FILE).is_file() else pd.DataFrame()
+    inputs = ReportInputs(
+        study=cfg.study,
+        run_id=run_dir.name,
+        scheme_text=(
+            f"{cfg.validation.folds}-fold patient-grouped cross-validation"
+            if cfg.validation.scheme == "kfold"
+            else "holdout (manifest split: train / val / test)"
+        ),
+        model_text=f"{cfg.model.arch} {cfg.model.spatial_dims}D, input {'x'.join(map(str, cfg.data.spatial_size))}",
+        metrics=metrics,
+        per_patient=per_patient,
+        split_summary=split_summary,
+        excluded=excluded,
+        fold_training=training,
+        n_images=n_images,
+        roc_png=roc_png,
+        calibration_png=cal_png,
+        curves_png=figures.training_curves_figure(histories) if histories else None,
+        decision_png=figures.decision_curve_figure(pd.DataFrame(curve)) if curve else None,
+    )
+    artifacts.write_text(run_dir / REPORT_FILE, render_report(run_dir, inputs))
+
+
+def _roc_png(
+    roc: pd.DataFrame, per_patient: pd.DataFrame, label: ClassColumn, metrics: dict[str, Any], title: str
+) -> bytes:
+    """The pooled ROC curve with the per-fold curves (when there are several) and the operating point."""
+    fold_curves = []
+    for fold, part in per_patient.groupby(FOLD):
+        y = label.binary(part)
+        if 0 < y.sum() < len(y):
+            fold_curves.append((f"fold {fold}", roc_table(y, part[SCORE].to_numpy())))
+    op = None
+    if metrics.get("sensitivity") is not None and metrics.get("specificity") is not None:
+        op = (1 - metrics["specificity"], metrics["sensitivity"])
+    return figures.roc_figure(
+        roc,
+        auc=metrics.get("auc"),
+        ci=(metrics.get("auc_ci_low"), metrics.get("auc_ci_high")),
+        folds=fold_curves if len(fold_curves) > 1 else (),
+        operating_point=op,
+        title=title,
+    )
+
+
+def _fold_records(run_dir: Path) -> tuple[list[tuple[str, pd.DataFrame]], dict[str, dict[str, Any]]]:
+    """(training histories, best epoch and validation AUC) of the finished folds."""
+    histories, training = [], {}
+    for done in sorted(run_dir.glob(f"fold_*/{FOLD_DONE_FILE}")):
+        info = json.loads(done.read_text())
+        training[str(info["fold"])] = {"best_epoch": info.get("best_epoch"), "best_val_auc": info.get("best_val_auc")}
+        hist = done.parent / HISTORY_FILE
+        if hist.is_file():
+            histories.append((f"fold {info['fold']}", pd.read_csv(hist)))
+    return histories, training
