@@ -402,7 +402,6 @@ def _run_fold(
 ) -> None:
     """Train one fold, then predict its test and validation images (rank 0 writes the files)."""
     from pipeline.augment import make_augmentation
-    from pipeline.inference import predict_scores
     from pipeline.models import build_model, count_parameters
     from pipeline.precision import choose_precision
     from pipeline.training import FoldSpec, recorded_precision, seed_everything, train_fold
@@ -412,7 +411,6 @@ def _run_fold(
     model = build_model(cfg.model).to(device)
     checkpoint = fold_dir / MODEL_FILE
     precision = recorded_precision(checkpoint, model) or choose_precision(cfg, model, device)
-    bf16 = precision.bf16
     log.info(
         "fold %d: %d train / %d val / %d test images on %s%s (%s), %s (%.1fM parameters)",
         fold,
@@ -438,11 +436,41 @@ def _run_fold(
         ctx=ctx,
     )
     result = train_fold(model, items["train"], items["val"], spec)
+    predictions = _predict_roles(cfg, run, fold, model, precision, items, table, label_col)
+    if not ctx.is_main:
+        return
+    artifacts.write_csv(fold_dir / HISTORY_FILE, result.history)
+    artifacts.write_csv(fold_dir / PREDICTIONS_FILE, predictions)
+    done = {
+        "fold": fold,
+        "best_epoch": result.best_epoch,
+        "best_val_auc": result.best_val_auc,
+        "precision": precision.name,
+        "fp32_layers": list(precision.fp32_layers),
+        **runfolder.fold_record({"digest": seal}, predictions),
+    }
+    artifacts.write_json(fold_dir / FOLD_DONE_FILE, {**done, "seconds": time.perf_counter() - start})
+
+
+def _predict_roles(
+    cfg: WorkflowConfig,
+    run: RunContext,
+    fold: int,
+    model: Any,
+    precision: Any,
+    items: dict[str, list[dict[str, Any]]],
+    table: pd.DataFrame,
+    label_col: str,
+) -> pd.DataFrame:
+    """The fold model's scores for its test and validation images (NaN or Inf stops the fold)."""
+    from pipeline.inference import predict_scores
+
     frames = []
     for role in ("test", "val"):
         ids = [it[IMAGE_ID] for it in items[role]]
+        batch = cfg.train.batch_size * 2
         scores = predict_scores(
-            model, items[role], device=device, bf16=bf16, batch_size=cfg.train.batch_size * 2, ctx=ctx
+            model, items[role], device=run.device, bf16=precision.bf16, batch_size=batch, ctx=run.ctx
         )
         if not np.isfinite(scores).all():
             raise NonFiniteError(
@@ -461,20 +489,7 @@ def _run_fold(
                 }
             )
         )
-    if not ctx.is_main:
-        return
-    artifacts.write_csv(fold_dir / HISTORY_FILE, result.history)
-    predictions = pd.concat(frames, ignore_index=True)
-    artifacts.write_csv(fold_dir / PREDICTIONS_FILE, predictions)
-    done = {
-        "fold": fold,
-        "best_epoch": result.best_epoch,
-        "best_val_auc": result.best_val_auc,
-        "precision": precision.name,
-        "fp32_layers": list(precision.fp32_layers),
-        **runfolder.fold_record({"digest": seal}, predictions),
-    }
-    artifacts.write_json(fold_dir / FOLD_DONE_FILE, {**done, "seconds": time.perf_counter() - start})
+    return pd.concat(frames, ignore_index=True)
 
 
 # --------------------------------------------------------------------------- after training
