@@ -114,23 +114,7 @@ def load_manifest(
     ``../`` elsewhere is refused. The check is on the path as written; symbolic links are followed.
     """
     path = Path(path)
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except FileNotFoundError:
-        raise ValidationError([f"manifest not found: {path}"], "manifest") from None
-    except UnicodeDecodeError as exc:
-        raise ValidationError(
-            [f"{path.name} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x}): save it as UTF-8"],
-            "manifest",
-        ) from None
-    except OSError as exc:  # a name over the file system's limit, a folder, no permission
-        raise ValidationError(
-            [f"manifest {path.name[:80]}: cannot be read ({exc.strerror or exc})"], "manifest"
-        ) from None
-    except ValueError as exc:  # a NUL byte in the path
-        raise ValidationError([f"manifest path is not valid: {exc}"], "manifest") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise ValidationError([f"{path} is not a readable CSV: {type(exc).__name__}"], "manifest") from None
+    df = _read_table(path)
     problems: list[str] = _duplicate_columns(path)
     df.columns = [c.strip() for c in df.columns]
     for column, values in (keep or {}).items():
@@ -149,7 +133,45 @@ def load_manifest(
     for col in (PATIENT_ID, IMAGE, label_col):
         df[col] = df[col].str.strip()
     rows = df.index + 2  # line numbers as a spreadsheet shows them (header is line 1)
+    problems += _id_problems(df, rows, label_col)
+    label_problems, pos = _label_problems(df, label_col, positive)
+    problems += label_problems
+    problems += _split_problems(df, rows, require_split)
+    problems += _path_problems(df, rows, path.parent, image_roots, check_files)
+    if problems:
+        raise ValidationError(problems, f"manifest {path}")
 
+    df[TARGET] = (df[label_col] == pos).astype(int)
+    df[IMAGE_ID] = df[PATIENT_ID] + "#" + (df.groupby(PATIENT_ID).cumcount() + 1).astype(str)
+    contract = {PATIENT_ID, IMAGE, label_col, SPLIT, STUDY_ID, SERIES_ID, IMAGE_ID, "path", TARGET}
+    extra = tuple(c for c in df.columns if c not in contract)
+    return Cohort(table=df, label_col=label_col, positive=pos, extra_columns=extra, manifest_path=path.resolve())
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    """The manifest as text columns; every way it cannot be read is a listed problem."""
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except FileNotFoundError:
+        raise ValidationError([f"manifest not found: {path}"], "manifest") from None
+    except UnicodeDecodeError as exc:
+        raise ValidationError(
+            [f"{path.name} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x}): save it as UTF-8"],
+            "manifest",
+        ) from None
+    except OSError as exc:  # a name over the file system's limit, a folder, no permission
+        raise ValidationError(
+            [f"manifest {path.name[:80]}: cannot be read ({exc.strerror or exc})"], "manifest"
+        ) from None
+    except ValueError as exc:  # a NUL byte in the path
+        raise ValidationError([f"manifest path is not valid: {exc}"], "manifest") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ValidationError([f"{path} is not a readable CSV: {type(exc).__name__}"], "manifest") from None
+
+
+def _id_problems(df: pd.DataFrame, rows: pd.Index, label_col: str) -> list[str]:
+    """Empty values and patient ids that are not plain names (spreadsheet formulas included)."""
+    problems: list[str] = []
     empty = [f"line {r}: {col} is empty" for col in (PATIENT_ID, IMAGE, label_col) for r in rows[df[col] == ""]]
     problems += _listed("empty value", empty)
     bad_ids = [
@@ -160,7 +182,12 @@ def load_manifest(
     problems += _listed(
         "patient_id must be 1-128 letters, digits, '_', '-', '.', and must not start with = + - @", bad_ids
     )
+    return problems
 
+
+def _label_problems(df: pd.DataFrame, label_col: str, positive: Any) -> tuple[list[str], Any]:
+    """One label per patient, exactly two classes, the positive class among them; (problems, positive)."""
+    problems: list[str] = []
     labelled = df[df[label_col] != ""]
     labels_per_patient = labelled.groupby(PATIENT_ID)[label_col].nunique()
     conflicting = labels_per_patient[labels_per_patient > 1].index.tolist()
@@ -180,7 +207,12 @@ def load_manifest(
         )
     elif len(classes) == 1:
         problems.append(f"column {label_col!r} has a single value {classes}: both classes are needed")
+    return problems, pos
 
+
+def _split_problems(df: pd.DataFrame, rows: pd.Index, require_split: bool) -> list[str]:
+    """Split values (normalised in place), and for a holdout study one split per patient, each present."""
+    problems: list[str] = []
     if SPLIT in df.columns:
         df[SPLIT] = df[SPLIT].str.strip().str.lower()
         bad_split = [
@@ -194,8 +226,14 @@ def load_manifest(
             problems += _listed("patient in more than one split (leakage)", leaked)
             present = set(df[SPLIT])
             problems += [f"split {s!r} has no rows" for s in SPLIT_VALUES if s not in present]
+    return problems
 
-    base = path.parent
+
+def _path_problems(
+    df: pd.DataFrame, rows: pd.Index, base: Path, image_roots: Sequence[Path | str] | None, check_files: bool
+) -> list[str]:
+    """Image paths: holdable, inside the allowed folders, listed once, present. Adds ``path``."""
+    problems: list[str] = []
     unusable = [f"line {r}: {img!r}" for r, img in zip(rows, df[IMAGE], strict=False) if _unusable_path(img)]
     problems += _listed("image path with a NUL byte or a name over 255 bytes", unusable)
     df["path"] = [str((base / p).resolve()) if p and not _unusable_path(p) else "" for p in df[IMAGE]]
@@ -221,12 +259,4 @@ def load_manifest(
             if img and p and not Path(p).exists()
         ]
         problems += _listed("image not found (paths are relative to the manifest's folder)", missing_files)
-
-    if problems:
-        raise ValidationError(problems, f"manifest {path}")
-
-    df[TARGET] = (df[label_col] == pos).astype(int)
-    df[IMAGE_ID] = df[PATIENT_ID] + "#" + (df.groupby(PATIENT_ID).cumcount() + 1).astype(str)
-    contract = {PATIENT_ID, IMAGE, label_col, SPLIT, STUDY_ID, SERIES_ID, IMAGE_ID, "path", TARGET}
-    extra = tuple(c for c in df.columns if c not in contract)
-    return Cohort(table=df, label_col=label_col, positive=pos, extra_columns=extra, manifest_path=path.resolve())
+    return problems
