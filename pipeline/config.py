@@ -15,7 +15,7 @@ import math
 import re
 import types
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
@@ -458,62 +458,75 @@ def _convert_value(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
     """Check ``value`` against type hint ``tp``; return the converted value (or None after a problem)."""
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
-        if value is None:  # a section header with nothing under it: all defaults
-            value = {}
-        if not isinstance(value, Mapping):
-            problems.append(f"{where}: expected a section (mapping), got {_short(value)}")
-            return None
-        cls = typing.cast(type, tp)
-        return cls(**_convert(cls, value, f"{where}.", problems))
-    if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in (a for a in args if a is not type(None)):
-            trial: list[str] = []
-            out = _convert_value(arg, value, where, trial)
-            if not trial:
-                return out
+        return _convert_section(typing.cast(type, tp), value, where, problems)
+    convert = _CONVERTERS.get(origin, _convert_scalar) if origin is not None else _convert_scalar
+    return convert(tp, value, where, problems)
+
+
+def _convert_section(cls: type, value: Any, where: str, problems: list[str]) -> Any:
+    if value is None:  # a section header with nothing under it: all defaults
+        value = {}
+    if not isinstance(value, Mapping):
+        problems.append(f"{where}: expected a section (mapping), got {_short(value)}")
+        return None
+    return cls(**_convert(cls, value, f"{where}.", problems))
+
+
+def _convert_union(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
+    args = get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    for arg in (a for a in args if a is not type(None)):
+        trial: list[str] = []
+        out = _convert_value(arg, value, where, trial)
+        if not trial:
+            return out
+    problems.append(f"{where}: expected {_type_name(tp)}, got {_short(value)}")
+    return None
+
+
+def _convert_literal(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
+    if value in get_args(tp) and type(value) in {type(a) for a in get_args(tp)}:
+        return value
+    if value is None:
+        problems.append(f"{where}: must be one of {_type_name(tp)}, got null{_QUOTE_HINT}")
+        return None
+    close = difflib.get_close_matches(str(value), [str(a) for a in get_args(tp)], n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    problems.append(f"{where}: must be one of {_type_name(tp)}, got {_short(value)}{hint}")
+    return None
+
+
+def _convert_mapping(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
+    key_type, value_type = get_args(tp)
+    if not isinstance(value, Mapping):
+        problems.append(f"{where}: expected a mapping, got {_short(value)}")
+        return None
+    n_before = len(problems)
+    out = {
+        _convert_value(key_type, k, f"{where} key", problems): _convert_value(value_type, v, f"{where}.{k}", problems)
+        for k, v in value.items()
+    }
+    return out if len(problems) == n_before else None
+
+
+def _convert_tuple(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
+    args = get_args(tp)
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
         problems.append(f"{where}: expected {_type_name(tp)}, got {_short(value)}")
         return None
-    if origin is Literal:
-        if value in get_args(tp) and type(value) in {type(a) for a in get_args(tp)}:
-            return value
-        if value is None:
-            problems.append(f"{where}: must be one of {_type_name(tp)}, got null{_QUOTE_HINT}")
-            return None
-        close = difflib.get_close_matches(str(value), [str(a) for a in get_args(tp)], n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        problems.append(f"{where}: must be one of {_type_name(tp)}, got {_short(value)}{hint}")
+    if args[-1] is not Ellipsis and len(value) != len(args):
+        problems.append(f"{where}: expected {_type_name(tp)}, got {len(value)} entries")
         return None
-    if origin is dict:
-        key_type, value_type = get_args(tp)
-        if not isinstance(value, Mapping):
-            problems.append(f"{where}: expected a mapping, got {_short(value)}")
-            return None
-        n_before = len(problems)
-        out = {
-            _convert_value(key_type, k, f"{where} key", problems): _convert_value(
-                value_type, v, f"{where}.{k}", problems
-            )
-            for k, v in value.items()
-        }
-        return out if len(problems) == n_before else None
-    if origin is tuple:
-        args = get_args(tp)
-        if isinstance(value, str | bytes) or not isinstance(value, Sequence):
-            problems.append(f"{where}: expected {_type_name(tp)}, got {_short(value)}")
-            return None
-        if args[-1] is not Ellipsis and len(value) != len(args):
-            problems.append(f"{where}: expected {_type_name(tp)}, got {len(value)} entries")
-            return None
-        item_types = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
-        n_before = len(problems)
-        items = [
-            _convert_value(t, v, f"{where}[{i}]", problems)
-            for i, (t, v) in enumerate(zip(item_types, value, strict=False))
-        ]
-        return tuple(items) if len(problems) == n_before else None
+    item_types = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
+    n_before = len(problems)
+    items = [
+        _convert_value(t, v, f"{where}[{i}]", problems) for i, (t, v) in enumerate(zip(item_types, value, strict=False))
+    ]
+    return tuple(items) if len(problems) == n_before else None
+
+
+def _convert_scalar(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
     if tp is Any:
         return value
     if tp is bool:
@@ -543,6 +556,15 @@ def _convert_value(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
         return Path(value)
     problems.append(f"{where}: expected {_type_name(tp)}, got {_short(value)}")
     return None
+
+
+_CONVERTERS: dict[Any, Callable[[Any, Any, str, list[str]], Any]] = {
+    Union: _convert_union,
+    types.UnionType: _convert_union,
+    Literal: _convert_literal,
+    dict: _convert_mapping,
+    tuple: _convert_tuple,
+}
 
 
 def _convert(cls: type, raw: Mapping[str, Any], prefix: str, problems: list[str]) -> dict[str, Any]:
