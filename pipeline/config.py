@@ -223,8 +223,13 @@ _BOOL_WORDS = {"yes": True, "on": True, "y": True, "no": False, "off": False, "n
 
 
 def yaml_load(text: str) -> Any:
-    """Parse workflow YAML (safe: plain data only; booleans as in YAML 1.2)."""
-    return yaml.load(text, Loader=_WorkflowLoader)
+    """Parse workflow YAML: what ``yaml.safe_load`` does (plain data only, SafeConstructor), with
+    the loader above (YAML 1.2 booleans, duplicate keys and alias expansion refused)."""
+    loader = _WorkflowLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:

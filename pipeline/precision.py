@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,23 +186,23 @@ def kernel_exceeds_input(layer: nn.Module, sample_shape: tuple[int, ...]) -> boo
 
 def unsafe_bf16_layers(
     model: nn.Module, input_shape: tuple[int, ...], batch_size: int, device: torch.device, repeats: int = 2
-) -> dict[str, float]:
-    """Layers (name -> relative error, inf for the kernel-larger-than-input rule on a CPU) whose
-    bf16 result at this input shape is wrong or not to be trusted on ``device``. Layers of the same
+) -> dict[str, str]:
+    """Layers (name -> why) whose bf16 result at this input shape is wrong or not to be trusted
+    on ``device``. Layers of the same
     configuration, input shape, batch size and device are checked once per process (``repeats``
     times), so the folds of a study make the same decision."""
     modules = dict(model.named_modules())
-    bad: dict[str, float] = {}
+    bad: dict[str, str] = {}
     for name, shape in layer_input_shapes(model, input_shape, device).items():
         layer = modules[name]
         if device.type == "cpu" and kernel_exceeds_input(layer, shape):
-            bad[name] = float("inf")
+            bad[name] = "has a kernel larger than its input map"
             continue
         key = (_kernel_class(layer).__qualname__, repr(layer), shape, batch_size, str(device))
         if key not in _CHECKED:
             _CHECKED[key] = max(bf16_error(layer, shape, max(2, batch_size), device) for _ in range(repeats))
         if not _CHECKED[key] <= TOLERANCE:
-            bad[name] = _CHECKED[key]
+            bad[name] = f"is off by {_CHECKED[key]:.3g} (relative) in bf16 at this shape"
     return bad
 
 
@@ -221,15 +220,11 @@ def resolve_precision(
         reason = "train.amp is off" if amp == "off" else f"no native bf16 on this {device.type}"
         return Precision(False, reason=reason)
     bad = unsafe_bf16_layers(model, input_shape, batch_size, device)
-    shapes = layer_input_shapes(model, input_shape, device) if bad else {}
     n_checked = sum(isinstance(m, CHECKED_LAYERS) for m in model.modules())
     if bad and len(bad) == n_checked:
         return Precision(False, reason="no layer of this model computes correctly in bf16 on this machine")
-    for name, err in bad.items():
-        if math.isinf(err) and kernel_exceeds_input(dict(model.named_modules())[name], shapes[name]):
-            log.info("bf16 check: layer %s has a kernel larger than its input map: kept in fp32", name)
-        else:
-            log.info("bf16 check: layer %s is off by %.3g (relative) in bf16 at this shape: kept in fp32", name, err)
+    for name, why in bad.items():
+        log.info("bf16 check: layer %s %s: kept in fp32", name, why)
     keep_in_fp32(model, list(bad))
     reason = "their bf16 kernels are wrong or not trusted at these shapes on this machine" if bad else ""
     return Precision(True, tuple(bad), reason)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import resource
+from pathlib import Path
+
+from pipeline.errors import ScanError
 
 
 def physical_memory() -> int | None:
@@ -24,11 +27,23 @@ def image_memory_budget() -> int | None:
     return None if memory is None else memory // 4
 
 
+def check_load_budget(shape: str, n_voxels: float, bytes_per_voxel: int, source: str) -> None:
+    """Refuse (``too_large``) an image whose load would need more than ``image_memory_budget``:
+    checked from the header, before anything is decoded or decompressed."""
+    budget = image_memory_budget()
+    working = n_voxels * bytes_per_voxel
+    if budget is not None and working > budget:
+        raise ScanError(
+            "too_large",
+            f"{shape} voxels need about {working / 2**30:.1f} GiB to load; this machine allows "
+            f"{budget / 2**30:.1f} GiB per image",
+            source,
+        )
+
+
 def is_file(path: object) -> bool:
     """``Path(path).is_file()`` that answers False, not an exception, for a name the file system
     cannot hold (over 255 bytes per component, a NUL byte)."""
-    from pathlib import Path
-
     try:
         return Path(str(path)).is_file()
     except (OSError, ValueError):

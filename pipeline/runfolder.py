@@ -136,10 +136,10 @@ def locked(run_dir: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def fold_record(seal: dict[str, Any], predictions: pd.DataFrame) -> dict[str, Any]:
+def fold_record(seal_digest: str, predictions: pd.DataFrame) -> dict[str, Any]:
     """What a finished fold records about itself: the seal it was made under, its prediction counts."""
     counts = predictions[ROLE].value_counts()
-    return {"seal": seal["digest"], "n_test": int(counts.get("test", 0)), "n_val": int(counts.get("val", 0))}
+    return {"seal": seal_digest, "n_test": int(counts.get("test", 0)), "n_val": int(counts.get("val", 0))}
 
 
 def check_fold_records(run_dir: Path, folds: list[int], seal_digest: str | None = None) -> list[dict[str, Any]]:

@@ -447,7 +447,7 @@ def _run_fold(
         "best_val_auc": result.best_val_auc,
         "precision": precision.name,
         "fp32_layers": list(precision.fp32_layers),
-        **runfolder.fold_record({"digest": seal}, predictions),
+        **runfolder.fold_record(seal, predictions),
     }
     artifacts.write_json(fold_dir / FOLD_DONE_FILE, {**done, "seconds": time.perf_counter() - start})
 

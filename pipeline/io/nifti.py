@@ -19,7 +19,7 @@ import numpy as np
 from pipeline.errors import ScanError
 from pipeline.io.sniff import NIFTI_GZ
 from pipeline.io.volume import MAX_VOXELS
-from pipeline.resources import image_memory_budget
+from pipeline.resources import check_load_budget
 
 GZIP_MAX_RATIO = 1032  # deflate cannot expand more: a larger claim is a lying header
 DISAGREE_MM = 1.0
@@ -73,17 +73,9 @@ def _check_size(img: nib.Nifti1Image, path: Path, shape: tuple[int, ...], source
         raise ScanError("truncated", f"voxel data needs {needed} bytes, the file holds {held}", source)
     if n_voxels > MAX_VOXELS:
         raise ScanError("too_large", f"{dims} voxels exceed the cap of {MAX_VOXELS}", source)
-    budget = image_memory_budget()
     # the stored voxels, their float32 copy and one working copy of the chain (a ".gz" that
     # inflates to gigabytes is refused here, before it is decompressed)
-    working = int(n_voxels * (img.header.get_data_dtype().itemsize + 8))
-    if budget is not None and working > budget:
-        raise ScanError(
-            "too_large",
-            f"{dims} voxels need about {working / 2**30:.1f} GiB to load; this machine allows "
-            f"{budget / 2**30:.1f} GiB per image",
-            source,
-        )
+    check_load_budget(dims, n_voxels, img.header.get_data_dtype().itemsize + 8, source)
 
 
 def _transform(img: nib.Nifti1Image, source: str) -> tuple[np.ndarray, str, list[str]]:

@@ -17,7 +17,7 @@ from pipeline.errors import ScanError
 from pipeline.io import pixels
 from pipeline.io.geometry import Geometry, plan_geometry
 from pipeline.io.series import Stack
-from pipeline.resources import image_memory_budget
+from pipeline.resources import check_load_budget
 
 MAX_VOXELS = 1_000_000_000  # 4 GB as float32; more is refused before any pixel is decoded
 VOLUME_POLICIES = ("refuse", "first", "mean", "all")
@@ -76,15 +76,8 @@ def plan_stack(stack: Stack, *, source: str, volumes: str = "refuse") -> StackPl
     n_voxels = int(np.prod(plan.spatial_shape)) * plan.channels * geometry.n_volumes
     if n_voxels > MAX_VOXELS:
         raise ScanError("too_large", f"{n_voxels} voxels exceed the cap of {MAX_VOXELS}", source)
-    budget = image_memory_budget()
-    working = n_voxels * 16  # float64 rescale, float32 result and a working copy, before any pixel is decoded
-    if budget is not None and working > budget:
-        raise ScanError(
-            "too_large",
-            f"{n_voxels} voxels need about {working / 2**30:.1f} GiB to load; this machine allows "
-            f"{budget / 2**30:.1f} GiB per image",
-            source,
-        )
+    # float64 rescale, float32 result and a working copy, checked before any pixel is decoded
+    check_load_budget("x".join(map(str, plan.spatial_shape)), n_voxels, 16, source)
     return plan
 
 

@@ -13,6 +13,7 @@ import pandas as pd
 
 from pipeline.config import WorkflowConfig
 from pipeline.evaluation import roc_table
+from pipeline.evaluation.table import binary_target
 from pipeline.reporting import artifacts, figures
 from pipeline.reporting.html import ReportInputs, render_report
 from pipeline.schema import (
@@ -36,7 +37,7 @@ class ClassColumn:
     positive: str
 
     def binary(self, table: pd.DataFrame) -> Any:
-        return (table[self.name].astype(str) == self.positive).astype(int).to_numpy()
+        return binary_target(table[self.name], self.positive)
 
 
 def write_report(
