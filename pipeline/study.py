@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -51,6 +51,9 @@ from pipeline.schema import (
     TARGET,
     VAL_PREDICTIONS_FILE,
 )
+
+if TYPE_CHECKING:
+    from pipeline.evaluation import EvaluationOptions
 
 log = logging.getLogger(__name__)
 
@@ -495,10 +498,19 @@ def _predict_roles(
 # --------------------------------------------------------------------------- after training
 
 
+def _evaluation_options(cfg: WorkflowConfig) -> EvaluationOptions:
+    """The workflow's evaluation section as the options `cohortnet evaluate` takes (seed: train.seed)."""
+    from pipeline.evaluation import EvaluationOptions, Interval
+
+    ev = cfg.evaluation
+    interval = Interval(ci_method=ev.ci_method, n_bootstrap=ev.n_bootstrap, seed=cfg.train.seed)
+    return EvaluationOptions(threshold_rule=ev.threshold_rule, interval=interval, aggregate=ev.aggregate)
+
+
 def finalize_run(run_dir: Path, cfg: WorkflowConfig | None = None, cohort: Cohort | None = None) -> dict[str, Any]:
     """Per-patient table, metrics, ROC table and figures, and the HTML report, from the saved
     predictions of ``run_dir`` (no model, manifest or image is needed)."""
-    from pipeline.evaluation import evaluate_predictions
+    from pipeline.evaluation import ScoreColumns, evaluate_predictions
     from pipeline.reporting.build import ClassColumn, write_report
     from pipeline.reporting.tables import per_patient
 
@@ -518,21 +530,10 @@ def finalize_run(run_dir: Path, cfg: WorkflowConfig | None = None, cohort: Cohor
     # The same call as `cohortnet evaluate` on the per-image predictions with the patients'
     # columns: --group-col patient_id --fold-col fold --val-table val_predictions.csv (tested).
     images = preds.merge(extra, on=PATIENT_ID, how="left")
-    metrics = evaluate_predictions(
-        images,
-        label_col=label,
-        score_col=SCORE,
-        positive=known.positive,
-        group_col=PATIENT_ID,
-        fold_col=FOLD,
-        subgroup_cols=tuple(cfg.evaluation.subgroups),
-        threshold_df=val if len(val) else None,
-        threshold_rule=cfg.evaluation.threshold_rule,
-        ci_method=cfg.evaluation.ci_method,
-        n_bootstrap=cfg.evaluation.n_bootstrap,
-        seed=cfg.train.seed,
-        aggregate=cfg.evaluation.aggregate,
+    columns = ScoreColumns(
+        label, SCORE, positive=known.positive, group=PATIENT_ID, fold=FOLD, subgroups=tuple(cfg.evaluation.subgroups)
     )
+    metrics = evaluate_predictions(images, columns, _evaluation_options(cfg), threshold_df=val if len(val) else None)
     artifacts.write_json(run_dir / METRICS_FILE, metrics)
     write_report(
         run_dir,

@@ -10,13 +10,16 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from pipeline.errors import ValidationError
 from pipeline.options import AGGREGATES, CI_METHODS
 from pipeline.schema import METRICS_FILE, ROC_FILE
+
+if TYPE_CHECKING:
+    from pipeline.evaluation.spec import EvaluationOptions, ScoreColumns
 
 log = logging.getLogger("pipeline")
 
@@ -131,6 +134,35 @@ def _split(df: pd.DataFrame, args: argparse.Namespace, problems: list[str]) -> t
     return df[~is_val].reset_index(drop=True), df[is_val].reset_index(drop=True)
 
 
+def score_columns(args: argparse.Namespace) -> ScoreColumns:
+    """The table's columns as the flags name them."""
+    from pipeline.evaluation.spec import ScoreColumns
+
+    return ScoreColumns.of(
+        args.label_col,
+        args.score_col,
+        positive=args.positive,
+        compare=args.compare,
+        group=args.group_col,
+        subgroups=args.subgroup_col,
+        fold=args.fold_col,
+        classes=args.classes,
+    )
+
+
+def evaluation_options(args: argparse.Namespace) -> EvaluationOptions:
+    """The statistical choices as the flags name them."""
+    from pipeline.evaluation.spec import EvaluationOptions, Interval
+
+    return EvaluationOptions(
+        threshold_rule=args.threshold_rule,
+        interval=Interval(args.ci_method, args.bootstrap, args.seed, args.level),
+        calibration=not args.no_calibration,
+        aggregate=args.aggregate,
+        recalibration=args.recalibrate,
+    )
+
+
 def load_inputs(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Read and check the table(s); ValidationError listing every problem in options and tables."""
     from pipeline.evaluation.table import validate_score_table
@@ -141,19 +173,10 @@ def load_inputs(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame | 
     if df is not None:
         df, split_val = _split(df, args, problems)
         val = split_val if split_val is not None else val
-        cols: dict[str, Any] = {
-            "label_col": args.label_col,
-            "score_cols": args.score_col,
-            "positive": args.positive,
-            "compare_col": args.compare,
-            "group_col": args.group_col,
-            "subgroup_cols": args.subgroup_col,
-            "fold_col": args.fold_col,
-        }
-        problems += validate_score_table(df, **cols)
+        cols = score_columns(args)
+        problems += validate_score_table(df, cols)
         if val is not None:
-            vcols = {**cols, "compare_col": None, "subgroup_cols": (), "fold_col": None}
-            problems += [f"validation rows: {p}" for p in validate_score_table(val, **vcols)]
+            problems += [f"validation rows: {p}" for p in validate_score_table(val, cols.for_validation())]
         if args.recalibrate and not problems:
             problems += _recalibration_problems(df, val, args)
     if problems or df is None:
@@ -204,26 +227,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.evaluation import evaluate_predictions, format_metrics
 
     df, val = load_inputs(args)
-    metrics = evaluate_predictions(
-        df,
-        label_col=args.label_col,
-        score_col=args.score_col[0] if len(args.score_col) == 1 else args.score_col,
-        positive=args.positive,
-        compare_col=args.compare,
-        group_col=args.group_col,
-        subgroup_cols=tuple(args.subgroup_col),
-        fold_col=args.fold_col,
-        threshold_df=val,
-        threshold_rule=args.threshold_rule,
-        ci_method=args.ci_method,
-        n_bootstrap=args.bootstrap,
-        seed=args.seed,
-        calibration=not args.no_calibration,
-        aggregate=args.aggregate,
-        recalibration=args.recalibrate,
-        classes=args.classes,
-        level=args.level,
-    )
+    metrics = evaluate_predictions(df, score_columns(args), evaluation_options(args), threshold_df=val)
     out = _write(df, args, metrics)
     print(format_metrics(metrics), end="")
     log.info("wrote %s and %s in %s", METRICS_FILE, ROC_FILE, out)

@@ -3,7 +3,8 @@
 Public API (pROC equivalents in brackets):
 
 - :func:`binary_summary` -- AUC with CI, counts, metrics at a threshold [``roc`` + ``ci.auc`` + ``coords``]
-- :func:`evaluate_predictions` -- everything metrics.json holds for a table of scores
+- :func:`evaluate_predictions` -- everything metrics.json holds for a table of scores, given its
+  :class:`ScoreColumns` and :class:`EvaluationOptions` (CI settings in :class:`Interval`)
 - :func:`roc_table` -- ROC curve as a DataFrame (threshold, fpr, tpr)
 - :func:`delong_ci` -- AUC, DeLong SE and interval (logit-scale by default; ``transform="none"`` is pROC's)
 - :func:`delong_paired_test`, :func:`delong_unpaired_test`, :func:`bootstrap_paired_test`,
@@ -32,11 +33,15 @@ from pipeline.evaluation.multiclass import multiclass_summary
 from pipeline.evaluation.predictions import evaluate_predictions
 from pipeline.evaluation.report import format_metrics
 from pipeline.evaluation.roc import delong_ci, roc_table
+from pipeline.evaluation.spec import EvaluationOptions, Interval, ScoreColumns
 from pipeline.evaluation.summary import CI_METHODS, binary_summary
 from pipeline.evaluation.thresholds import choose_threshold, threshold_metrics, wilson_interval
 
 __all__ = [
     "CI_METHODS",
+    "EvaluationOptions",
+    "Interval",
+    "ScoreColumns",
     "SingleClassError",
     "binary_summary",
     "bootstrap_paired_test",

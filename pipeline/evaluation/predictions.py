@@ -9,7 +9,6 @@ Sections: ``image_level`` (with group_col), ``comparison`` (with compare_col), `
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,8 @@ from pipeline.evaluation.calibration import calibration_summary, fit_recalibrati
 from pipeline.evaluation.compare import bootstrap_paired_test, delong_paired_test
 from pipeline.evaluation.decision import net_benefit
 from pipeline.evaluation.multiclass import multiclass_summary
-from pipeline.evaluation.subgroups import fold_summaries, make_summariser, subgroup_summaries
+from pipeline.evaluation.spec import EvaluationOptions, Interval, ScoreColumns
+from pipeline.evaluation.subgroups import Summarise, fold_summaries, make_summariser, subgroup_summaries
 from pipeline.evaluation.summary import binary_summary
 from pipeline.evaluation.table import (
     aggregate_by_patient,
@@ -66,148 +66,132 @@ def _calibration_sections(
     return out
 
 
-def _comparison(y: np.ndarray, s: np.ndarray, s2: np.ndarray, opts: dict[str, Any]) -> dict[str, Any]:
+def _comparison(y: np.ndarray, s: np.ndarray, s2: np.ndarray, interval: Interval) -> dict[str, Any]:
     """Paired test of ``s`` against ``s2`` on the same cases: DeLong, or bootstrap if the CI method is."""
-    if opts["ci_method"].startswith("bootstrap"):
-        return bootstrap_paired_test(y, s, s2, n_bootstrap=opts["n_bootstrap"], seed=opts["seed"], level=opts["level"])
-    return delong_paired_test(y, s, s2, level=opts["level"])
+    if interval.ci_method.startswith("bootstrap"):
+        return bootstrap_paired_test(
+            y, s, s2, n_bootstrap=interval.n_bootstrap, seed=interval.seed, level=interval.level
+        )
+    return delong_paired_test(y, s, s2, level=interval.level)
 
 
-def _validated(df: pd.DataFrame, cols: dict[str, Any], score_cols: Sequence[str], what: str) -> pd.DataFrame:
+def _validated(df: pd.DataFrame, cols: ScoreColumns, what: str) -> pd.DataFrame:
     """A copy of ``df`` with numeric score columns; ValidationError listing every problem."""
-    problems = validate_score_table(df, score_cols=score_cols, **cols)
+    problems = validate_score_table(df, cols)
     if problems:
         raise ValidationError(problems, what)
     out = df.copy()
-    for c in (*score_cols, cols["compare_col"]):
+    for c in (*cols.scores, cols.compare):
         if c is not None:
             out[c] = pd.to_numeric(out[c])
     return out
 
 
-def _per_unit(rows: pd.DataFrame, cols: dict[str, Any], score_cols: Sequence[str], aggregate: str) -> pd.DataFrame:
-    """One row per patient when ``group_col`` is set (scores combined by ``aggregate``), else ``rows``."""
-    if cols["group_col"] is None:
+def _per_unit(rows: pd.DataFrame, cols: ScoreColumns, aggregate: str) -> pd.DataFrame:
+    """One row per patient when ``cols.group`` is set (scores combined by ``aggregate``), else ``rows``."""
+    if cols.group is None:
         return rows.reset_index(drop=True)
-    numeric = [c for c in (*score_cols, cols["compare_col"]) if c is not None]
-    return aggregate_by_patient(rows, cols["group_col"], numeric, aggregate)
+    numeric = [c for c in (*cols.scores, cols.compare) if c is not None]
+    return aggregate_by_patient(rows, cols.group, numeric, aggregate)
 
 
 def evaluate_predictions(
     df: pd.DataFrame,
+    columns: ScoreColumns,
+    options: EvaluationOptions = EvaluationOptions(),
     *,
-    label_col: str,
-    score_col: str | Sequence[str],
-    positive: Any = None,
-    compare_col: str | None = None,
-    group_col: str | None = None,
-    subgroup_cols: Sequence[str] = (),
-    fold_col: str | None = None,
     threshold_df: pd.DataFrame | None = None,
-    threshold_rule: str = "youden",
-    ci_method: str = "delong",
-    n_bootstrap: int = 2000,
-    seed: int = 0,
-    calibration: bool = True,
-    aggregate: str = "mean",
-    recalibration: str | None = None,
-    classes: Sequence[Any] | None = None,
-    level: float = 0.95,
 ) -> dict[str, Any]:
     """Everything metrics.json holds for a table of scores (one row per image or per case).
 
-    With ``group_col`` (patient ids) the primary figures are per patient (scores combined by
-    ``aggregate``) and ``image_level`` gives the image-level AUC with a cluster interval.
-    The operating point is chosen by ``threshold_rule`` on ``threshold_df`` (validation rows,
-    same columns) and locked before these data are looked at: ``threshold_source`` is
+    With ``columns.group`` (patient ids) the primary figures are per patient (scores combined by
+    ``options.aggregate``) and ``image_level`` gives the image-level AUC with a cluster interval.
+    The operating point is chosen by ``options.threshold_rule`` on ``threshold_df`` (validation
+    rows, same columns) and locked before these data are looked at: ``threshold_source`` is
     "validation"; "fixed" for a numeric rule; "same_data" (optimistic, with a warning) when no
-    validation table is given. Several ``score_col`` names mean a multi-class task, one column per
-    class in the order of ``classes`` (default: the sorted label values).
+    validation table is given. Several score columns mean a multi-class task.
     Raises pipeline.errors.ValidationError listing every problem in the tables.
     """
-    score_cols = [score_col] if isinstance(score_col, str) else list(score_col)
-    cols = {
-        "label_col": label_col,
-        "positive": positive,
-        "compare_col": compare_col,
-        "group_col": group_col,
-        "subgroup_cols": tuple(subgroup_cols),
-        "fold_col": fold_col,
-    }
-    rows = _validated(df, cols, score_cols, "score table")
-    if len(score_cols) > 1:
-        return _evaluate_multiclass(
-            rows,
-            cols,
-            score_cols,
-            classes=classes,
-            aggregate=aggregate,
-            n_bootstrap=n_bootstrap,
-            seed=seed,
-            level=level,
-        )
-    score = score_cols[0]
-    unit = _per_unit(rows, cols, score_cols, aggregate)
-    pos = resolve_positive(unit[label_col], positive)[0]
+    rows = _validated(df, columns, "score table")
+    if len(columns.scores) > 1:
+        return _evaluate_multiclass(rows, columns, options)
+    unit = _per_unit(rows, columns, options.aggregate)
+    pos = resolve_positive(unit[columns.label], columns.positive)[0]
     assert pos is not None  # validated above
-    y, s = binary_target(unit[label_col], pos), unit[score].to_numpy(np.float64)
-    val = _validation_arrays(threshold_df, cols, score, pos, aggregate)
-    threshold, source, warnings = _locked_threshold(y, s, val, threshold_rule)
-    opts: dict[str, Any] = {"ci_method": ci_method, "n_bootstrap": n_bootstrap, "seed": seed, "level": level}
-    metrics: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "task": "binary",
-        "label_col": label_col,
-        "score_col": score,
-        "positive": pos,
-        "unit": "patient" if group_col else "row",
-    }
-    if group_col:
-        metrics.update({"n_patients": len(unit), "n_images": len(rows), "aggregate": aggregate})
-    metrics.update(binary_summary(y, s, threshold=threshold, **opts))
+    y, s = binary_target(unit[columns.label], pos), unit[columns.scores[0]].to_numpy(np.float64)
+    val = _validation_arrays(threshold_df, columns.for_validation(pos), columns.fold, options.aggregate)
+    threshold, source, warnings = _locked_threshold(y, s, val, options.threshold_rule)
+    metrics = _binary_header(columns, pos, len(unit), len(rows), options.aggregate)
+    metrics.update(binary_summary(y, s, threshold=threshold, interval=options.interval))
     if is_probability(s):  # the conventional cut-off, beside the locked one, for papers that report it
         metrics["at_0.5"] = threshold_metrics(y, s, 0.5)
-    metrics.update({"threshold_rule": threshold_rule, "threshold_source": source})
+    metrics.update({"threshold_rule": options.threshold_rule, "threshold_source": source})
     if val is not None:
         metrics["threshold_validation_n"] = len(val[0])
-    if group_col:  # image-level figures with a patient-cluster interval (none when one image each)
-        y_img = binary_target(rows[label_col], pos)
-        s_img = rows[score].to_numpy(np.float64)
-        metrics["image_level"] = (
-            binary_summary(y_img, s_img, groups=rows[group_col].to_numpy(), threshold=threshold, **opts)
-            if len(rows) != len(unit)
-            else None
-        )
-    if compare_col:
-        s2 = unit[compare_col].to_numpy(np.float64)
-        comp = _comparison(y, s, s2, opts)
-        metrics["comparison"] = {"score_col": score, "compare_col": compare_col, **comp}
-    if calibration:
-        metrics.update(_calibration_sections(y, s, val, recalibration))
-    summarise = make_summariser(threshold=threshold, **opts)
-    if subgroup_cols:
-        metrics["subgroups"] = subgroup_summaries(unit, y, s, list(subgroup_cols), summarise)
-    if fold_col:
-        metrics["folds"] = fold_summaries(unit[fold_col], y, s, summarise)
+    if columns.group:
+        metrics["image_level"] = _image_level(rows, columns, pos, threshold, options.interval)
+    if columns.compare:
+        comp = _comparison(y, s, unit[columns.compare].to_numpy(np.float64), options.interval)
+        metrics["comparison"] = {"score_col": columns.score, "compare_col": columns.compare, **comp}
+    if options.calibration:
+        metrics.update(_calibration_sections(y, s, val, options.recalibration))
+    metrics.update(_breakdowns(unit, columns, y, s, make_summariser(threshold, options.interval)))
     metrics["warnings"] = warnings + metrics.pop("warnings") + _nested_warnings(metrics)
     return metrics
 
 
+def _binary_header(cols: ScoreColumns, pos: Any, n_units: int, n_rows: int, aggregate: str) -> dict[str, Any]:
+    head: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "task": "binary",
+        "label_col": cols.label,
+        "score_col": cols.score,
+        "positive": pos,
+        "unit": "patient" if cols.group else "row",
+    }
+    if cols.group:
+        head.update({"n_patients": n_units, "n_images": n_rows, "aggregate": aggregate})
+    return head
+
+
+def _image_level(
+    rows: pd.DataFrame, cols: ScoreColumns, pos: Any, threshold: float, interval: Interval
+) -> dict[str, Any] | None:
+    """Image-level figures with a patient-cluster interval (none when each patient has one image)."""
+    assert cols.group is not None
+    if rows[cols.group].nunique() == len(rows):
+        return None
+    y_img = binary_target(rows[cols.label], pos)
+    s_img = rows[cols.scores[0]].to_numpy(np.float64)
+    groups = rows[cols.group].to_numpy()
+    return binary_summary(y_img, s_img, groups=groups, threshold=threshold, interval=interval)
+
+
+def _breakdowns(
+    unit: pd.DataFrame, cols: ScoreColumns, y: np.ndarray, s: np.ndarray, summarise: Summarise
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if cols.subgroups:
+        out["subgroups"] = subgroup_summaries(unit, y, s, list(cols.subgroups), summarise)
+    if cols.fold:
+        out["folds"] = fold_summaries(unit[cols.fold], y, s, summarise)
+    return out
+
+
 def _validation_arrays(
-    threshold_df: pd.DataFrame | None, cols: dict[str, Any], score_col: str, pos: str, aggregate: str
+    threshold_df: pd.DataFrame | None, vcols: ScoreColumns, fold: str | None, aggregate: str
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """(y, s) of the validation table, validated and aggregated like the evaluated table."""
     if threshold_df is None:
         return None
-    vcols = {**cols, "positive": pos, "compare_col": None, "subgroup_cols": (), "fold_col": None}
-    vrows = _validated(threshold_df, vcols, [score_col], "validation table")
-    fold, group = cols["fold_col"], cols["group_col"]
+    vrows = _validated(threshold_df, vcols, "validation table")
+    group = vcols.group
     if fold is not None and group is not None and fold in vrows.columns:
         # cross-validation: a patient may validate several folds; each fold's scores come from that
         # fold's own model, so a validation unit is (fold, patient), never a mix of models
         vrows = vrows.assign(**{group: vrows[fold].astype(str) + "/" + vrows[group].astype(str)})
-    vunit = _per_unit(vrows, vcols, [score_col], aggregate)
-    return binary_target(vunit[cols["label_col"]], pos), vunit[score_col].to_numpy(np.float64)
+    vunit = _per_unit(vrows, vcols, aggregate)
+    return binary_target(vunit[vcols.label], vcols.positive), vunit[vcols.scores[0]].to_numpy(np.float64)
 
 
 def _nested_warnings(metrics: dict[str, Any]) -> list[str]:
@@ -221,43 +205,33 @@ def _nested_warnings(metrics: dict[str, Any]) -> list[str]:
     return found
 
 
-def _evaluate_multiclass(
-    rows: pd.DataFrame,
-    cols: dict[str, Any],
-    score_cols: Sequence[str],
-    *,
-    classes: Sequence[Any] | None,
-    aggregate: str,
-    n_bootstrap: int,
-    seed: int,
-    level: float,
-) -> dict[str, Any]:
-    unit = _per_unit(rows, cols, score_cols, aggregate)
-    labels = np.asarray([norm_label(v) for v in unit[cols["label_col"]]], dtype=object)
-    names = [norm_label(c) for c in classes] if classes is not None else sorted(set(labels))
-    if len(names) != len(score_cols) or set(names) != set(labels):
+def _evaluate_multiclass(rows: pd.DataFrame, cols: ScoreColumns, options: EvaluationOptions) -> dict[str, Any]:
+    unit = _per_unit(rows, cols, options.aggregate)
+    labels = np.asarray([norm_label(v) for v in unit[cols.label]], dtype=object)
+    names = [norm_label(c) for c in cols.classes] if cols.classes is not None else sorted(set(labels))
+    if len(names) != len(cols.scores) or set(names) != set(labels):
         raise ValidationError(
             [f"classes {names} do not match the label values {sorted(set(labels))} one-to-one"], "score table"
         )
     mc = multiclass_summary(
         labels,
-        unit[list(score_cols)].to_numpy(np.float64),
+        unit[cols.scores].to_numpy(np.float64),
         names,
-        n_bootstrap=n_bootstrap,
-        seed=seed,
-        level=level,
+        n_bootstrap=options.interval.n_bootstrap,
+        seed=options.interval.seed,
+        level=options.interval.level,
     )
-    for row, col in zip(mc["per_class"], score_cols, strict=True):
+    for row, col in zip(mc["per_class"], cols.scores, strict=True):
         row["score_col"] = col
     warnings = []
-    if cols["subgroup_cols"] or cols["fold_col"] or cols["compare_col"]:
+    if cols.subgroups or cols.fold or cols.compare:
         warnings.append("subgroups, folds and comparisons are computed for binary tasks only; ignored here")
     return {
         "schema_version": SCHEMA_VERSION,
         "task": "multiclass",
-        "label_col": cols["label_col"],
-        "score_col": list(score_cols),
-        "unit": "patient" if cols["group_col"] else "row",
+        "label_col": cols.label,
+        "score_col": cols.scores,
+        "unit": "patient" if cols.group else "row",
         "n": len(unit),
         "n_positive": None,
         "n_per_class": {r["class"]: r["n"] for r in mc["per_class"]},
@@ -265,7 +239,7 @@ def _evaluate_multiclass(
         "auc_ci_low": mc["macro_auc_ci_low"],
         "auc_ci_high": mc["macro_auc_ci_high"],
         "ci_method": mc["macro_ci_method"],
-        "ci_level": level,
+        "ci_level": options.interval.level,
         "multiclass": mc,
         "warnings": warnings,
     }

@@ -10,6 +10,7 @@ import pandas as pd
 from scipy import stats
 
 from pipeline.evaluation._inputs import SingleClassError, py_float
+from pipeline.evaluation.spec import Interval
 from pipeline.evaluation.summary import binary_summary
 
 MAX_LEVELS_UNBANDED = 10  # numeric columns with more distinct values are cut into quartile bands
@@ -115,12 +116,10 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def make_summariser(*, ci_method: str, n_bootstrap: int, seed: int, threshold: float | None, level: float) -> Summarise:
-    """A ``summarise(y, s)`` with the study's CI method and locked threshold fixed."""
+def make_summariser(threshold: float | None, interval: Interval) -> Summarise:
+    """A ``summarise(y, s)`` with the study's CI settings and locked threshold fixed."""
 
     def summarise(y: np.ndarray, s: np.ndarray) -> dict[str, Any]:
-        return binary_summary(
-            y, s, ci_method=ci_method, n_bootstrap=n_bootstrap, seed=seed, threshold=threshold, level=level
-        )
+        return binary_summary(y, s, interval=interval, threshold=threshold)
 
     return summarise

@@ -9,6 +9,7 @@ import numpy as np
 from pipeline.evaluation._inputs import binary_arrays, group_codes, py_float
 from pipeline.evaluation.bootstrap import bca_interval, bootstrap_aucs, jackknife_aucs, percentile_interval
 from pipeline.evaluation.roc import delong_ci, delong_placements
+from pipeline.evaluation.spec import Interval
 from pipeline.evaluation.thresholds import choose_threshold, parse_rule, threshold_metrics
 from pipeline.options import CI_METHODS
 
@@ -82,27 +83,35 @@ def binary_summary(
     y_score: Any,
     *,
     groups: Any = None,
-    ci_method: str = "delong",
-    n_bootstrap: int = 2000,
-    seed: int = 0,
+    interval: Interval = Interval(),
     threshold: float | None = None,
     threshold_rule: str | None = None,
-    level: float = 0.95,
 ) -> dict[str, Any]:
     """AUC with CI, counts and (with a threshold) operating-point metrics, as a JSON-ready dict.
 
     y_true (n,) 0/1; y_score (n,) any real scores, higher = more likely positive; groups (n,)
-    cluster ids (patients) for image-level data. ``threshold`` is a locked cut-off (positive when
-    score >= threshold); ``threshold_rule`` instead chooses one on these same data (reported as
-    ``threshold_source: "same_data"``, an optimistic figure). Raises ValueError on length mismatch,
-    NaN scores or non-0/1 labels, and SingleClassError (a ValueError) when one class is absent.
+    cluster ids (patients) for image-level data; ``interval`` the CI settings. ``threshold`` is a
+    locked cut-off (positive when score >= threshold); ``threshold_rule`` instead chooses one on
+    these same data (reported as ``threshold_source: "same_data"``, an optimistic figure).
+    Raises ValueError on length mismatch, NaN scores or non-0/1 labels, and SingleClassError (a
+    ValueError) when one class is absent.
     """
     y, s = binary_arrays(y_true, y_score)
     n_pos = int(y.sum())
     out: dict[str, Any] = {"n": int(y.size), "n_positive": n_pos, "n_negative": int(y.size - n_pos)}
     if groups is not None:
         out["n_clusters"] = int(group_codes(groups, len(y)).max()) + 1
-    out.update(auc_interval(y, s, groups=groups, ci_method=ci_method, n_bootstrap=n_bootstrap, seed=seed, level=level))
+    out.update(
+        auc_interval(
+            y,
+            s,
+            groups=groups,
+            ci_method=interval.ci_method,
+            n_bootstrap=interval.n_bootstrap,
+            seed=interval.seed,
+            level=interval.level,
+        )
+    )
     warnings = size_warnings(n_pos, int(y.size - n_pos))
     if out["auc_ci_low"] is not None and out["auc_ci_low"] == out["auc_ci_high"]:
         why = "the classes are perfectly separated" if out["auc"] in (0.0, 1.0) else "the scores carry no spread"
@@ -112,6 +121,6 @@ def binary_summary(
         out["threshold_rule"] = threshold_rule
         out["threshold_source"] = "fixed" if parse_rule(threshold_rule)[0] == "fixed" else "same_data"
     if threshold is not None:
-        out.update(threshold_metrics(y, s, threshold, level=level))
+        out.update(threshold_metrics(y, s, threshold, level=interval.level))
     out["warnings"] = warnings
     return out

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.evaluation.spec import ScoreColumns
 from pipeline.options import AGGREGATES
 
 _SHOW = 3  # examples shown per problem
@@ -92,30 +93,21 @@ def _constant_within(df: pd.DataFrame, group_col: str, col: str) -> int:
     return int((df.groupby(group_col, sort=False)[col].nunique(dropna=False) > 1).sum())
 
 
-def validate_score_table(
-    df: pd.DataFrame,
-    *,
-    label_col: str,
-    score_cols: Sequence[str],
-    positive: Any = None,
-    compare_col: str | None = None,
-    group_col: str | None = None,
-    subgroup_cols: Sequence[str] = (),
-    fold_col: str | None = None,
-) -> list[str]:
+def validate_score_table(df: pd.DataFrame, cols: ScoreColumns) -> list[str]:
     """Every problem in ``df`` for an evaluation with these columns; an empty list means valid."""
-    wanted = [label_col, *score_cols, compare_col, group_col, fold_col, *subgroup_cols]
+    label_col, score_cols, group_col, fold_col = cols.label, cols.scores, cols.group, cols.fold
+    wanted = [label_col, *score_cols, cols.compare, group_col, fold_col, *cols.subgroups]
     named = [c for c in wanted if c is not None]
     missing = [c for c in dict.fromkeys(named) if c not in df.columns]
     problems = [f"column {c!r} not found (columns: {_few(list(df.columns))})" for c in missing]
     if len(df) == 0:
         problems.append("the table has no rows")
         return problems
-    for col in [*score_cols, compare_col]:
+    for col in [*score_cols, cols.compare]:
         if col is not None and col in df.columns:
             problems += _numeric_problems(df, col, "score")
     if label_col in df.columns:
-        problems += _label_problems(df, label_col, positive, len(score_cols))
+        problems += _label_problems(df, label_col, cols.positive, len(score_cols))
     if group_col is not None and group_col in df.columns:
         if df[group_col].isna().any():
             problems.append(f"group column {group_col!r} has {int(df[group_col].isna().sum())} empty value(s)")

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from pipeline.evaluation import binary_summary
+from pipeline.evaluation import Interval, binary_summary
 from pipeline.evaluation.bootstrap import (
     SortedScore,
     bca_interval,
@@ -50,9 +50,9 @@ def test_cluster_weights_move_whole_patients():
 
 def test_bootstrap_is_reproducible_with_a_seed_and_varies_without():
     y, s = binormal(30, 30, 1.0, seed=5)
-    a = binary_summary(y, s, ci_method="bootstrap", n_bootstrap=500, seed=7)
-    b = binary_summary(y, s, ci_method="bootstrap", n_bootstrap=500, seed=7)
-    c = binary_summary(y, s, ci_method="bootstrap", n_bootstrap=500, seed=8)
+    a = binary_summary(y, s, interval=Interval(ci_method="bootstrap", n_bootstrap=500, seed=7))
+    b = binary_summary(y, s, interval=Interval(ci_method="bootstrap", n_bootstrap=500, seed=7))
+    c = binary_summary(y, s, interval=Interval(ci_method="bootstrap", n_bootstrap=500, seed=8))
     assert (a["auc_ci_low"], a["auc_ci_high"]) == (b["auc_ci_low"], b["auc_ci_high"])
     assert (a["auc_ci_low"], a["auc_ci_high"]) != (c["auc_ci_low"], c["auc_ci_high"])
     assert a["ci_method"] == "bootstrap_bca"
@@ -112,9 +112,9 @@ def test_cluster_bootstrap_interval_is_wider_than_naive_for_duplicated_images():
     y, s = binormal(25, 25, 1.0, seed=12)
     rep = 4
     yy, ss, g = np.repeat(y, rep), np.repeat(s, rep), np.repeat(np.arange(50), rep)
-    patient = binary_summary(y, s, ci_method="bootstrap_percentile", n_bootstrap=1000)
-    cluster = binary_summary(yy, ss, groups=g, ci_method="bootstrap_percentile", n_bootstrap=1000)
-    naive = binary_summary(yy, ss, ci_method="bootstrap_percentile", n_bootstrap=1000)
+    patient = binary_summary(y, s, interval=Interval(ci_method="bootstrap_percentile", n_bootstrap=1000))
+    cluster = binary_summary(yy, ss, groups=g, interval=Interval(ci_method="bootstrap_percentile", n_bootstrap=1000))
+    naive = binary_summary(yy, ss, interval=Interval(ci_method="bootstrap_percentile", n_bootstrap=1000))
     width = {k: r["auc_ci_high"] - r["auc_ci_low"] for k, r in [("p", patient), ("c", cluster), ("n", naive)]}
     assert cluster["ci_method"] == "cluster_bootstrap_percentile"
     assert width["c"] == pytest.approx(width["p"], rel=0.15)

@@ -7,7 +7,14 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from pipeline.evaluation import delong_ci, evaluate_predictions, multiclass_summary
+from pipeline.evaluation import (
+    EvaluationOptions,
+    Interval,
+    ScoreColumns,
+    delong_ci,
+    evaluate_predictions,
+    multiclass_summary,
+)
 
 
 def three_classes(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -34,7 +41,9 @@ def test_macro_auc_equals_sklearn_ovr():
 def test_multiclass_through_evaluate_predictions():
     labels, probs = three_classes(300, seed=2)
     df = pd.DataFrame({"dx": labels, "p_a": probs[:, 0], "p_ca": probs[:, 1], "p_cy": probs[:, 2]})
-    m = evaluate_predictions(df, label_col="dx", score_col=["p_a", "p_ca", "p_cy"], n_bootstrap=300)
+    m = evaluate_predictions(
+        df, ScoreColumns("dx", ("p_a", "p_ca", "p_cy")), EvaluationOptions(interval=Interval(n_bootstrap=300))
+    )
     assert m["task"] == "multiclass"
     assert m["auc"] == pytest.approx(roc_auc_score(labels, probs, multi_class="ovr", labels=sorted(set(labels))))
     assert [r["score_col"] for r in m["multiclass"]["per_class"]] == ["p_a", "p_ca", "p_cy"]
@@ -45,4 +54,4 @@ def test_multiclass_needs_one_score_column_per_class():
     labels, probs = three_classes(100, seed=3)
     df = pd.DataFrame({"dx": labels, "p_a": probs[:, 0], "p_ca": probs[:, 1]})
     with pytest.raises(Exception, match="one score column per class"):
-        evaluate_predictions(df, label_col="dx", score_col=["p_a", "p_ca"])
+        evaluate_predictions(df, ScoreColumns("dx", ("p_a", "p_ca")))

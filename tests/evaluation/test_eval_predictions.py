@@ -9,7 +9,14 @@ import pandas as pd
 import pytest
 
 from pipeline.errors import ValidationError
-from pipeline.evaluation import binary_summary, evaluate_predictions, format_metrics
+from pipeline.evaluation import (
+    EvaluationOptions,
+    Interval,
+    ScoreColumns,
+    binary_summary,
+    evaluate_predictions,
+    format_metrics,
+)
 from pipeline.evaluation.table import aggregate_by_patient
 
 from .conftest import probability_table
@@ -33,7 +40,9 @@ def test_binary_summary_contract_keys_and_json():
 
 def test_per_patient_is_primary_and_image_level_uses_clusters():
     df = probability_table(60, 3, seed=1)
-    m = evaluate_predictions(df, label_col="label", score_col="score", group_col="patient_id", n_bootstrap=300)
+    m = evaluate_predictions(
+        df, ScoreColumns("label", "score", group="patient_id"), EvaluationOptions(interval=Interval(n_bootstrap=300))
+    )
     assert m["unit"] == "patient"
     assert (m["n_patients"], m["n_images"], m["n"]) == (60, 180, 60)
     per_patient = aggregate_by_patient(df, "patient_id", ["score"], "mean")
@@ -44,11 +53,8 @@ def test_per_patient_is_primary_and_image_level_uses_clusters():
     assert m["image_level"]["n_clusters"] == 60
     boot = evaluate_predictions(
         df,
-        label_col="label",
-        score_col="score",
-        group_col="patient_id",
-        ci_method="bootstrap",
-        n_bootstrap=300,
+        ScoreColumns("label", "score", group="patient_id"),
+        EvaluationOptions(interval=Interval(ci_method="bootstrap", n_bootstrap=300)),
     )
     assert boot["image_level"]["ci_method"] == "cluster_bootstrap_bca"
 
@@ -59,14 +65,9 @@ def test_full_metrics_sections_are_json_serialisable():
     test = df[df["split"] == "test"]
     m = evaluate_predictions(
         test,
-        label_col="label",
-        score_col="score",
-        compare_col="other",
-        group_col="patient_id",
-        subgroup_cols=["site"],
-        fold_col="fold",
+        ScoreColumns("label", "score", compare="other", group="patient_id", subgroups=("site",), fold="fold"),
+        EvaluationOptions(recalibration="platt"),
         threshold_df=val,
-        recalibration="platt",
     )
     for key in (*TOP_LEVEL, *THRESHOLD_KEYS, "threshold", "threshold_source", "warnings"):
         assert key in m
@@ -89,7 +90,7 @@ def test_full_metrics_sections_are_json_serialisable():
 def test_every_table_problem_is_listed_at_once():
     df = pd.DataFrame({"label": [0, 1, 2, 1], "score": [0.1, "x", None, 0.4], "pid": ["a", "a", "b", None]})
     with pytest.raises(ValidationError) as err:
-        evaluate_predictions(df, label_col="label", score_col="score", group_col="pid", subgroup_cols=["nope"])
+        evaluate_predictions(df, ScoreColumns("label", "score", group="pid", subgroups=("nope",)))
     text = "\n".join(err.value.problems)
     assert err.value.exit_code == 2
     assert "'nope' not found" in text
@@ -104,20 +105,20 @@ def test_every_table_problem_is_listed_at_once():
 def test_positive_label_must_exist_and_non_numeric_labels_need_one():
     df = pd.DataFrame({"outcome": ["Good", "Poor", "Good", "Poor"], "s": [0.1, 0.9, 0.3, 0.6]})
     with pytest.raises(ValidationError, match="say which one is positive"):
-        evaluate_predictions(df, label_col="outcome", score_col="s")
+        evaluate_predictions(df, ScoreColumns("outcome", "s"))
     with pytest.raises(ValidationError, match="'Bad' does not occur"):
-        evaluate_predictions(df, label_col="outcome", score_col="s", positive="Bad")
-    m = evaluate_predictions(df, label_col="outcome", score_col="s", positive="Poor", calibration=False)
+        evaluate_predictions(df, ScoreColumns("outcome", "s", positive="Bad"))
+    m = evaluate_predictions(df, ScoreColumns("outcome", "s", positive="Poor"), EvaluationOptions(calibration=False))
     assert (m["positive"], m["auc"]) == ("Poor", 1.0)
 
 
 def test_labels_that_vary_within_a_patient_are_a_problem():
     df = pd.DataFrame({"pid": ["a", "a", "b", "b"], "label": [0, 1, 1, 1], "score": [0.1, 0.2, 0.3, 0.4]})
     with pytest.raises(ValidationError, match="more than one label"):
-        evaluate_predictions(df, label_col="label", score_col="score", group_col="pid")
+        evaluate_predictions(df, ScoreColumns("label", "score", group="pid"))
 
 
 def test_non_probability_scores_skip_calibration_with_a_reason(asah):
-    m = evaluate_predictions(asah, label_col="outcome", score_col="ndka", positive="Poor")
+    m = evaluate_predictions(asah, ScoreColumns("outcome", "ndka", positive="Poor"))
     assert m["calibration"] == {"skipped": "scores are not probabilities in [0, 1]"}
     assert m["decision_curve"]["skipped"]

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from pipeline.evaluation import binary_summary, evaluate_predictions
+from pipeline.evaluation import EvaluationOptions, ScoreColumns, binary_summary, evaluate_predictions
 from pipeline.evaluation.subgroups import heterogeneity_test
 
 from .conftest import binormal
@@ -31,7 +31,9 @@ def table(seed: int = 0) -> pd.DataFrame:
 
 def test_subgroups_have_metrics_with_cis_and_small_ones_are_flagged():
     df = table()
-    m = evaluate_predictions(df, label_col="label", score_col="score", subgroup_cols=["site"], threshold_rule="0")
+    m = evaluate_predictions(
+        df, ScoreColumns("label", "score", subgroups=("site",)), EvaluationOptions(threshold_rule="0")
+    )
     groups = {g["value"]: g for g in m["subgroups"]["site"]["groups"]}
     assert set(groups) == {"A", "B", "C"}
     for value in ("A", "B"):
@@ -49,14 +51,18 @@ def test_subgroups_have_metrics_with_cis_and_small_ones_are_flagged():
 def test_single_class_subgroup_gives_none_and_a_warning_not_an_error():
     df = table().assign(site=lambda d: np.where(d["label"] == 1, "pos_only", "mixed"))
     df.loc[df.index[-10:], "site"] = "mixed"
-    m = evaluate_predictions(df, label_col="label", score_col="score", subgroup_cols=["site"], calibration=False)
+    m = evaluate_predictions(
+        df, ScoreColumns("label", "score", subgroups=("site",)), EvaluationOptions(calibration=False)
+    )
     groups = {g["value"]: g for g in m["subgroups"]["site"]["groups"]}
     assert groups["pos_only"]["auc"] is None
     assert any("only one class" in w for w in groups["pos_only"]["warnings"])
 
 
 def test_numeric_column_with_many_values_is_cut_into_quartiles():
-    m = evaluate_predictions(table(), label_col="label", score_col="score", subgroup_cols=["age"], calibration=False)
+    m = evaluate_predictions(
+        table(), ScoreColumns("label", "score", subgroups=("age",)), EvaluationOptions(calibration=False)
+    )
     sub = m["subgroups"]["age"]
     assert sub["derived"] == "quartile bands"
     assert len(sub["groups"]) == 4
@@ -77,7 +83,7 @@ def test_heterogeneity_q_statistic_by_hand():
 
 def test_folds_give_per_fold_values_with_mean_and_sd():
     df = table(seed=1)
-    m = evaluate_predictions(df, label_col="label", score_col="score", fold_col="fold", calibration=False)
+    m = evaluate_predictions(df, ScoreColumns("label", "score", fold="fold"), EvaluationOptions(calibration=False))
     folds = m["folds"]
     assert folds["n_folds"] == 5
     aucs = []

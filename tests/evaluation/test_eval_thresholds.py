@@ -8,7 +8,14 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_curve
 
-from pipeline.evaluation import choose_threshold, evaluate_predictions, threshold_metrics, wilson_interval
+from pipeline.evaluation import (
+    EvaluationOptions,
+    ScoreColumns,
+    choose_threshold,
+    evaluate_predictions,
+    threshold_metrics,
+    wilson_interval,
+)
 from pipeline.evaluation.thresholds import parse_rule
 
 from .conftest import binormal
@@ -81,22 +88,26 @@ def test_threshold_is_locked_on_validation_data_only():
     test = pd.DataFrame({"label": yt, "score": st})
     locked = choose_threshold(yv, sv, "youden")
     assert choose_threshold(yt, st, "youden") != pytest.approx(locked, abs=0.05)
-    m = evaluate_predictions(test, label_col="label", score_col="score", threshold_df=val, calibration=False)
+    m = evaluate_predictions(
+        test, ScoreColumns("label", "score"), EvaluationOptions(calibration=False), threshold_df=val
+    )
     assert m["threshold"] == locked
     assert m["threshold_source"] == "validation"
     assert m["threshold_validation_n"] == 120
     assert m["sensitivity"] == threshold_metrics(yt, st, locked)["sensitivity"]
     test2 = test.assign(score=test["score"] * 3)
-    m2 = evaluate_predictions(test2, label_col="label", score_col="score", threshold_df=val, calibration=False)
+    m2 = evaluate_predictions(
+        test2, ScoreColumns("label", "score"), EvaluationOptions(calibration=False), threshold_df=val
+    )
     assert m2["threshold"] == locked
 
 
 def test_without_validation_data_the_threshold_is_flagged_optimistic():
     y, s = binormal(30, 30, 1.0, seed=5)
-    m = evaluate_predictions(pd.DataFrame({"label": y, "score": s}), label_col="label", score_col="score")
+    m = evaluate_predictions(pd.DataFrame({"label": y, "score": s}), ScoreColumns("label", "score"))
     assert m["threshold_source"] == "same_data"
     assert any("optimistic" in w for w in m["warnings"])
     fixed = evaluate_predictions(
-        pd.DataFrame({"label": y, "score": s}), label_col="label", score_col="score", threshold_rule="0.3"
+        pd.DataFrame({"label": y, "score": s}), ScoreColumns("label", "score"), EvaluationOptions(threshold_rule="0.3")
     )
     assert (fixed["threshold"], fixed["threshold_source"]) == (0.3, "fixed")
