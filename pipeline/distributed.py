@@ -1,8 +1,9 @@
 """Data-parallel training on many GPUs (or CPU processes) with torch.distributed, launched by torchrun.
 
 ``torchrun --nproc_per_node=N -m pipeline run WORKFLOW`` (or ``--nnodes/--node_rank/--rdzv-*``
-for several machines) starts N copies of the same command; each reads ``RANK``, ``WORLD_SIZE`` and
-``LOCAL_RANK`` from the environment that torchrun sets. Every rank trains the same
+for several machines) starts N copies of the same command; each reads ``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK`` and ``LOCAL_WORLD_SIZE`` from the environment that torchrun sets, once, into a
+``DistContext`` that the run hands down. Every rank trains the same
 DistributedDataParallel model on its shard of each batch; predictions are computed on disjoint
 shards (no padding, so no duplicated rows) and gathered; rank 0 alone writes files.
 Without torchrun, ``WORLD_SIZE`` is unset and everything runs in one process.
@@ -27,6 +28,7 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1  # ranks on this machine (they share its CPUs for preprocessing)
 
     @property
     def enabled(self) -> bool:
@@ -47,13 +49,14 @@ def init_from_env(device: str = "auto") -> DistContext:
         return SINGLE
     rank = int(os.environ["RANK"])
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     use_cuda = device != "cpu" and torch.cuda.is_available()
     if use_cuda:
         torch.cuda.set_device(local)
     if not dist.is_initialized():
         # preprocessing before the first collective can take a while on large cohorts
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(hours=2))
-    return DistContext(rank=rank, world_size=world, local_rank=local)
+    return DistContext(rank=rank, world_size=world, local_rank=local, local_world_size=per_node)
 
 
 def device_for(ctx: DistContext, device: torch.device) -> torch.device:

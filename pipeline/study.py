@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -285,9 +284,8 @@ def _run_locked(cfg: WorkflowConfig, cohort: Cohort, run_dir: Path, ctx: Any, pr
         hashes, seal = recorded
         summary = crossval.describe_splits(splits, cohort.patients)
         log.info("splits (%s):\n%s", cfg.validation.scheme, summary.to_string(index=False))
-        train_and_predict(
-            cfg, cohort, splits, run_dir, content_hashes=hashes, seal=seal, ctx=ctx, progress=progress and ctx.is_main
-        )
+        run = resolve_run_context(cfg, ctx, run_dir, seal, progress=progress and ctx.is_main)
+        train_and_predict(cfg, cohort, splits, run, content_hashes=hashes)
         if ctx.is_main:
             metrics = finalize_run(run_dir, cfg, cohort)
         barrier(ctx)
@@ -302,16 +300,32 @@ def _run_locked(cfg: WorkflowConfig, cohort: Cohort, run_dir: Path, ctx: Any, pr
     return metrics
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """Resolved once per run and handed to every stage: distributed context, device, the seal's
+    digest, the run folder, and whether to show progress bars (rank 0 only)."""
+
+    ctx: Any  # pipeline.distributed.DistContext
+    device: Any  # torch.device
+    seal: str
+    run_dir: Path
+    progress: bool = True
+
+
+def resolve_run_context(cfg: WorkflowConfig, ctx: Any, run_dir: Path, seal: str, *, progress: bool) -> RunContext:
+    """The device of this rank (and torch's thread count when the workflow sets one), once per run."""
+    import torch
+
+    from pipeline.distributed import device_for
+    from pipeline.training import resolve_device
+
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    return RunContext(ctx, device_for(ctx, resolve_device(cfg.train.device)), seal, run_dir, progress)
+
+
 def train_and_predict(
-    cfg: WorkflowConfig,
-    cohort: Cohort,
-    splits: pd.DataFrame,
-    run_dir: Path,
-    *,
-    content_hashes: dict[str, str],
-    seal: str,
-    ctx: Any,
-    progress: bool = True,
+    cfg: WorkflowConfig, cohort: Cohort, splits: pd.DataFrame, run: RunContext, *, content_hashes: dict[str, str]
 ) -> None:
     """Preprocess once, then per fold: train, save the model, predict test and val patients.
 
@@ -319,23 +333,39 @@ def train_and_predict(
     pooled ``predictions.csv`` (role test) and ``val_predictions.csv`` (role val). A fold whose
     ``done.json`` exists is not trained again, so a rerun into the same run folder resumes.
     """
-    import torch
+    from pipeline.distributed import barrier
 
+    prepared = _preprocess(cfg, cohort, run, content_hashes)
+    table = cohort.table.set_index(IMAGE_ID)
+    fold_items = {}
+    for fold, part in splits.groupby(FOLD, sort=True):
+        roles = table[PATIENT_ID].map(dict(zip(part[PATIENT_ID], part[ROLE], strict=True)))
+        fold_items[int(str(fold))] = {r: prepared.items(roles.index[roles == r].tolist()) for r in crossval.ROLES}
+    _check_usable(fold_items, len(prepared.failures))
+    for fold, items in fold_items.items():
+        fold_dir = run.run_dir / f"fold_{fold}"
+        if (fold_dir / FOLD_DONE_FILE).is_file():
+            log.info("fold %s: already done, skipping", fold)
+            continue
+        _run_fold(cfg, run, fold, items, table, cohort.label_col, fold_dir)
+        barrier(run.ctx)
+    if run.ctx.is_main:
+        _pool_folds(run, splits)
+    barrier(run.ctx)
+
+
+def _preprocess(cfg: WorkflowConfig, cohort: Cohort, run: RunContext, content_hashes: dict[str, str]) -> Any:
+    """Every image through the deterministic transforms once (cached); rank 0 writes excluded.csv."""
     from pipeline.datasets import prepare_for_workflow
-    from pipeline.distributed import barrier, device_for
-    from pipeline.training import resolve_device
 
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
-    device = device_for(ctx, resolve_device(cfg.train.device))
     t0 = time.perf_counter()
     prepared = prepare_for_workflow(
         cfg,
         cohort.table,
         content_hashes,
-        device=device,
-        progress=progress,
-        ranks_per_node=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+        device=run.device,
+        progress=run.progress,
+        ranks_per_node=run.ctx.local_world_size,
     )
     log.info(
         "preprocessed %d images in %.1fs (%s cache), %d excluded",
@@ -344,29 +374,20 @@ def train_and_predict(
         prepared.cache,
         len(prepared.failures),
     )
-    if ctx.is_main:
-        artifacts.write_csv(run_dir / EXCLUDED_FILE, prepared.failures)
-    table = cohort.table.set_index(IMAGE_ID)
-    fold_items = {}
-    for fold, part in splits.groupby(FOLD, sort=True):
-        roles = table[PATIENT_ID].map(dict(zip(part[PATIENT_ID], part[ROLE], strict=True)))
-        fold_items[int(str(fold))] = {r: prepared.items(roles.index[roles == r].tolist()) for r in crossval.ROLES}
-    _check_usable(fold_items, len(prepared.failures))
-    for fold, items in fold_items.items():
-        fold_dir = run_dir / f"fold_{fold}"
-        if (fold_dir / FOLD_DONE_FILE).is_file():
-            log.info("fold %s: already done, skipping", fold)
-            continue
-        _run_fold(cfg, RunContext(ctx, device, seal), fold, items, table, cohort.label_col, fold_dir)
-        barrier(ctx)
-    if ctx.is_main:
-        folds = sorted(int(str(f)) for f in splits[FOLD].unique())
-        runfolder.check_fold_records(run_dir, folds, seal)  # never pool folds made from other inputs
-        parts = [run_dir / f"fold_{f}" / PREDICTIONS_FILE for f in folds]
-        pooled = pd.concat([pd.read_csv(p, dtype={PATIENT_ID: str, IMAGE_ID: str}) for p in parts], ignore_index=True)
-        artifacts.write_csv(run_dir / PREDICTIONS_FILE, pooled[pooled[ROLE] == "test"].drop(columns=ROLE))
-        artifacts.write_csv(run_dir / VAL_PREDICTIONS_FILE, pooled[pooled[ROLE] == "val"].drop(columns=ROLE))
-    barrier(ctx)
+    if run.ctx.is_main:
+        artifacts.write_csv(run.run_dir / EXCLUDED_FILE, prepared.failures)
+    return prepared
+
+
+def _pool_folds(run: RunContext, splits: pd.DataFrame) -> None:
+    """The folds' predictions pooled into the run's tables, after checking that every fold was made
+    from the sealed inputs (folds made from other inputs are never pooled)."""
+    folds = sorted(int(str(f)) for f in splits[FOLD].unique())
+    runfolder.check_fold_records(run.run_dir, folds, run.seal)
+    parts = [run.run_dir / f"fold_{f}" / PREDICTIONS_FILE for f in folds]
+    pooled = pd.concat([pd.read_csv(p, dtype={PATIENT_ID: str, IMAGE_ID: str}) for p in parts], ignore_index=True)
+    artifacts.write_csv(run.run_dir / PREDICTIONS_FILE, pooled[pooled[ROLE] == "test"].drop(columns=ROLE))
+    artifacts.write_csv(run.run_dir / VAL_PREDICTIONS_FILE, pooled[pooled[ROLE] == "val"].drop(columns=ROLE))
 
 
 def _check_usable(fold_items: dict[int, dict[str, list[dict[str, Any]]]], n_excluded: int) -> None:
@@ -383,15 +404,6 @@ def _check_usable(fold_items: dict[int, dict[str, list[dict[str, Any]]]], n_excl
     if problems:
         problems.append(f"{n_excluded} image(s) were excluded (see excluded.csv)")
         raise ValidationError(problems, "cohort after exclusions")
-
-
-@dataclass(frozen=True)
-class RunContext:
-    """Resolved once per run and handed to every fold: distributed context, device, the seal's digest."""
-
-    ctx: Any  # pipeline.distributed.DistContext
-    device: Any  # torch.device
-    seal: str
 
 
 def _run_fold(
