@@ -84,60 +84,84 @@ class BatchAugment:
             return x
         if x.dim() != dims + 2:
             raise ValueError(f"augmentation expects a (N, C, {dims} spatial) batch, got shape {tuple(x.shape)}")
-        cfg = self.cfg
-        view = (n,) + (1,) * (x.dim() - 1)
-        if cfg.flip:
-            # one flip per combination of axes (at most 2^dims groups), one copy of the batch in all
-            chosen = torch.stack([self._chance(n, P_FLIP) for _ in range(dims)], dim=1)
-            code = (chosen.long() * (2 ** torch.arange(dims))).sum(dim=1)
-            if bool(code.any()):
-                x = x.clone()
-                for c in code.unique().tolist():
-                    if c:
-                        idx = (code == c).nonzero().flatten().to(x.device)
-                        x[idx] = x[idx].flip([a + 2 for a in range(dims) if c >> a & 1])
-        if cfg.rotate90:
-            turns = torch.where(self._chance(n, P_ROT90), torch.randint(1, 4, (n,), generator=self.generator), 0)
-            if bool(turns.any()):
-                if x.shape[2] != x.shape[3]:
-                    raise ValueError(f"rotate90 needs equal sizes in the first two axes, got {tuple(x.shape[2:])}")
-                out = x.clone()
-                for k in (1, 2, 3):
-                    idx = (turns == k).nonzero().flatten().to(x.device)
-                    if len(idx):
-                        out[idx] = torch.rot90(x[idx], k, dims=(2, 3))
-                x = out
-        if cfg.affine:
-            chosen = self._chance(n, P_AFFINE)
-            angles = self._uniform((n, 1 if dims == 2 else 3), ROTATE_RANGE)
-            scales = 1 + self._uniform((n, dims), SCALE_RANGE)
-            idx = chosen.nonzero().flatten()
-            if len(idx):
-                mats = torch.stack(
-                    [
-                        torch.as_tensor(create_rotate(dims, angles[i].tolist()))[:dims, :dims]
-                        @ torch.as_tensor(create_scale(dims, scales[i].tolist()))[:dims, :dims]
-                        for i in idx.tolist()
-                    ]
-                )
-                theta = affine_theta(mats, tuple(x.shape[2:])).to(device=x.device, dtype=torch.float32)
-                sub = x[idx.to(x.device)].float()
-                grid = F.affine_grid(theta, list(sub.shape), align_corners=False)
-                warped = F.grid_sample(sub, grid, mode="bilinear", padding_mode="border", align_corners=False)
-                x = x.clone()
-                x[idx.to(x.device)] = warped.to(x.dtype)
-        if cfg.intensity:
-            factor = 1 + torch.where(self._chance(n, P_SCALE), self._uniform((n,), INTENSITY_RANGE), 0.0)
-            offset = torch.where(self._chance(n, P_SHIFT), self._uniform((n,), INTENSITY_RANGE), 0.0)
-            x = torch.addcmul(offset.to(x.device, x.dtype).view(view), x, factor.to(x.device, x.dtype).view(view))
-        if cfg.noise:
-            std = torch.where(self._chance(n, P_NOISE), torch.rand(n, generator=self.generator) * NOISE_STD, 0.0)
-            noise_gen = torch.Generator(device=x.device).manual_seed(
-                int(torch.randint(0, 2**62, (1,), generator=self.generator))
-            )
-            noise = torch.randn(x.shape, generator=noise_gen, device=x.device, dtype=x.dtype)
-            x = x + noise * std.to(x.device, x.dtype).view(view)
+        # the steps draw from self.generator in this fixed order, so a seed gives one augmentation
+        steps = (
+            (self.cfg.flip, self._flip),
+            (self.cfg.rotate90, self._rotate90),
+            (self.cfg.affine, self._affine),
+            (self.cfg.intensity, self._intensity),
+            (self.cfg.noise, self._noise),
+        )
+        for on, step in steps:
+            if on:
+                x = step(x)
         return x
+
+    def _flip(self, x: torch.Tensor) -> torch.Tensor:
+        """One flip per combination of axes (at most 2^dims groups), one copy of the batch in all."""
+        n, dims = len(x), self.spatial_dims
+        chosen = torch.stack([self._chance(n, P_FLIP) for _ in range(dims)], dim=1)
+        code = (chosen.long() * (2 ** torch.arange(dims))).sum(dim=1)
+        if not bool(code.any()):
+            return x
+        x = x.clone()
+        for c in code.unique().tolist():
+            if c:
+                idx = (code == c).nonzero().flatten().to(x.device)
+                x[idx] = x[idx].flip([a + 2 for a in range(dims) if c >> a & 1])
+        return x
+
+    def _rotate90(self, x: torch.Tensor) -> torch.Tensor:
+        n = len(x)
+        turns = torch.where(self._chance(n, P_ROT90), torch.randint(1, 4, (n,), generator=self.generator), 0)
+        if not bool(turns.any()):
+            return x
+        if x.shape[2] != x.shape[3]:
+            raise ValueError(f"rotate90 needs equal sizes in the first two axes, got {tuple(x.shape[2:])}")
+        out = x.clone()
+        for k in (1, 2, 3):
+            idx = (turns == k).nonzero().flatten().to(x.device)
+            if len(idx):
+                out[idx] = torch.rot90(x[idx], k, dims=(2, 3))
+        return out
+
+    def _affine(self, x: torch.Tensor) -> torch.Tensor:
+        n, dims = len(x), self.spatial_dims
+        chosen = self._chance(n, P_AFFINE)
+        angles = self._uniform((n, 1 if dims == 2 else 3), ROTATE_RANGE)
+        scales = 1 + self._uniform((n, dims), SCALE_RANGE)
+        idx = chosen.nonzero().flatten()
+        if not len(idx):
+            return x
+        mats = torch.stack(
+            [
+                torch.as_tensor(create_rotate(dims, angles[i].tolist()))[:dims, :dims]
+                @ torch.as_tensor(create_scale(dims, scales[i].tolist()))[:dims, :dims]
+                for i in idx.tolist()
+            ]
+        )
+        theta = affine_theta(mats, tuple(x.shape[2:])).to(device=x.device, dtype=torch.float32)
+        sub = x[idx.to(x.device)].float()
+        grid = F.affine_grid(theta, list(sub.shape), align_corners=False)
+        warped = F.grid_sample(sub, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        x = x.clone()
+        x[idx.to(x.device)] = warped.to(x.dtype)
+        return x
+
+    def _intensity(self, x: torch.Tensor) -> torch.Tensor:
+        n, view = len(x), (len(x),) + (1,) * (x.dim() - 1)
+        factor = 1 + torch.where(self._chance(n, P_SCALE), self._uniform((n,), INTENSITY_RANGE), 0.0)
+        offset = torch.where(self._chance(n, P_SHIFT), self._uniform((n,), INTENSITY_RANGE), 0.0)
+        return torch.addcmul(offset.to(x.device, x.dtype).view(view), x, factor.to(x.device, x.dtype).view(view))
+
+    def _noise(self, x: torch.Tensor) -> torch.Tensor:
+        n, view = len(x), (len(x),) + (1,) * (x.dim() - 1)
+        std = torch.where(self._chance(n, P_NOISE), torch.rand(n, generator=self.generator) * NOISE_STD, 0.0)
+        noise_gen = torch.Generator(device=x.device).manual_seed(
+            int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        )
+        noise = torch.randn(x.shape, generator=noise_gen, device=x.device, dtype=x.dtype)
+        return x + noise * std.to(x.device, x.dtype).view(view)
 
 
 def make_augmentation(data: DataConfig, spatial_dims: int) -> BatchAugment | Compose:
