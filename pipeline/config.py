@@ -349,10 +349,19 @@ def config_from_dict(
 
 
 def check_semantics(cfg: WorkflowConfig, check_manifest: bool = True, check_files: bool = True) -> list[str]:
-    """Cross-field rules the types alone cannot express."""
+    """Cross-field rules the types alone cannot express, every problem at once."""
     problems = []
     if check_manifest and not is_file(cfg.manifest):
         problems.append(f"manifest: file not found: {_short(str(cfg.manifest))}")
+    problems += _data_problems(cfg) + _number_problems(cfg)
+    if check_files and cfg.model.pretrained is not None and not is_file(cfg.model.pretrained):
+        problems.append(f"model.pretrained: file not found: {cfg.model.pretrained}")
+    return problems + _rule_problems(cfg)
+
+
+def _data_problems(cfg: WorkflowConfig) -> list[str]:
+    """Input geometry: sizes and spacing against the model's dimensions, memory, window."""
+    problems: list[str] = []
     dims = cfg.model.spatial_dims
     if len(cfg.data.spatial_size) != dims:
         problems.append(f"data.spatial_size has {len(cfg.data.spatial_size)} entries but model.spatial_dims is {dims}")
@@ -372,6 +381,12 @@ def check_semantics(cfg: WorkflowConfig, check_manifest: bool = True, check_file
     lo, hi = cfg.data.intensity.window
     if lo >= hi:
         problems.append(f"data.intensity.window must be [low, high] with low < high, got [{lo}, {hi}]")
+    return problems
+
+
+def _number_problems(cfg: WorkflowConfig) -> list[str]:
+    """Counts, rates and fractions outside their range."""
+    problems: list[str] = []
     positive_ints = {
         "train.epochs": cfg.train.epochs,
         "train.batch_size": cfg.train.batch_size,
@@ -393,8 +408,12 @@ def check_semantics(cfg: WorkflowConfig, check_manifest: bool = True, check_file
         )
     if not 0 <= cfg.model.dropout < 1:
         problems.append(f"model.dropout must be in [0, 1), got {cfg.model.dropout}")
-    if check_files and cfg.model.pretrained is not None and not is_file(cfg.model.pretrained):
-        problems.append(f"model.pretrained: file not found: {cfg.model.pretrained}")
+    return problems
+
+
+def _rule_problems(cfg: WorkflowConfig) -> list[str]:
+    """The threshold rule and the study name (it becomes part of the run folder's name)."""
+    problems: list[str] = []
     if not _valid_threshold_rule(cfg.evaluation.threshold_rule):
         problems.append(
             "evaluation.threshold_rule must be youden, sensitivity=<0..1>, specificity=<0..1> or a number, "
@@ -531,36 +550,60 @@ def _convert_tuple(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
     return tuple(items) if len(problems) == n_before else None
 
 
+_NOT_THIS = object()  # a scalar converter's answer for a value of another type
+
+
+def _to_bool(v: Any) -> Any:
+    if isinstance(v, bool):
+        return v
+    return _BOOL_WORDS.get(v.lower(), _NOT_THIS) if isinstance(v, str) else _NOT_THIS
+
+
+def _to_int(v: Any) -> Any:
+    return v if isinstance(v, int) and not isinstance(v, bool) else _NOT_THIS
+
+
+def _to_float(v: Any) -> Any:
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return float(v)
+    # YAML 1.1 reads 1e-4 (no dot) as a string; accept it as the number it plainly is.
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            pass
+    return _NOT_THIS
+
+
+def _to_str(v: Any) -> Any:
+    return str(v) if isinstance(v, str | int | float) and not isinstance(v, bool) else _NOT_THIS
+
+
+def _to_path(v: Any) -> Any:
+    return Path(v) if isinstance(v, str | Path) else _NOT_THIS
+
+
+_SCALARS: dict[Any, Callable[[Any], Any]] = {
+    bool: _to_bool,
+    int: _to_int,
+    float: _to_float,
+    str: _to_str,
+    Path: _to_path,
+}
+
+
 def _convert_scalar(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
     if tp is Any:
         return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in _BOOL_WORDS:
-            return _BOOL_WORDS[value.lower()]
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        # YAML 1.1 reads 1e-4 (no dot) as a string; accept it as the number it plainly is.
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif tp is str:
-        if isinstance(value, str | int | float) and not isinstance(value, bool):
-            return str(value)
-        if value is None:
-            problems.append(f"{where}: expected a string, got null{_QUOTE_HINT}")
-            return None
-    elif tp is Path and isinstance(value, str | Path):
-        return Path(value)
-    problems.append(f"{where}: expected {_type_name(tp)}, got {_short(value)}")
-    return None
+    if tp is str and value is None:
+        problems.append(f"{where}: expected a string, got null{_QUOTE_HINT}")
+        return None
+    convert = _SCALARS.get(tp)
+    out = convert(value) if convert is not None else _NOT_THIS
+    if out is _NOT_THIS:
+        problems.append(f"{where}: expected {_type_name(tp)}, got {_short(value)}")
+        return None
+    return out
 
 
 _CONVERTERS: dict[Any, Callable[[Any, Any, str, list[str]], Any]] = {
