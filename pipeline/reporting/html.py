@@ -91,17 +91,26 @@ def _subgroup_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+# keys the template reads from metrics.json even when a run has none of them (multi-class, say)
+_HEADLINE_KEYS = (
+    "auc",
+    "auc_ci_low",
+    "auc_ci_high",
+    "ci_method",
+    "n_patients",
+    "n_positive",
+    "threshold",
+    "threshold_rule",
+    "threshold_source",
+)
+
+
 def render_report(run_dir: Path, inputs: ReportInputs) -> str:
     env = Environment(
         loader=PackageLoader("pipeline.reporting", "templates"),
         autoescape=select_autoescape(["html"]),
     )
     env.globals["fmt"] = fmt
-    fold_rows, fold_summary = _fold_rows(inputs.metrics, inputs.fold_training)
-    pp = inputs.per_patient.head(MAX_PATIENT_ROWS)
-    config_path = run_dir / RESOLVED_CONFIG_FILE
-    env_path = run_dir / ENVIRONMENT_FILE
-    environment_text = json.dumps(json.loads(env_path.read_text()), indent=2) if env_path.is_file() else ""
     context = {
         "study": inputs.study,
         "run_id": inputs.run_id,
@@ -109,32 +118,40 @@ def render_report(run_dir: Path, inputs: ReportInputs) -> str:
         "model_text": inputs.model_text,
         "generated": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "version": __version__,
-        "git_commit": json.loads(environment_text).get("git_commit") if environment_text else None,
-        "metrics": {k: inputs.metrics.get(k) for k in inputs.metrics}
-        | {
-            k: inputs.metrics.get(k)
-            for k in (
-                "auc",
-                "auc_ci_low",
-                "auc_ci_high",
-                "ci_method",
-                "n_patients",
-                "n_positive",
-                "threshold",
-                "threshold_rule",
-                "threshold_source",
-            )
-        },
+        **_headline(inputs),
+        **_figures(inputs),
+        **_tables(inputs),
+        **_provenance(run_dir),
+    }
+    return env.get_template("report.html").render(**context)
+
+
+def _headline(inputs: ReportInputs) -> dict[str, Any]:
+    m = inputs.metrics
+    return {
+        "metrics": {**dict.fromkeys(_HEADLINE_KEYS), **m},
         "n_images": inputs.n_images,
         "n_excluded": len(inputs.excluded),
+        "confusion": {k: m[k] for k in ("tp", "fp", "tn", "fn")} if "tp" in m else None,
+        "warnings": m.get("warnings") or [],
+        "at_half": m.get("at_0.5"),
+    }
+
+
+def _figures(inputs: ReportInputs) -> dict[str, Any]:
+    return {
         "roc_png": _b64(inputs.roc_png),
         "calibration_png": _b64(inputs.calibration_png),
         "curves_png": _b64(inputs.curves_png),
-        "threshold_rows": _threshold_rows(inputs.metrics),
-        "confusion": {k: inputs.metrics[k] for k in ("tp", "fp", "tn", "fn")} if "tp" in inputs.metrics else None,
-        "warnings": inputs.metrics.get("warnings") or [],
-        "at_half": inputs.metrics.get("at_0.5"),
         "decision_png": _b64(inputs.decision_png),
+    }
+
+
+def _tables(inputs: ReportInputs) -> dict[str, Any]:
+    fold_rows, fold_summary = _fold_rows(inputs.metrics, inputs.fold_training)
+    pp = inputs.per_patient.head(MAX_PATIENT_ROWS)
+    return {
+        "threshold_rows": _threshold_rows(inputs.metrics),
         "fold_rows": fold_rows,
         "fold_summary": fold_summary,
         "calibration_rows": _calibration_rows(inputs.metrics),
@@ -143,9 +160,18 @@ def render_report(run_dir: Path, inputs: ReportInputs) -> str:
         "excluded_rows": inputs.excluded.to_dict("records"),
         "patient_columns": list(pp.columns),
         "patient_rows": [[fmt(v) for v in row] for row in pp.itertuples(index=False)],
+    }
+
+
+def _provenance(run_dir: Path) -> dict[str, Any]:
+    """The resolved config, the environment record and the file listing of the run folder."""
+    config_path = run_dir / RESOLVED_CONFIG_FILE
+    env_path = run_dir / ENVIRONMENT_FILE
+    environment_text = json.dumps(json.loads(env_path.read_text()), indent=2) if env_path.is_file() else ""
+    return {
+        "git_commit": json.loads(environment_text).get("git_commit") if environment_text else None,
         "config_text": config_path.read_text() if config_path.is_file() else "",
         "environment_text": environment_text,
         "files": {"config": RESOLVED_CONFIG_FILE, "environment": ENVIRONMENT_FILE},
         "listing": sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")),
     }
-    return env.get_template("report.html").render(**context)
