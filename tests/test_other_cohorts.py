@@ -13,7 +13,7 @@ import pytest
 from datapaths import REPO
 
 from pipeline.cli import main
-from pipeline.synthetic import seeded_uid, write_dicom_series
+from pipeline.synthetic import SeriesSpec, seeded_uid, write_dicom_series
 
 PER_SPLIT = {"train": 8, "val": 4, "test": 4}  # images in each split, half of them positive
 
@@ -38,15 +38,10 @@ def _other_cohort(out: Path, kind: str) -> Path:
                 pid = f"OTHER{len(rows):03d}"
                 if kind == "dicom3d":
                     image = _blob(rng, (30, 26, 20), bool(label)) + 40.0
-                    files = write_dicom_series(
-                        image,
-                        np.diag([0.8, 0.8, 1.5, 1.0]),
-                        out / pid,
-                        patient_id=pid,
-                        study_uid=seeded_uid(pid, "study"),
-                        series_uid=seeded_uid(pid, "series"),
-                        rng=rng,
+                    series = SeriesSpec(
+                        patient_id=pid, study_uid=seeded_uid(pid, "study"), series_uid=seeded_uid(pid, "series")
                     )
+                    files = write_dicom_series(image, np.diag([0.8, 0.8, 1.5, 1.0]), out / pid, series, rng=rng)
                     rows.append((pid, str(files[0].parent), label, split))
                 else:
                     path = out / f"{pid}.nii.gz"

@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.privacy import REDACTOR
-from pipeline.synthetic import make_demo_cohort
+from pipeline.synthetic import CohortSpec, make_demo_cohort
 
 sys.path.insert(0, str(Path(__file__).parent / "io"))
 from factories import find_canary  # tests/io is not a package (see tests/io/conftest.py)
@@ -37,9 +37,8 @@ def canary_export(tmp_path: Path) -> tuple[Path, Path]:
     """A small demo cohort whose DICOM headers and folder names carry the canary; returns
     (export root, manifest of the export with paths through the canary-named folders)."""
     root = tmp_path / "export"
-    table = make_demo_cohort(
-        root, root / "demo.csv", n_patients=14, seed=3, matrix=24, lesion_radius_mm=(8, 10), dicom_fraction=0.75
-    )
+    spec = CohortSpec(n_patients=14, seed=3, matrix=24, lesion_radius_mm=(8, 10), dicom_fraction=0.75)
+    table = make_demo_cohort(root, root / "demo.csv", spec)
     for dcm in root.rglob("*"):
         if dcm.is_file() and dcm.suffix not in (".csv", ".gz") and pydicom.misc.is_dicom(dcm):
             ds = pydicom.dcmread(dcm)

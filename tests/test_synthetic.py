@@ -70,7 +70,7 @@ GRID_SPACING = (12.0, 12.0, 10.0)
 
 
 def test_phantom_is_ct_like() -> None:
-    volume, info = syn.make_phantom(np.random.default_rng(3), GRID, GRID_SPACING, lesion=False)
+    volume, info = syn.make_phantom(np.random.default_rng(3), syn.PhantomSpec(GRID, GRID_SPACING, lesion=False))
     labels = info["labels"]
     assert volume.shape == GRID
     assert volume.dtype == np.int16
@@ -85,9 +85,10 @@ def test_phantom_is_ct_like() -> None:
 
 
 def test_phantom_is_deterministic_for_a_generator_state() -> None:
-    first, _ = syn.make_phantom(np.random.default_rng(5), GRID, GRID_SPACING, lesion=True)
-    again, _ = syn.make_phantom(np.random.default_rng(5), GRID, GRID_SPACING, lesion=True)
-    other, _ = syn.make_phantom(np.random.default_rng(6), GRID, GRID_SPACING, lesion=True)
+    spec = syn.PhantomSpec(GRID, GRID_SPACING, lesion=True)
+    first, _ = syn.make_phantom(np.random.default_rng(5), spec)
+    again, _ = syn.make_phantom(np.random.default_rng(5), spec)
+    other, _ = syn.make_phantom(np.random.default_rng(6), spec)
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, other)
 
@@ -97,8 +98,12 @@ def test_lesion_only_changes_its_neighbourhood() -> None:
     anatomy = syn.random_anatomy(rng)
     lesion = syn.random_lesion(rng, anatomy, radius_mm=(14.0, 14.0), contrast_hu=(90.0, 90.0), organs={"liver": 1})
     shape, spacing = (40, 32, 24), (6.0, 6.0, 6.0)
-    with_lesion, info = syn.make_phantom(np.random.default_rng(1), shape, spacing, lesion=lesion, anatomy=anatomy)
-    without, _ = syn.make_phantom(np.random.default_rng(1), shape, spacing, lesion=False, anatomy=anatomy)
+    with_lesion, info = syn.make_phantom(
+        np.random.default_rng(1), syn.PhantomSpec(shape, spacing, lesion=lesion, anatomy=anatomy)
+    )
+    without, _ = syn.make_phantom(
+        np.random.default_rng(1), syn.PhantomSpec(shape, spacing, lesion=False, anatomy=anatomy)
+    )
     pts = syn.voxel_centers(shape, info["affine"])
     distance = np.linalg.norm(pts - info["lesion_centers_ras"][0], axis=-1)
     diff = with_lesion.astype(float) - without
@@ -140,10 +145,11 @@ def test_dicom_series_round_trip(tmp_path: Path, case: tuple[str, tuple[float, .
     orientation, oblique, slope, intercept, naming = case
     volume = random_volume()
     affine = syn.scan_affine(SHAPE, SPACING, orientation=orientation, oblique_deg=oblique, center_mm=(5, -7, 30))
-    paths = syn.write_dicom_series(
-        volume, affine, tmp_path, patient_id="DEMO0001", study_uid="1.2.3", series_uid="1.2.3.4",
-        rng=np.random.default_rng(0), slope=slope, intercept=intercept, file_naming=naming,  # type: ignore[arg-type]
+    series = syn.SeriesSpec(
+        patient_id="DEMO0001", study_uid="1.2.3", series_uid="1.2.3.4", slope=slope, intercept=intercept,
+        file_naming=naming,  # type: ignore[arg-type]
     )  # fmt: skip
+    paths = syn.write_dicom_series(volume, affine, tmp_path, series, rng=np.random.default_rng(0))
     assert len(paths) == SHAPE[2] == len(list(tmp_path.iterdir()))
     hu, read_affine, datasets = read_series(tmp_path)
     assert_same_image(hu, read_affine, volume, affine)
@@ -167,10 +173,8 @@ def test_dicom_series_round_trip(tmp_path: Path, case: tuple[str, tuple[float, .
 
 def test_dicom_files_are_what_dcmwrite_writes(tmp_path: Path) -> None:
     affine = syn.scan_affine(SHAPE, SPACING, orientation="HFS")
-    paths = syn.write_dicom_series(
-        random_volume(), affine, tmp_path, patient_id="P", study_uid="1.2", series_uid="1.2.3",
-        rng=np.random.default_rng(0),
-    )  # fmt: skip
+    series = syn.SeriesSpec(patient_id="P", study_uid="1.2", series_uid="1.2.3")
+    paths = syn.write_dicom_series(random_volume(), affine, tmp_path, series, rng=np.random.default_rng(0))
     for path in paths[:2]:
         buffer = io.BytesIO()
         dcmwrite(buffer, pydicom.dcmread(path), enforce_file_format=True)
@@ -179,10 +183,11 @@ def test_dicom_files_are_what_dcmwrite_writes(tmp_path: Path) -> None:
 
 def test_dicom_carries_fake_identifying_tags(tmp_path: Path) -> None:
     affine = syn.scan_affine(SHAPE, SPACING, orientation="HFS")
-    paths = syn.write_dicom_series(
-        random_volume(), affine, tmp_path, patient_id="P", study_uid="1.2", series_uid="1.2.3",
-        rng=np.random.default_rng(0), extra_tags={"PatientName": "DOE^JANE", "SeriesDescription": "X"},
+    series = syn.SeriesSpec(
+        patient_id="P", study_uid="1.2", series_uid="1.2.3",
+        extra_tags={"PatientName": "DOE^JANE", "SeriesDescription": "X"},
     )  # fmt: skip
+    paths = syn.write_dicom_series(random_volume(), affine, tmp_path, series, rng=np.random.default_rng(0))
     ds = pydicom.dcmread(paths[0])
     for keyword in syn.IDENTIFYING_TAGS:
         assert str(ds.data_element(keyword).value), keyword
@@ -194,11 +199,9 @@ def test_dicom_carries_fake_identifying_tags(tmp_path: Path) -> None:
 def test_dicom_rejects_a_sheared_affine(tmp_path: Path) -> None:
     affine = syn.scan_affine(SHAPE, SPACING)
     affine[0, 2] += 1.0  # gantry tilt: slices no longer stack along their normal
+    series = syn.SeriesSpec(patient_id="P", study_uid="1", series_uid="2")
     with pytest.raises(ValueError, match="orthogonal"):
-        syn.write_dicom_series(
-            random_volume(), affine, tmp_path, patient_id="P", study_uid="1", series_uid="2",
-            rng=np.random.default_rng(0),
-        )  # fmt: skip
+        syn.write_dicom_series(random_volume(), affine, tmp_path, series, rng=np.random.default_rng(0))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -228,10 +231,8 @@ def test_nifti_round_trip(tmp_path: Path, orientation: str, intercept: float) ->
 def test_dicom_and_nifti_of_one_scan_are_the_same_image(tmp_path: Path) -> None:
     volume = random_volume()
     affine = syn.scan_affine(SHAPE, SPACING, orientation="FFS")
-    syn.write_dicom_series(
-        volume, affine, tmp_path / "dcm", patient_id="P", study_uid="1", series_uid="2",
-        rng=np.random.default_rng(0),
-    )  # fmt: skip
+    series = syn.SeriesSpec(patient_id="P", study_uid="1", series_uid="2")
+    syn.write_dicom_series(volume, affine, tmp_path / "dcm", series, rng=np.random.default_rng(0))
     nifti = nib.load(syn.write_nifti(volume, affine, tmp_path / "x.nii.gz"))
     hu, read_affine, _ = read_series(tmp_path / "dcm")
     assert_same_image(hu, read_affine, nifti.get_fdata(), nifti.affine)
@@ -242,6 +243,7 @@ def test_dicom_and_nifti_of_one_scan_are_the_same_image(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------------
 
 COHORT = {"n_patients": 6, "seed": 3, "second_scan_fraction": 0.5, "matrix": 32}
+SPEC = syn.CohortSpec(**COHORT)  # type: ignore[arg-type]
 
 
 def file_hashes(folder: Path) -> dict[str, str]:
@@ -255,7 +257,7 @@ def file_hashes(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
     root = tmp_path_factory.mktemp("cohort")
-    table = syn.make_demo_cohort(root / "demo", root / "manifests" / "demo.csv", **COHORT)  # type: ignore[arg-type]
+    table = syn.make_demo_cohort(root / "demo", root / "manifests" / "demo.csv", SPEC)
     return root, table
 
 
@@ -287,14 +289,14 @@ def test_manifest_columns_labels_and_files(cohort: tuple[Path, pd.DataFrame]) ->
 
 def test_cohort_is_byte_identical_for_a_seed(cohort: tuple[Path, pd.DataFrame], tmp_path: Path) -> None:
     root, table = cohort
-    again = syn.make_demo_cohort(tmp_path / "demo", tmp_path / "manifests" / "demo.csv", **COHORT)  # type: ignore[arg-type]
+    again = syn.make_demo_cohort(tmp_path / "demo", tmp_path / "manifests" / "demo.csv", SPEC)
     pd.testing.assert_frame_equal(again, table)
     assert file_hashes(tmp_path / "demo") == file_hashes(root / "demo")
 
 
 def test_cohort_files_hold_the_rendered_scans(cohort: tuple[Path, pd.DataFrame]) -> None:
     root, table = cohort
-    plans = {p.series_id: p for p in syn.plan_cohort(**COHORT)}  # type: ignore[arg-type]
+    plans = {p.series_id: p for p in syn.plan_cohort(SPEC)}
     for fmt in ("dicom", "nifti"):
         row = table[table[syn.FORMAT] == fmt].iloc[0]
         volume, affine, _ = syn.render_scan(plans[row[schema.SERIES_ID]])
@@ -311,7 +313,7 @@ def test_cohort_files_hold_the_rendered_scans(cohort: tuple[Path, pd.DataFrame])
 
 
 def test_lesion_iff_positive_and_visible_in_every_scan() -> None:
-    plans = syn.plan_cohort(n_patients=10, seed=1, second_scan_fraction=0.5, matrix=32)
+    plans = syn.plan_cohort(syn.CohortSpec(n_patients=10, seed=1, second_scan_fraction=0.5, matrix=32))
     assert sum(p.label for p in plans if p.visit == 0) == 4
     for plan in plans:
         assert bool(plan.lesions) == bool(plan.label)
@@ -332,16 +334,17 @@ def test_lesion_iff_positive_and_visible_in_every_scan() -> None:
 
 
 def test_refuses_to_overwrite_a_foreign_folder(tmp_path: Path) -> None:
+    spec = syn.CohortSpec(n_patients=4, matrix=16)
     (tmp_path / "demo").mkdir()
     (tmp_path / "demo" / "precious.txt").write_text("keep me")
     with pytest.raises(ValidationError, match="refusing"):
-        syn.make_demo_cohort(tmp_path / "demo", tmp_path / "demo.csv", n_patients=4, matrix=16)
+        syn.make_demo_cohort(tmp_path / "demo", tmp_path / "demo.csv", spec)
     assert (tmp_path / "demo" / "precious.txt").read_text() == "keep me"
 
 
 def test_plan_cohort_reports_every_bad_argument() -> None:
     with pytest.raises(ValueError, match="n_patients") as excinfo:
-        syn.plan_cohort(n_patients=1, prevalence=1.5, dicom_fraction=-0.1)
+        syn.plan_cohort(syn.CohortSpec(n_patients=1, prevalence=1.5, dicom_fraction=-0.1))
     assert "prevalence" in str(excinfo.value)
     assert "dicom_fraction" in str(excinfo.value)
 

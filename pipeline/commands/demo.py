@@ -31,7 +31,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pipeline.config import read_workflow
     from pipeline.errors import ValidationError
-    from pipeline.synthetic import make_demo_cohort
+    from pipeline.synthetic import CohortSpec, make_demo_cohort
 
     workflow = args.workflow or _default("workflows/demo.yaml")
     if args.patients < 10:
@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     raw = read_workflow(workflow)
     manifest = (workflow.parent / str(raw.get("manifest", "../data_manifests/demo.csv"))).resolve()
     start = time.perf_counter()
-    table = make_demo_cohort(manifest.parent / manifest.stem, manifest, n_patients=args.patients, seed=args.seed)
+    spec = CohortSpec(n_patients=args.patients, seed=args.seed)
+    table = make_demo_cohort(manifest.parent / manifest.stem, manifest, spec)
     log.info(
         "demo cohort: %d patients, %d images (%d DICOM series, %d NIfTI) in %.1fs -> %s",
         table["patient_id"].nunique(),
