@@ -200,18 +200,7 @@ def _parse_header(ds: Dataset, path: Path, source: str) -> DicomHeader:
         raise ScanError("truncated", "no data element could be read after the File Meta", source)
     identifying = identifying_values(ds, IDENTIFYING_KEYWORDS - DESCRIPTIVE_KEYWORDS)
     register_identifying(identifying)
-    sop_class = _text(ds, "SOPClassUID") or str(ds.file_meta.get("MediaStorageSOPClassUID", ""))
-    if sop_class == DICOMDIR_CLASS or "DirectoryRecordSequence" in ds:
-        raise ScanError("dicomdir", "DICOMDIR media directory, not an image", source)
-    if sop_class and is_non_image_class(sop_class):
-        raise ScanError("not_an_image", f"SOP class '{uid_name(sop_class)}' is not an image", source)
-    image_type = tuple(str(v).upper() for v in (_get(ds, "ImageType") or ()))
-    if "LOCALIZER" in image_type or "SCOUT" in image_type:
-        raise ScanError("localizer", "ImageType marks a localizer/scout image", source)
-    if "Rows" not in ds or not any(t in ds for t in PIXEL_TAGS):
-        _check_deferred_lengths(ds, path, source)  # a hostile length may have ended the parse early
-    if not any(t in ds for t in PIXEL_TAGS):
-        raise ScanError("no_pixel_data", "image without Pixel Data", source)
+    sop_class, image_type = _check_is_image(ds, path, source)
     transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
     _check_transfer_syntax(transfer_syntax, source)
     rows, cols = _required_int(ds, "Rows", source), _required_int(ds, "Columns", source)
@@ -259,6 +248,23 @@ def _parse_header(ds: Dataset, path: Path, source: str) -> DicomHeader:
         study_key=_text(ds, "StudyID"),
         identifying=frozenset(identifying),
     )
+
+
+def _check_is_image(ds: Dataset, path: Path, source: str) -> tuple[str, tuple[str, ...]]:
+    """(SOP class, ImageType) of an image with pixel data; ScanError for anything else."""
+    sop_class = _text(ds, "SOPClassUID") or str(ds.file_meta.get("MediaStorageSOPClassUID", ""))
+    if sop_class == DICOMDIR_CLASS or "DirectoryRecordSequence" in ds:
+        raise ScanError("dicomdir", "DICOMDIR media directory, not an image", source)
+    if sop_class and is_non_image_class(sop_class):
+        raise ScanError("not_an_image", f"SOP class '{uid_name(sop_class)}' is not an image", source)
+    image_type = tuple(str(v).upper() for v in (_get(ds, "ImageType") or ()))
+    if "LOCALIZER" in image_type or "SCOUT" in image_type:
+        raise ScanError("localizer", "ImageType marks a localizer/scout image", source)
+    if "Rows" not in ds or not any(t in ds for t in PIXEL_TAGS):
+        _check_deferred_lengths(ds, path, source)  # a hostile length may have ended the parse early
+    if not any(t in ds for t in PIXEL_TAGS):
+        raise ScanError("no_pixel_data", "image without Pixel Data", source)
+    return sop_class, image_type
 
 
 def _check_transfer_syntax(uid: str, source: str) -> None:
