@@ -98,18 +98,16 @@ def prepare_for_workflow(
     """``prepare_cohort`` with the workflow's deterministic chain, cache policy, cache folder and
     worker count."""
     dims = cfg.model.spatial_dims
-    return prepare_cohort(
-        table,
+    prep = Preprocessing(
         deterministic_transforms(cfg.data, dims),
         fingerprint=preprocessing_fingerprint(cfg.data, dims),
-        content_hashes=content_hashes,
         cache=cfg.data.cache,
         cache_dir=cfg.output_dir / ".cache" / "preprocessed",
         bytes_per_image=4 * cfg.model.in_channels * math.prod(cfg.data.spatial_size),
-        progress=progress,
         device=device,
         workers=preprocess_workers(cfg.data.workers, ranks_per_node),
     )
+    return prepare_cohort(table, prep, content_hashes, progress=progress)
 
 
 def preprocess_workers(requested: int | None, ranks_per_node: int = 1) -> int:
@@ -157,52 +155,74 @@ def cache_key(fingerprint: str, content_hash: str) -> str:
     return hashlib.sha256(f"{fingerprint}\n{content_hash}".encode()).hexdigest()[:32]
 
 
-def prepare_cohort(
-    table: pd.DataFrame,
-    transform: Compose,
-    *,
-    fingerprint: str,
-    content_hashes: dict[str, str],
-    cache: str,
-    cache_dir: Path | None,
-    bytes_per_image: int,
-    progress: bool = True,
-    device: torch.device | None = None,
-    workers: int | None = None,
-) -> PreparedCohort:
-    """Preprocess every image of ``table`` (columns image_id, patient_id, path, target), in
-    ``workers`` processes (None: one per CPU, up to 8; 0: in this process).
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a cohort is preprocessed: the deterministic chain and its fingerprint (part of every
+    cache key), the cache policy and folder, the size of one tensor (for the memory-or-disk
+    choice), the device of the ``device`` cache, and the worker processes (None: one per CPU, up
+    to 8; 0: in this process)."""
 
-    With the ``device`` cache the tensors are moved to ``device`` (a GPU), where augmentation
-    and training then read them without any host-to-device copy.
+    transform: Compose
+    fingerprint: str
+    cache: str
+    cache_dir: Path | None
+    bytes_per_image: int
+    device: torch.device | None = None
+    workers: int | None = None
+
+    def cached_path(self, content_hash: str) -> Path:
+        assert self.cache_dir is not None
+        return self.cache_dir / f"{cache_key(self.fingerprint, content_hash)}.pt"
+
+
+def prepare_cohort(
+    table: pd.DataFrame, prep: Preprocessing, content_hashes: dict[str, str], *, progress: bool = True
+) -> PreparedCohort:
+    """Preprocess every image of ``table`` (columns image_id, patient_id, path, target).
+
+    With the ``device`` cache the tensors are moved to ``prep.device`` (a GPU), where augmentation
+    and training then read them without any host-to-device copy. A disk cache reuses the tensors
+    whose key (chain fingerprint and image content hash) it already holds.
     """
-    mode = choose_cache(cache, len(table), bytes_per_image, device)
+    mode = choose_cache(prep.cache, len(table), prep.bytes_per_image, prep.device)
     if mode == "disk":
-        if cache_dir is None:
+        if prep.cache_dir is None:
             raise ValueError("a disk cache needs a cache directory")
-        cache_dir.mkdir(parents=True, exist_ok=True)
+        prep.cache_dir.mkdir(parents=True, exist_ok=True)
     samples: dict[str, dict[str, Any]] = {}
-    failures = []
-    hits = 0
     todo = []
     for image_id, patient_id, path, target in table[[IMAGE_ID, PATIENT_ID, "path", TARGET]].itertuples(index=False):
         sample: dict[str, Any] = {IMAGE_ID: image_id, TARGET: float(target)}
-        if mode == "disk":
-            assert cache_dir is not None
-            cached = cache_dir / f"{cache_key(fingerprint, content_hashes[image_id])}.pt"
-            if cached.is_file():
-                samples[image_id] = {**sample, KEY: str(cached)}
-                hits += 1
-                continue
-        todo.append((image_id, patient_id, path, sample))
-    n_workers = min(preprocess_workers(workers), len(todo) // 2)
+        cached = prep.cached_path(content_hashes[image_id]) if mode == "disk" else None
+        if cached is not None and cached.is_file():
+            samples[image_id] = {**sample, KEY: str(cached)}
+        else:
+            todo.append((image_id, patient_id, path, sample))
+    hits = len(samples)
+    failures = _run_chain(todo, prep, mode, content_hashes, samples, progress)
+    fail_df = pd.DataFrame(failures, columns=[IMAGE_ID, PATIENT_ID, "reason", "message"])
+    return PreparedCohort(samples, fail_df, mode, prep.cache_dir if mode == "disk" else None, {"cache_hits": hits})
+
+
+def _run_chain(
+    todo: list[tuple[str, str, str, dict[str, Any]]],
+    prep: Preprocessing,
+    mode: str,
+    content_hashes: dict[str, str],
+    samples: dict[str, dict[str, Any]],
+    progress: bool,
+) -> list[tuple[str, ...]]:
+    """The chain on every image of ``todo``; the tensors go into ``samples`` (saved to the disk
+    cache first in ``disk`` mode), and the failures are returned as (image, patient, reason, message)."""
+    n_workers = min(preprocess_workers(prep.workers), len(todo) // 2)
     # torch's DataLoader runs the chain in worker processes (one image per item, in order)
     loader = DataLoader(
-        _Preprocess(todo, transform),
+        _Preprocess(todo, prep.transform),
         batch_size=None,
         num_workers=n_workers,
         worker_init_fn=_single_threaded if n_workers else None,
     )
+    failures = []
     for (image_id, patient_id, _, sample), (tensor, failure) in zip(
         todo,
         tqdm(loader, total=len(todo), desc="preprocess", unit="img", disable=not progress, leave=False),
@@ -211,16 +231,14 @@ def prepare_cohort(
         if failure is not None:
             failures.append((image_id, patient_id, *failure))
             log.warning("%s: skipped (%s): %s", image_id, *failure)
-            continue
-        if mode == "disk":
-            assert cache_dir is not None
-            cached = cache_dir / f"{cache_key(fingerprint, content_hashes[image_id])}.pt"
+        elif mode == "disk":
+            cached = prep.cached_path(content_hashes[image_id])
             _save_tensor(tensor, cached)
             samples[image_id] = {**sample, KEY: str(cached)}
         else:
-            samples[image_id] = {**sample, KEY: tensor.to(device) if mode == "device" and device else tensor}
-    fail_df = pd.DataFrame(failures, columns=[IMAGE_ID, PATIENT_ID, "reason", "message"])
-    return PreparedCohort(samples, fail_df, mode, cache_dir if mode == "disk" else None, {"cache_hits": hits})
+            on_device = mode == "device" and prep.device is not None
+            samples[image_id] = {**sample, KEY: tensor.to(prep.device) if on_device else tensor}
+    return failures
 
 
 class LoadCachedd(MapTransform):

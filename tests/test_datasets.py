@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pipeline.config import DataConfig, IntensityConfig
-from pipeline.datasets import prepare_cohort, preprocess_workers
+from pipeline.datasets import Preprocessing, prepare_cohort, preprocess_workers
 from pipeline.transforms import deterministic_transforms, preprocessing_fingerprint
 
 DATA = DataConfig(spatial_size=(8, 8, 8), intensity=IntensityConfig(mode="zscore"))
@@ -36,17 +36,15 @@ def cohort(tmp_path: Path) -> pd.DataFrame:
 
 
 def prepare(table: pd.DataFrame, tmp_path: Path, workers: int, cache: str = "memory", data: DataConfig = DATA):
-    return prepare_cohort(
-        table,
+    prep = Preprocessing(
         deterministic_transforms(data, 3),
         fingerprint=preprocessing_fingerprint(data, 3),
-        content_hashes={i: f"hash-{i}" for i in table["image_id"]},
         cache=cache,
         cache_dir=tmp_path / "cache",
         bytes_per_image=4 * 512,
-        progress=False,
         workers=workers,
     )
+    return prepare_cohort(table, prep, {i: f"hash-{i}" for i in table["image_id"]}, progress=False)
 
 
 def test_workers_give_the_same_tensors_and_the_same_verdicts(tmp_path: Path) -> None:
