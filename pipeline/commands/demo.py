@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from pipeline.commands import add_set_argument
+from pipeline.schema import PATIENT_ID
 
 log = logging.getLogger("pipeline")
 
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     table = make_demo_cohort(manifest.parent / manifest.stem, manifest, spec)
     log.info(
         "demo cohort: %d patients, %d images (%d DICOM series, %d NIfTI) in %.1fs -> %s",
-        table["patient_id"].nunique(),
+        table[PATIENT_ID].nunique(),
         len(table),
         int((~table["image"].str.endswith(".nii.gz")).sum()),
         int(table["image"].str.endswith(".nii.gz").sum()),

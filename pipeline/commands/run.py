@@ -6,6 +6,7 @@ import argparse
 import logging
 
 from pipeline.commands import add_set_argument
+from pipeline.schema import PATIENT_ID
 
 log = logging.getLogger("pipeline")
 
@@ -25,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.study import run_study, validate_workflow
 
     cfg, cohort = validate_workflow(args.workflow, args.overrides)
-    n_patients = cohort.table["patient_id"].nunique()
+    n_patients = cohort.table[PATIENT_ID].nunique()
     log.info("workflow %s is valid: %d images of %d patients", args.workflow, len(cohort.table), n_patients)
     if args.check:
         return 0

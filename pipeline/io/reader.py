@@ -23,6 +23,7 @@ from monai.utils import ImageMetaKey, MetaKeys, SpaceKeys
 from pipeline.errors import ScanError
 from pipeline.io import sniff
 from pipeline.io.loader import Scan, default_source, load_scan
+from pipeline.schema import IMAGE_ID
 
 _SCALAR_META = (
     "format",
@@ -79,7 +80,7 @@ class LoadScand(MapTransform):
         self,
         keys: KeysCollection = ("image",),
         nonfinite: str = "refuse",
-        id_key: str = "image_id",
+        id_key: str = IMAGE_ID,
         volumes: str = "refuse",
         allow_missing_keys: bool = False,
         spatial_dims: int | None = None,
