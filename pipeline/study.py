@@ -60,6 +60,35 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- validation
 
 
+def _manifest_options(
+    cfg: WorkflowConfig | None, raw: dict[str, Any], base: Path
+) -> tuple[Path | None, dict[str, Any]]:
+    """The manifest and how to read it: from the checked workflow, or, when the workflow has
+    problems, from its raw sections with the workflow's own defaults for what they lack."""
+    from pipeline.config import TaskConfig, ValidationConfig
+
+    if cfg is not None:
+        return cfg.manifest, {
+            "label_col": cfg.task.label,
+            "positive": cfg.task.positive,
+            "require_split": cfg.validation.scheme == "holdout",
+            "keep": dict(cfg.filter) or None,
+            "image_roots": cfg.data.image_roots,
+        }
+
+    def section(name: str) -> dict[str, Any]:
+        return raw[name] if isinstance(raw.get(name), dict) else {}
+
+    task, validation = section("task"), section("validation")
+    manifest = raw.get("manifest")
+    return (base / manifest if isinstance(manifest, str) else None), {
+        "label_col": str(task.get("label", TaskConfig.label)),
+        "positive": task.get("positive", TaskConfig.positive),
+        "require_split": validation.get("scheme", ValidationConfig.scheme) == "holdout",
+        "keep": section("filter") or None,
+    }
+
+
 def validate_workflow(path: Path | str, overrides: tuple[str, ...] | list[str] = ()) -> tuple[WorkflowConfig, Cohort]:
     """Check the workflow and its manifest before any work; one ValidationError lists every problem."""
     raw = read_workflow(path, overrides)
@@ -70,20 +99,11 @@ def validate_workflow(path: Path | str, overrides: tuple[str, ...] | list[str] =
     except ValidationError as exc:
         problems += exc.problems
     # Check the manifest too, even when the workflow has problems, so the user sees everything at once.
-    task = raw["task"] if isinstance(raw.get("task"), dict) else {}
-    validation = raw["validation"] if isinstance(raw.get("validation"), dict) else {}
-    manifest = raw.get("manifest")
+    manifest, options = _manifest_options(cfg, raw, Path(path).parent)
     cohort = None
-    if isinstance(manifest, str) and is_file(Path(path).parent / manifest):
+    if manifest is not None and is_file(manifest):
         try:
-            cohort = load_manifest(
-                Path(path).parent / manifest,
-                label_col=str(task.get("label", "label")),
-                positive=task.get("positive", 1),
-                require_split=validation.get("scheme") == "holdout",
-                keep=raw["filter"] if isinstance(raw.get("filter"), dict) else None,
-                image_roots=cfg.data.image_roots if cfg is not None else (),
-            )
+            cohort = load_manifest(manifest, **options)
         except ValidationError as exc:
             problems += [f"manifest: {p}" for p in exc.problems]
     if cfg is not None and cohort is not None:
