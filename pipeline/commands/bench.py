@@ -8,10 +8,14 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.commands import add_set_argument
 from pipeline.options import DEVICES
+
+if TYPE_CHECKING:
+    from pipeline.config import WorkflowConfig
+    from pipeline.manifest import Cohort
 
 log = logging.getLogger("pipeline")
 
@@ -47,37 +51,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _training(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    from pipeline.bench import bench_workflow, format_bench, with_device
-    from pipeline.errors import ValidationError
-    from pipeline.study import validate_workflow
+    from pipeline.bench import TrainingBench, bench_workflow, format_bench
     from pipeline.training import resolve_device
 
-    if args.workflow is None:
-        raise ValidationError(["the training suite needs a WORKFLOW argument"], "command line")
-    cfg, cohort = validate_workflow(args.workflow, args.overrides)
-    cfg = with_device(cfg, args.device)
-    result = bench_workflow(
-        cfg,
-        cohort,
-        device=resolve_device(args.device),
+    cfg, cohort = _workflow(args, "training")
+    options = TrainingBench(
         epochs=max(2, args.epochs or cfg.train.epochs),
         repeats=args.repeats,
         baseline=args.baseline,
-        peak=args.peak_tflops,
+        peak_tflops=args.peak_tflops,
     )
+    result = bench_workflow(cfg, cohort, device=resolve_device(args.device), options=options)
     return result, format_bench(result)
 
 
 def _precision(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    from pipeline.bench import format_precision, precision_benchmark, with_device
-    from pipeline.errors import ValidationError
-    from pipeline.study import validate_workflow
+    from pipeline.bench import format_precision, precision_benchmark
     from pipeline.training import resolve_device
 
-    if args.workflow is None:
-        raise ValidationError(["the precision suite needs a WORKFLOW argument"], "command line")
-    cfg, cohort = validate_workflow(args.workflow, args.overrides)
-    cfg = with_device(cfg, args.device)
+    cfg, cohort = _workflow(args, "precision")
     epochs = max(2, args.epochs or cfg.train.epochs)
     result = precision_benchmark(
         cfg, cohort, device=resolve_device(args.device), epochs=epochs, unchecked=args.unchecked
@@ -85,20 +77,32 @@ def _precision(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     return result, format_precision(result)
 
 
-def _evaluation(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    from pipeline.evaluation import bench
+def _workflow(args: argparse.Namespace, suite: str) -> tuple[WorkflowConfig, Cohort]:
+    """The validated workflow (its device set from ``--device``) and cohort."""
+    from pipeline.bench import with_device
+    from pipeline.errors import ValidationError
+    from pipeline.study import validate_workflow
 
-    coverage = bench.coverage_benchmark(n_studies=200 if args.quick else 2000)
-    speed = bench.speed_benchmark(n=100_000 if args.quick else 1_000_000)
+    if args.workflow is None:
+        raise ValidationError([f"the {suite} suite needs a WORKFLOW argument"], "command line")
+    cfg, cohort = validate_workflow(args.workflow, args.overrides)
+    return with_device(cfg, args.device), cohort
+
+
+def _evaluation(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    from pipeline.bench import intervals
+
+    coverage = intervals.coverage_benchmark(n_studies=200 if args.quick else 2000)
+    speed = intervals.speed_benchmark(n=100_000 if args.quick else 1_000_000)
     result = {"coverage": coverage, "speed": speed}
-    return result, bench.format_coverage(coverage) + "\n\n" + bench.format_speed(speed)
+    return result, intervals.format_coverage(coverage) + "\n\n" + intervals.format_speed(speed)
 
 
 def _ingestion(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    from pipeline.io import bench
+    from pipeline.bench import ingestion
 
-    result = bench.ingestion_benchmark(n_files=1000 if args.quick else 10_000)
-    return result, bench.format_ingestion(result)
+    result = ingestion.ingestion_benchmark(n_files=1000 if args.quick else 10_000)
+    return result, ingestion.format_ingestion(result)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.evaluation import bench
+from pipeline.bench import intervals as bench
 
 
 def test_coverage_smoke_detects_correct_intervals():

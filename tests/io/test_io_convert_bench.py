@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from pipeline import cli
+from pipeline.bench.ingestion import format_ingestion, ingestion_benchmark
 from pipeline.io import convert, load_scan
-from pipeline.io.bench import format_ingestion, ingestion_benchmark
 
 
 @pytest.mark.parametrize("case", ["d11_oblique", "d10_gantry_tilt", "f01_radiograph_monochrome1", "n02_nifti2"])

@@ -2,7 +2,8 @@
 
 1. Headers per second: ``scan_tree`` over a generated tree of ``n_files`` DICOM files (series of
    ``slices_per_series`` 64x64 slices in patient/study/series folders, plus a few junk files),
-   once reading headers only and once with the default one-file-per-series decode check.
+   reading headers only (in one process, then in up to 8) and with the default
+   one-file-per-series decode check (in up to 8).
 2. Series assembly, side by side in one run: ``load_scan`` and MONAI's ``PydicomReader`` (pinned,
    through ``LoadImage``) on the same ``series_slices``-slice series, interleaved, median of
    ``repeats`` runs. Both get the files in the same scrambled instance order.

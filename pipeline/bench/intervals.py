@@ -1,13 +1,15 @@
-"""Benchmarks of the AUC intervals: coverage on simulated binormal studies, and DeLong speed.
+"""``cohortnet bench --suite evaluation``: coverage of the AUC intervals on simulated binormal
+studies, and the speed of DeLong's interval.
 
-Wired to ``cohortnet bench --suite evaluation``; both functions return plain dicts and have a
-``format_*`` companion that prints a table.
+Both benchmarks return plain dicts and have a ``format_*`` companion that prints a table. They
+use only ``pipeline.evaluation`` (no torch or MONAI is imported).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -52,6 +54,61 @@ def _study_intervals(y: Any, s: Any, n_bootstrap: int, seed: Any, level: float) 
     }
 
 
+@dataclass(frozen=True)
+class CoverageDesign:
+    """The simulation: studies per size, sizes, the true AUC and prevalence, bootstrap replicates,
+    seed and nominal level."""
+
+    n_studies: int = 2000
+    sizes: tuple[int, ...] = (50, 500)
+    true_auc: float = 0.8
+    n_bootstrap: int = 1000
+    seed: int = 0
+    prevalence: float = 0.5
+    level: float = 0.95
+
+    def params(self) -> dict[str, Any]:
+        """The design as the result's ``params`` (with the acceptance band)."""
+        return {
+            "n_studies": self.n_studies,
+            "sizes": list(self.sizes),
+            "true_auc": self.true_auc,
+            "prevalence": self.prevalence,
+            "n_bootstrap": self.n_bootstrap,
+            "seed": self.seed,
+            "level": self.level,
+            "acceptance": list(COVERAGE_RANGE),
+        }
+
+
+def _size_rows(design: CoverageDesign, n: int, size_seq: np.random.SeedSequence) -> list[dict[str, Any]]:
+    """Coverage rows, one per method, of ``design.n_studies`` studies of ``n`` cases."""
+    truth, n_studies = design.true_auc, design.n_studies
+    hits = {m: np.zeros(3) for m in METHODS}  # covered, truth below interval, truth above
+    widths = {m: 0.0 for m in METHODS}
+    for study_seq in size_seq.spawn(n_studies):
+        data_seq, boot_seq = study_seq.spawn(2)
+        y, s = binormal_study(n, truth, design.prevalence, np.random.default_rng(data_seq))
+        for method, (lo, hi) in _study_intervals(y, s, design.n_bootstrap, boot_seq, design.level).items():
+            hits[method] += (lo <= truth <= hi, truth < lo, truth > hi)
+            widths[method] += hi - lo
+    rows = []
+    for method in METHODS:
+        cov = hits[method][0] / n_studies
+        rows.append(
+            {
+                "n": n,
+                "method": method,
+                "coverage": float(cov),
+                "mc_se": float(np.sqrt(cov * (1.0 - cov) / n_studies)),
+                "miss_low": float(hits[method][1] / n_studies),
+                "miss_high": float(hits[method][2] / n_studies),
+                "mean_width": widths[method] / n_studies,
+            }
+        )
+    return rows
+
+
 def coverage_benchmark(
     n_studies: int = 2000,
     sizes: Sequence[int] = (50, 500),
@@ -74,44 +131,15 @@ def coverage_benchmark(
     and None (no verdict) with fewer than 2,000 studies, whose Monte Carlo error is too large.
     """
     t0 = time.perf_counter()
+    design = CoverageDesign(n_studies, tuple(sizes), true_auc, n_bootstrap, seed, prevalence, level)
     root = np.random.SeedSequence(seed)
     rows: list[dict[str, Any]] = []
-    for n, size_seq in zip(sizes, root.spawn(len(sizes)), strict=True):
-        hits = {m: np.zeros(3) for m in METHODS}  # covered, truth below interval, truth above
-        widths = {m: 0.0 for m in METHODS}
-        for study_seq in size_seq.spawn(n_studies):
-            data_seq, boot_seq = study_seq.spawn(2)
-            y, s = binormal_study(n, true_auc, prevalence, np.random.default_rng(data_seq))
-            for method, (lo, hi) in _study_intervals(y, s, n_bootstrap, boot_seq, level).items():
-                hits[method] += (lo <= true_auc <= hi, true_auc < lo, true_auc > hi)
-                widths[method] += hi - lo
-        for method in METHODS:
-            cov = hits[method][0] / n_studies
-            rows.append(
-                {
-                    "n": n,
-                    "method": method,
-                    "coverage": float(cov),
-                    "mc_se": float(np.sqrt(cov * (1.0 - cov) / n_studies)),
-                    "miss_low": float(hits[method][1] / n_studies),
-                    "miss_high": float(hits[method][2] / n_studies),
-                    "mean_width": widths[method] / n_studies,
-                }
-            )
+    for n, size_seq in zip(design.sizes, root.spawn(len(design.sizes)), strict=True):
+        rows += _size_rows(design, n, size_seq)
     lo_ok, hi_ok = COVERAGE_RANGE
     passed = all(lo_ok <= r["coverage"] <= hi_ok for r in rows if r["method"] in DEFAULT_METHODS)
     verdict = passed if n_studies >= MIN_STUDIES_FOR_VERDICT else None
-    params = {
-        "n_studies": n_studies,
-        "sizes": list(sizes),
-        "true_auc": true_auc,
-        "prevalence": prevalence,
-        "n_bootstrap": n_bootstrap,
-        "seed": seed,
-        "level": level,
-        "acceptance": list(COVERAGE_RANGE),
-    }
-    return {"params": params, "rows": rows, "passed": verdict, "seconds": time.perf_counter() - t0}
+    return {"params": design.params(), "rows": rows, "passed": verdict, "seconds": time.perf_counter() - t0}
 
 
 def format_coverage(result: dict[str, Any]) -> str:
