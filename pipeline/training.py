@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,7 +183,7 @@ def make_loss(cfg: TrainConfig, y: np.ndarray, device: torch.device) -> nn.Modul
 
 def run_epoch(
     model: nn.Module,
-    loader: DataLoader,
+    loader: Iterable[dict[str, Any]],
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     loss_fn: nn.Module,
@@ -192,8 +193,8 @@ def run_epoch(
     memory_format: torch.memory_format = torch.contiguous_format,
     augment: BatchAugment | None = None,
 ) -> EpochStats:
-    """One pass over ``loader`` (batches augmented on the device by ``augment`` when given);
-    returns the mean loss and where the time went."""
+    """One pass over ``loader`` (any iterable of batches, e.g. a DataLoader; batches augmented on
+    the device by ``augment`` when given); returns the mean loss and where the time went."""
     model.train()
     losses, finite, samples, waited = [], [], 0, 0.0
     params = [p for p in model.parameters() if p.requires_grad]
@@ -271,8 +272,8 @@ class FoldSpec:
 
 
 @dataclass
-class _Trainer:
-    """The objects one fold trains with."""
+class Trainer:
+    """The objects one fold trains with (``make_trainer``)."""
 
     stepper: nn.Module  # the model, or its torch.compile / DDP wrapper that takes the gradient steps
     loader: DataLoader
@@ -293,10 +294,11 @@ def train_fold(
     lower validation BCE, ties to the higher AUC). The best state is written to
     ``spec.checkpoint`` (a state_dict) and loaded into ``model`` before returning. The resumable
     training state lives beside it in ``last.pt`` and is removed once the fold is complete.
+    The caller seeds once (``seed_everything``) before it builds the model, whose initial weights
+    depend on that seed; every epoch is then seeded from (``spec.seed``, epoch) alone.
     """
     cfg, ctx = spec.cfg, spec.ctx
-    seed_everything(spec.seed, cfg.deterministic)
-    tr = _make_trainer(model, train_items, spec)
+    tr = make_trainer(model, train_items, spec)
     last = spec.checkpoint.with_name(CHECKPOINT_FILE)
     state = _State()
     best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -322,7 +324,14 @@ def train_fold(
     return FoldResult(state.best_epoch, best_row.get("val_auc"), pd.DataFrame(state.history))
 
 
-def _make_trainer(model: nn.Module, train_items: list[dict[str, Any]], spec: FoldSpec) -> _Trainer:
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over all of ``model``'s parameters with the workflow's lr and weight decay."""
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_trainer(model: nn.Module, train_items: list[dict[str, Any]], spec: FoldSpec) -> Trainer:
+    """Move ``model`` to the device and memory format and build what it trains with: the loader,
+    the batched augmentation, loss, optimizer and warm-up + cosine schedule over ``cfg.epochs``."""
     cfg, device, ctx = spec.cfg, spec.device, spec.ctx
     memory_format = memory_format_for(cfg, device, spec.spatial_dims)
     model.to(device)
@@ -338,38 +347,23 @@ def _make_trainer(model: nn.Module, train_items: list[dict[str, Any]], spec: Fol
     per_sample, batch_augment = split_augmentation(spec.augment)
     loader = make_loader(train_items, cfg, per_sample, generator, ctx, spec.seed, pin_memory=device.type == "cuda")
     loss_fn = make_loss(cfg, targets(train_items), device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(model, cfg)
     steps_per_epoch = max(1, len(loader))
     scheduler = warmup_cosine(optimizer, steps_per_epoch * cfg.warmup_epochs, steps_per_epoch * cfg.epochs)
-    return _Trainer(stepper, loader, generator, batch_augment, loss_fn, optimizer, scheduler, memory_format)
+    return Trainer(stepper, loader, generator, batch_augment, loss_fn, optimizer, scheduler, memory_format)
 
 
 def _one_epoch(
-    model: nn.Module, val_items: list[dict[str, Any]], spec: FoldSpec, tr: _Trainer, state: _State, epoch: int
+    model: nn.Module, val_items: list[dict[str, Any]], spec: FoldSpec, tr: Trainer, state: _State, epoch: int
 ) -> bool:
     """Train epoch ``epoch`` (its randomness seeded from (seed, epoch) alone), validate, record it in
     ``state`` and the log; True when it is the best epoch so far."""
     cfg, ctx, precision = spec.cfg, spec.ctx, spec.precision
-    es = epoch_seed(spec.seed, epoch)
-    torch.manual_seed(es + ctx.rank)
-    tr.generator.manual_seed(es)
-    spec.augment.set_random_state(seed=es + ctx.rank)
-    if hasattr(tr.loader.sampler, "set_epoch"):
-        tr.loader.sampler.set_epoch(epoch)
-    stats = _checked_epoch(
-        spec.label,
-        epoch,
-        precision,
-        tr.stepper,
-        tr.loader,
-        tr.optimizer,
-        tr.scheduler,
-        tr.loss_fn,
-        device=spec.device,
-        bf16=precision.bf16,
-        memory_format=tr.memory_format,
-        augment=tr.batch_augment,
-    )
+    seed_epoch(spec, tr, epoch)
+    stats = train_epoch(spec, tr)
+    if stats.first_nonfinite_step is not None:
+        what = f"the training loss or gradient became NaN or Inf at step {stats.first_nonfinite_step}"
+        raise _stopped(spec.label, epoch, precision, what)
     try:
         val_loss, val_auc = validation_metrics(model, val_items, spec.device, precision.bf16, cfg.batch_size * 2, ctx)
     except NonFiniteError as exc:
@@ -410,13 +404,30 @@ def _one_epoch(
     return improved
 
 
-def _checked_epoch(label: str, epoch: int, precision: Precision, *args: Any, **kwargs: Any) -> EpochStats:
-    """``run_epoch`` that stops the fold when a loss or gradient was NaN or Inf."""
-    stats = run_epoch(*args, **kwargs)
-    if stats.first_nonfinite_step is not None:
-        what = f"the training loss or gradient became NaN or Inf at step {stats.first_nonfinite_step}"
-        raise _stopped(label, epoch, precision, what)
-    return stats
+def seed_epoch(spec: FoldSpec, tr: Trainer, epoch: int) -> None:
+    """Seed epoch ``epoch``'s randomness (shuffling, augmentation, dropout) from (seed, epoch) alone."""
+    es = epoch_seed(spec.seed, epoch)
+    torch.manual_seed(es + spec.ctx.rank)
+    tr.generator.manual_seed(es)
+    spec.augment.set_random_state(seed=es + spec.ctx.rank)
+    if hasattr(tr.loader.sampler, "set_epoch"):
+        tr.loader.sampler.set_epoch(epoch)
+
+
+def train_epoch(spec: FoldSpec, tr: Trainer) -> EpochStats:
+    """One training pass of ``tr`` in the fold's precision; NaN or Inf steps are counted in the
+    result, not raised (``train_fold`` stops the fold on them)."""
+    return run_epoch(
+        tr.stepper,
+        tr.loader,
+        tr.optimizer,
+        tr.scheduler,
+        tr.loss_fn,
+        device=spec.device,
+        bf16=spec.precision.bf16,
+        memory_format=tr.memory_format,
+        augment=tr.batch_augment,
+    )
 
 
 def _stopped(label: str, epoch: int, precision: Precision, what: str) -> NonFiniteError:
