@@ -181,20 +181,24 @@ def make_loss(cfg: TrainConfig, y: np.ndarray, device: torch.device) -> nn.Modul
     return nn.BCEWithLogitsLoss()
 
 
-def run_epoch(
-    model: nn.Module,
-    loader: Iterable[dict[str, Any]],
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-    loss_fn: nn.Module,
-    *,
-    device: torch.device,
-    bf16: bool,
-    memory_format: torch.memory_format = torch.contiguous_format,
-    augment: BatchAugment | None = None,
-) -> EpochStats:
+@dataclass
+class TrainStep:
+    """What one gradient step uses: the model (or its torch.compile / DDP wrapper), the loss, the
+    optimizer and its per-step schedule (None: constant), the batched augmentation on the device
+    (None: none) and the memory format the inputs are laid out in."""
+
+    model: nn.Module
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    augment: BatchAugment | None = None
+    memory_format: torch.memory_format = torch.contiguous_format
+
+
+def run_epoch(step: TrainStep, loader: Iterable[dict[str, Any]], *, device: torch.device, bf16: bool) -> EpochStats:
     """One pass over ``loader`` (any iterable of batches, e.g. a DataLoader; batches augmented on
-    the device by ``augment`` when given); returns the mean loss and where the time went."""
+    the device by ``step.augment`` when given); returns the mean loss and where the time went."""
+    model, optimizer, scheduler, augment = step.model, step.optimizer, step.scheduler, step.augment
     model.train()
     losses, finite, samples, waited = [], [], 0, 0.0
     params = [p for p in model.parameters() if p.requires_grad]
@@ -205,10 +209,10 @@ def run_epoch(
         waited += time.perf_counter() - tick
         if augment is not None:
             x = augment(x)
-        x = x.contiguous(memory_format=memory_format)
+        x = x.contiguous(memory_format=step.memory_format)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(x).reshape(len(x), -1)[:, 0]
-        loss = loss_fn(logits.float(), y)
+        loss = step.loss_fn(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         # one flag per step, kept on the device (no synchronisation per step on a GPU)
@@ -273,16 +277,12 @@ class FoldSpec:
 
 @dataclass
 class Trainer:
-    """The objects one fold trains with (``make_trainer``)."""
+    """The objects one fold trains with (``make_trainer``): the gradient step, the loader and the
+    generator that shuffles it."""
 
-    stepper: nn.Module  # the model, or its torch.compile / DDP wrapper that takes the gradient steps
+    step: TrainStep
     loader: DataLoader
     generator: torch.Generator
-    batch_augment: BatchAugment | None
-    loss_fn: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    memory_format: torch.memory_format
 
 
 def train_fold(
@@ -303,7 +303,7 @@ def train_fold(
     state = _State()
     best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     if last.is_file():
-        state, best_state = _load_training_state(last, model, tr.optimizer, tr.scheduler)
+        state, best_state = _load_training_state(last, model, tr.step.optimizer, tr.step.scheduler)
         log.info("%sresuming after epoch %d", spec.label, state.epoch)
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         if cfg.patience and state.stale >= cfg.patience:
@@ -311,7 +311,7 @@ def train_fold(
         if _one_epoch(model, val_items, spec, tr, state, epoch):
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         if ctx.is_main:
-            _save_training_state(last, model, tr.optimizer, tr.scheduler, state, best_state, spec.precision)
+            _save_training_state(last, model, tr.step.optimizer, tr.step.scheduler, state, best_state, spec.precision)
         barrier(ctx)
         if cfg.patience and state.stale >= cfg.patience:
             log.info("%sno better validation score for %d epochs: stopping", spec.label, cfg.patience)
@@ -350,7 +350,8 @@ def make_trainer(model: nn.Module, train_items: list[dict[str, Any]], spec: Fold
     optimizer = make_optimizer(model, cfg)
     steps_per_epoch = max(1, len(loader))
     scheduler = warmup_cosine(optimizer, steps_per_epoch * cfg.warmup_epochs, steps_per_epoch * cfg.epochs)
-    return Trainer(stepper, loader, generator, batch_augment, loss_fn, optimizer, scheduler, memory_format)
+    step = TrainStep(stepper, loss_fn, optimizer, scheduler, batch_augment, memory_format)
+    return Trainer(step, loader, generator)
 
 
 def _one_epoch(
@@ -382,7 +383,7 @@ def _one_epoch(
             "train_loss": stats.loss,
             "val_loss": val_loss,
             "val_auc": val_auc,
-            "lr": tr.optimizer.param_groups[0]["lr"],
+            "lr": tr.step.optimizer.param_groups[0]["lr"],
             "seconds": stats.seconds,
             "data_seconds": stats.data_seconds,
             "precision": precision.name,
@@ -417,17 +418,7 @@ def seed_epoch(spec: FoldSpec, tr: Trainer, epoch: int) -> None:
 def train_epoch(spec: FoldSpec, tr: Trainer) -> EpochStats:
     """One training pass of ``tr`` in the fold's precision; NaN or Inf steps are counted in the
     result, not raised (``train_fold`` stops the fold on them)."""
-    return run_epoch(
-        tr.stepper,
-        tr.loader,
-        tr.optimizer,
-        tr.scheduler,
-        tr.loss_fn,
-        device=spec.device,
-        bf16=spec.precision.bf16,
-        memory_format=tr.memory_format,
-        augment=tr.batch_augment,
-    )
+    return run_epoch(tr.step, tr.loader, device=spec.device, bf16=spec.precision.bf16)
 
 
 def _stopped(label: str, epoch: int, precision: Precision, what: str) -> NonFiniteError:
@@ -462,7 +453,7 @@ def _save_training_state(
     path: Path,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     state: _State,
     best_state: dict[str, torch.Tensor],
     precision: Precision,
@@ -471,7 +462,7 @@ def _save_training_state(
         "precision": {"bf16": precision.bf16, "fp32_layers": list(precision.fp32_layers)},
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "best_model": best_state,
         "epoch": state.epoch,
         "best_score": list(state.best_score),
@@ -508,12 +499,13 @@ def _load_training_state(
     path: Path,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
 ) -> tuple[_State, dict[str, torch.Tensor]]:
     payload = _read_checkpoint(path)
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
-    scheduler.load_state_dict(payload["scheduler"])
+    if scheduler is not None:
+        scheduler.load_state_dict(payload["scheduler"])
     torch.set_rng_state(payload["torch_rng"])
     history = [
         {k: (None if k == "val_auc" and math.isnan(v) else (int(v) if k == "epoch" else v)) for k, v in row.items()}

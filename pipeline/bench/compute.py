@@ -18,7 +18,7 @@ from pipeline.config import WorkflowConfig
 from pipeline.models import build_model
 from pipeline.precision import Precision, keep_in_fp32
 from pipeline.schema import IMAGE, TARGET
-from pipeline.training import make_loss, make_optimizer, memory_format_for, run_epoch
+from pipeline.training import TrainStep, make_loss, make_optimizer, memory_format_for, run_epoch
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from NVIDIA's data sheets, matched on the
 # device name, longest key first; --peak-tflops gives any other device's.
@@ -103,19 +103,11 @@ class Probe:
         self.batch = [{IMAGE: self.x, TARGET: y}]
         self.optimizer = make_optimizer(self.model, cfg.train)
         self.loss_fn = make_loss(cfg.train, y.cpu().numpy(), device)
+        self.train_step = TrainStep(self.model, self.loss_fn, self.optimizer, memory_format=self.memory_format)
         self.step()  # warm-up
 
     def step(self) -> None:
-        run_epoch(
-            self.model,
-            self.batch,
-            self.optimizer,
-            None,
-            self.loss_fn,
-            device=self.device,
-            bf16=self.bf16,
-            memory_format=self.memory_format,
-        )
+        run_epoch(self.train_step, self.batch, device=self.device, bf16=self.bf16)
 
     def samples_per_s(self) -> float:
         return self.bs / median_time(self.step, self.device, self.steps, warmup=1)

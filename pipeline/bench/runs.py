@@ -35,6 +35,7 @@ from pipeline.schema import IMAGE_ID, PATIENT_ID, TARGET
 from pipeline.training import (
     EpochStats,
     FoldSpec,
+    TrainStep,
     make_loss,
     make_trainer,
     run_epoch,
@@ -199,9 +200,8 @@ class TutorialRun:
         self.loss_fn = make_loss(cfg.train, train_table[TARGET].to_numpy(), device)
 
     def epoch(self) -> EpochStats:
-        return run_epoch(
-            self.model, self.loader, self.optimizer, self.scheduler, self.loss_fn, device=self.device, bf16=False
-        )
+        step = TrainStep(self.model, self.loss_fn, self.optimizer, self.scheduler)
+        return run_epoch(step, self.loader, device=self.device, bf16=False)
 
     def predict(self) -> Predictions:
         dims = self.cfg.model.spatial_dims
