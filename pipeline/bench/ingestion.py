@@ -25,7 +25,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from pipeline.io.loader import load_scan
-from pipeline.io.scan import scan_tree
+from pipeline.io.scan import ScanOptions, scan_tree
 
 
 def _write_slice(path: Path, series: dict[str, Any], k: int, pixels: np.ndarray, instance: int) -> None:
@@ -128,7 +128,7 @@ def ingestion_benchmark(
         results: dict[str, Any] = {"n_files": n_written, "generate_s": generate_s}
         workers = min(os.cpu_count() or 1, 8)
         for mode, n_workers in (("header", 1), ("header", workers), ("sample", workers)):
-            summary = scan_tree(tree, out_manifest=out / mode / "m.csv", verify=mode, progress=False, workers=n_workers)
+            summary = scan_tree(tree, out / mode / "m.csv", ScanOptions(verify=mode, progress=False, workers=n_workers))
             label = f"{mode}_{n_workers}w"
             results[f"scan_{label}_s"] = summary.seconds
             results[f"files_per_s_{label}"] = n_written / summary.seconds

@@ -50,11 +50,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.io.scan import scan_tree
+    from pipeline.io.scan import ScanOptions, scan_tree
 
-    summary = scan_tree(
-        args.root,
-        out_manifest=args.out,
+    options = ScanOptions(
         exclusions_out=args.exclusions,
         labels_csv=args.labels,
         label_col=args.label_col,
@@ -65,5 +63,6 @@ def run(args: argparse.Namespace) -> int:
         nonfinite=args.nonfinite,
         progress=not args.no_progress,
     )
+    summary = scan_tree(args.root, args.out, options)
     print(summary.format_table())
     return summary.exit_code

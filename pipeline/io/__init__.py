@@ -6,7 +6,7 @@ Public API (imported lazily, so that ``cohortnet scan`` does not import torch):
 * ``Scan``: ``array`` (X, Y[, Z]) float32 (leading C only for RGB), ``affine`` voxel -> RAS mm, ``meta``
 * ``LoadScand(keys=("image",), nonfinite="refuse", id_key="image_id")``: MONAI MapTransform
 * ``CohortnetDicomReader``: MONAI ImageReader for DICOM, to pin at call time
-* ``scan_tree(root, *, out_manifest, ...) -> ScanSummary``: ``cohortnet scan``
+* ``scan_tree(root, out_manifest, ScanOptions(...)) -> ScanSummary``: ``cohortnet scan``
 * ``convert(src, out_path) -> Path``: ``cohortnet convert``
 * ``REASONS`` / ``verdict_of``: reason codes and their verdicts
 """
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from pipeline.io.loader import Scan, load_scan
     from pipeline.io.reader import CohortnetDicomReader, LoadScand
     from pipeline.io.reasons import REASONS, verdict_of
-    from pipeline.io.scan import ScanSummary, scan_tree
+    from pipeline.io.scan import ScanOptions, ScanSummary, scan_tree
 
 _WHERE = {
     "Scan": "loader",
@@ -30,6 +30,7 @@ _WHERE = {
     "CohortnetDicomReader": "reader",
     "scan_tree": "scan",
     "ScanSummary": "scan",
+    "ScanOptions": "scan",
     "convert": "conversion",
     "REASONS": "reasons",
     "verdict_of": "reasons",
@@ -39,6 +40,7 @@ __all__ = [
     "CohortnetDicomReader",
     "LoadScand",
     "Scan",
+    "ScanOptions",
     "ScanSummary",
     "convert",
     "load_scan",

@@ -218,53 +218,69 @@ def _validate(o: _Options) -> tuple[bytes | None, LabelTable | None]:
     return key, table
 
 
-def scan_tree(
-    root: str | Path,
-    *,
-    out_manifest: str | Path,
-    exclusions_out: str | Path | None = None,
-    labels_csv: str | Path | None = None,
-    label_col: str | None = None,
-    pseudonymize_key_file: str | Path | None = None,
-    reid_table: str | Path | None = None,
-    layout: str = "symlink",
-    verify: str = "sample",
-    nonfinite: str = "refuse",
-    progress: bool = True,
-    workers: int | None = None,
-) -> ScanSummary:
+@dataclass(frozen=True)
+class ScanOptions:
+    """How ``scan_tree`` scans (the flags of ``cohortnet scan``).
+
+    ``exclusions_out``: the exclusions table (default: beside the manifest, ``<stem>.exclusions.csv``);
+    ``labels_csv``/``label_col``: a labels table joined by patient (and study) id;
+    ``pseudonymize_key_file``: the key for pseudonymous ids; ``reid_table``: where the
+    re-identification table goes (outside the manifest's folder); ``layout``: how ``images/``
+    points at the files; ``verify``: "header" (no pixels), "sample" (decode one file per series;
+    read NIfTI voxels for the NaN check) or "full" (assemble every series as ``load_scan`` would);
+    ``nonfinite``: the NaN/Inf policy the study will use; ``workers``: processes reading headers
+    and decoding (default: 1 below 256 files, else up to 8 CPUs; with several, a decoder that
+    crashes its process costs one ``worker_crash`` verdict).
+    """
+
+    exclusions_out: str | Path | None = None
+    labels_csv: str | Path | None = None
+    label_col: str | None = None
+    pseudonymize_key_file: str | Path | None = None
+    reid_table: str | Path | None = None
+    layout: str = "symlink"
+    verify: str = "sample"
+    nonfinite: str = "refuse"
+    progress: bool = True
+    workers: int | None = None
+
+
+def _resolve(root: str | Path, manifest: Path, opts: ScanOptions) -> _Options:
+    def path(value: str | Path | None) -> Path | None:
+        return Path(value) if value else None
+
+    return _Options(
+        root=Path(root),
+        manifest=manifest,
+        exclusions=path(opts.exclusions_out) or manifest.with_name(manifest.stem + ".exclusions.csv"),
+        labels_csv=path(opts.labels_csv),
+        label_col=opts.label_col,
+        key_file=path(opts.pseudonymize_key_file),
+        reid_table=path(opts.reid_table),
+        layout=opts.layout,
+        verify=opts.verify,
+        nonfinite=opts.nonfinite,
+    )
+
+
+def scan_tree(root: str | Path, out_manifest: str | Path, options: ScanOptions = ScanOptions()) -> ScanSummary:
     """Scan ``root``; write the manifest, the exclusions table and the ``images/`` link layout.
 
-    ``workers``: processes reading headers and decoding (default: 1 below 256 files, else up to 8
-    CPUs); with several, a decoder that crashes its process costs one ``worker_crash`` verdict.
-    ``verify``: "header" (no pixels), "sample" (decode one file per series; read NIfTI voxels for
-    the NaN check) or "full" (assemble every series as ``load_scan`` would). Raises
-    ValidationError for bad arguments; never raises for bad images.
+    Raises ValidationError for bad options; never raises for bad images (each gets a verdict).
     """
     started = time.perf_counter()
     manifest = Path(out_manifest)
-    o = _Options(
-        root=Path(root),
-        manifest=manifest,
-        exclusions=Path(exclusions_out) if exclusions_out else manifest.with_name(manifest.stem + ".exclusions.csv"),
-        labels_csv=Path(labels_csv) if labels_csv else None,
-        label_col=label_col,
-        key_file=Path(pseudonymize_key_file) if pseudonymize_key_file else None,
-        reid_table=Path(reid_table) if reid_table else None,
-        layout=layout,
-        verify=verify,
-        nonfinite=nonfinite,
-    )
+    o = _resolve(root, manifest, options)
     key, table = _validate(o)
     register_root(o.root)
     if key is None:
         log.warning("no pseudonymisation key: patient and study ids are written as found in the headers")
-    run = _Run(o.root.resolve(), Ids(key), verify, nonfinite)
+    run = _Run(o.root.resolve(), Ids(key), o.verify, o.nonfinite)
     out_dir = manifest.resolve().parent
     skip = {manifest.resolve(), o.exclusions.resolve(), o.reid_table.resolve() if o.reid_table else None}
     files = [f for f in iter_files(run.root) if f not in skip and not _inside_layout(f, out_dir)]
-    run.workers = default_workers(len(files)) if workers is None else workers
-    _read_all(run, files, progress)
+    run.workers = default_workers(len(files)) if options.workers is None else options.workers
+    _read_all(run, files, options.progress)
     _scan_stacks(run, group_stacks(run.headers))
     summary = _write(run, o, table)
     summary.n_files, summary.seconds = len(files), time.perf_counter() - started

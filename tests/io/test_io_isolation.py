@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 from factories import write_series
 
-from pipeline.io import scan_tree
+from pipeline.io import ScanOptions, scan_tree
 from pipeline.io.isolation import WORKER_CRASH, map_isolated
 
 
@@ -27,7 +27,7 @@ def test_scan_with_worker_processes_matches_a_serial_scan(tmp_path: Path) -> Non
     for i in range(3):
         write_series(tmp_path / "d" / f"s{i}")
     (tmp_path / "d" / "README").write_text("x")
-    serial = scan_tree(tmp_path / "d", out_manifest=tmp_path / "a" / "m.csv", progress=False, workers=1)
-    parallel = scan_tree(tmp_path / "d", out_manifest=tmp_path / "b" / "m.csv", progress=False, workers=2)
+    serial = scan_tree(tmp_path / "d", tmp_path / "a" / "m.csv", ScanOptions(progress=False, workers=1))
+    parallel = scan_tree(tmp_path / "d", tmp_path / "b" / "m.csv", ScanOptions(progress=False, workers=2))
     assert serial.counts == parallel.counts
     assert pd.read_csv(serial.manifest).equals(pd.read_csv(parallel.manifest))

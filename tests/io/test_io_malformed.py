@@ -16,7 +16,7 @@ import pytest
 from factories import CORPUS
 
 from pipeline.errors import ScanError
-from pipeline.io import load_scan, scan_tree, verdict_of
+from pipeline.io import ScanOptions, load_scan, scan_tree, verdict_of
 from pipeline.io.reasons import OK
 
 GOLDEN = Path(__file__).parent / "golden" / "malformed.csv"
@@ -37,7 +37,7 @@ def _load_verdict(case: str, path: Path) -> str:
 
 def _scan_verdict(folder: Path, out: Path) -> str:
     """Rows of ``cohortnet scan`` for one case folder: ``ok`` per image, ``verdict:reason`` per exclusion."""
-    scan_tree(folder, out_manifest=out / "manifest.csv", progress=False)
+    scan_tree(folder, out / "manifest.csv", ScanOptions(progress=False))
     found = [OK] * len(pd.read_csv(out / "manifest.csv"))
     for row in pd.read_csv(out / "manifest.exclusions.csv", dtype=str, keep_default_na=False).itertuples():
         assert row.message, "every exclusion states its problem"
@@ -87,7 +87,7 @@ def test_every_input_ends_with_a_verdict(table: pd.DataFrame) -> None:
 
 def test_one_tree_of_every_bad_input_is_scanned_to_the_end(corpus_root: Path, tmp_path: Path) -> None:
     """A bad file never aborts a cohort: the whole corpus in one tree gives a verdict per input."""
-    summary = scan_tree(corpus_root, out_manifest=tmp_path / "m.csv", progress=False)
+    summary = scan_tree(corpus_root, tmp_path / "m.csv", ScanOptions(progress=False))
     exclusions = pd.read_csv(summary.exclusions)
     assert summary.exit_code == 8
     assert summary.n_images >= 20

@@ -15,7 +15,7 @@ import pytest
 from factories import CanaryTree, find_canary
 
 from pipeline.errors import ScanError
-from pipeline.io import LoadScand, convert, load_scan, scan_tree
+from pipeline.io import LoadScand, ScanOptions, convert, load_scan, scan_tree
 from pipeline.privacy import (
     IDENTIFYING_KEYWORDS,
     Redactor,
@@ -122,7 +122,7 @@ def _study_outputs(tree: CanaryTree, out: Path, key_file: Path | None) -> pd.Dat
     """Scan, convert every image and load every image, writing what they produce under ``out``."""
     reid = out.parent / "controller" / "reid.csv"
     summary = scan_tree(
-        tree.root, out_manifest=out / "manifest.csv", pseudonymize_key_file=key_file, reid_table=reid, progress=False
+        tree.root, out / "manifest.csv", ScanOptions(pseudonymize_key_file=key_file, reid_table=reid, progress=False)
     )
     assert summary.exit_code == 8  # the broken files are part of the canary tree
     assert tree.canary in reid.read_text(), "only the data controller's table maps ids back"

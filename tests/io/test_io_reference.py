@@ -15,7 +15,7 @@ import pytest
 from datapaths import shared_data as shared
 
 from pipeline.errors import ScanError
-from pipeline.io import convert, load_scan, scan_tree
+from pipeline.io import ScanOptions, convert, load_scan, scan_tree
 
 pytestmark = pytest.mark.shared
 
@@ -60,7 +60,7 @@ def test_twelve_bit_mosaics_convert_to_the_dcm2niix_references(tmp_path: Path, n
 
 def test_twelve_bit_series_sharing_one_uid_are_three_images(tmp_path: Path) -> None:
     summary = scan_tree(
-        shared("dicom-reference", "dcm_qa_12bit", "dicom"), out_manifest=tmp_path / "m.csv", progress=False
+        shared("dicom-reference", "dcm_qa_12bit", "dicom"), tmp_path / "m.csv", ScanOptions(progress=False)
     )
     manifest = pd.read_csv(summary.manifest)
     assert summary.exit_code == 0
@@ -90,7 +90,7 @@ def test_pneumonia_subset_scans_clean_and_hides_identifiers(tmp_path: Path) -> N
             (subset / folder.name / f.name).write_bytes(f.read_bytes())
     (tmp_path / "key").write_bytes(b"pseudonymisation key 0123")
     summary = scan_tree(
-        subset, out_manifest=tmp_path / "out" / "m.csv", pseudonymize_key_file=tmp_path / "key", progress=False
+        subset, tmp_path / "out" / "m.csv", ScanOptions(pseudonymize_key_file=tmp_path / "key", progress=False)
     )
     assert summary.exit_code == 0
     assert summary.n_images == 40
@@ -111,7 +111,7 @@ def test_adrenal_nifti_volumes_load() -> None:
 @pytest.mark.slow
 def test_whole_pneumonia_cohort_scans_clean(tmp_path: Path) -> None:
     cohort = shared("pneumoniamnist-dicom")
-    summary = scan_tree(cohort / "dicom", out_manifest=tmp_path / "m.csv", verify="full", progress=False)
+    summary = scan_tree(cohort / "dicom", tmp_path / "m.csv", ScanOptions(verify="full", progress=False))
     manifest = pd.read_csv(summary.manifest)
     assert summary.exit_code == 0
     assert len(manifest) == len(pd.read_csv(cohort / "manifest.csv"))

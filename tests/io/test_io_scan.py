@@ -15,7 +15,7 @@ from pydicom.uid import generate_uid
 
 from pipeline import cli
 from pipeline.errors import ValidationError
-from pipeline.io import load_scan, scan_tree
+from pipeline.io import ScanOptions, load_scan, scan_tree
 from pipeline.io.scan import EXIT_NOTHING_USABLE, EXIT_OK, EXIT_PARTIAL, QC_COLUMNS
 from pipeline.schema import IMAGE, LABEL, PATIENT_ID, SERIES_ID, STUDY_ID
 
@@ -42,7 +42,7 @@ def _read(path: Path) -> pd.DataFrame:
 
 def test_manifest_rows_are_ready_for_run_and_load_back_exactly(tmp_path: Path) -> None:
     _cohort(tmp_path / "data")
-    summary = scan_tree(tmp_path / "data", out_manifest=tmp_path / "out" / "manifest.csv", progress=False)
+    summary = scan_tree(tmp_path / "data", tmp_path / "out" / "manifest.csv", ScanOptions(progress=False))
     assert summary.exit_code == EXIT_OK
     manifest = _read(tmp_path / "out" / "manifest.csv")
     assert list(manifest.columns[:5]) == [PATIENT_ID, IMAGE, LABEL, STUDY_ID, SERIES_ID]
@@ -69,11 +69,11 @@ def test_manifest_rows_are_ready_for_run_and_load_back_exactly(tmp_path: Path) -
 def test_exit_codes_partial_and_nothing_usable(tmp_path: Path) -> None:
     _cohort(tmp_path / "data")
     (tmp_path / "data" / "broken.dcm").write_bytes(b"")
-    partial = scan_tree(tmp_path / "data", out_manifest=tmp_path / "o1" / "m.csv", progress=False)
+    partial = scan_tree(tmp_path / "data", tmp_path / "o1" / "m.csv", ScanOptions(progress=False))
     assert partial.exit_code == EXIT_PARTIAL
     assert partial.counts[("error", "empty_file", "file")] == 1
     (tmp_path / "empty").mkdir()
-    nothing = scan_tree(tmp_path / "empty", out_manifest=tmp_path / "o2" / "m.csv", progress=False)
+    nothing = scan_tree(tmp_path / "empty", tmp_path / "o2" / "m.csv", ScanOptions(progress=False))
     assert nothing.exit_code == EXIT_NOTHING_USABLE
     assert "0 usable image(s)" in nothing.format_table()
 
@@ -97,11 +97,13 @@ def test_every_argument_problem_is_listed_at_once(tmp_path: Path) -> None:
     with pytest.raises(ValidationError) as info:
         scan_tree(
             tmp_path / "nowhere",
-            out_manifest=tmp_path / "o" / "m.csv",
-            pseudonymize_key_file=tmp_path / "key",
-            reid_table=tmp_path / "o" / "reid.csv",
-            label_col="y",
-            layout="teleport",
+            tmp_path / "o" / "m.csv",
+            ScanOptions(
+                pseudonymize_key_file=tmp_path / "key",
+                reid_table=tmp_path / "o" / "reid.csv",
+                label_col="y",
+                layout="teleport",
+            ),
         )
     assert len(info.value.problems) == 5
     assert info.value.exit_code == 2
@@ -129,7 +131,7 @@ def test_one_uid_holding_several_stacks_is_split(tmp_path: Path) -> None:
         SeriesInstanceUID=uid,
         AcquisitionNumber=1,
     )
-    summary = scan_tree(tmp_path / "d", out_manifest=tmp_path / "o" / "m.csv", progress=False)
+    summary = scan_tree(tmp_path / "d", tmp_path / "o" / "m.csv", ScanOptions(progress=False))
     assert sorted(_read(summary.manifest)["shape"]) == ["7x8x3", "7x8x4", "7x8x9"]
     assert _read(summary.manifest)[SERIES_ID].nunique() == 3
 
@@ -145,7 +147,7 @@ def test_acquisitions_at_different_positions_are_separate_images(tmp_path: Path)
         AcquisitionNumber=2,
         positions=positions_along(6, step=3.0),
     )
-    manifest = _read(scan_tree(tmp_path / "d", out_manifest=tmp_path / "o" / "m.csv", progress=False).manifest)
+    manifest = _read(scan_tree(tmp_path / "d", tmp_path / "o" / "m.csv", ScanOptions(progress=False)).manifest)
     assert sorted(manifest["shape"]) == ["7x8x6", "7x8x9"]
 
 
@@ -154,10 +156,8 @@ def test_labels_join_by_patient_or_by_study(tmp_path: Path) -> None:
     pd.DataFrame({"patient_id": ["P1", "P2", "P9"], "dx": ["1", "0", "1"]}).to_csv(tmp_path / "l.csv", index=False)
     summary = scan_tree(
         tmp_path / "data",
-        out_manifest=tmp_path / "o" / "m.csv",
-        labels_csv=tmp_path / "l.csv",
-        label_col="dx",
-        progress=False,
+        tmp_path / "o" / "m.csv",
+        ScanOptions(labels_csv=tmp_path / "l.csv", label_col="dx", progress=False),
     )
     manifest = _read(summary.manifest)
     assert dict(zip(manifest[PATIENT_ID], manifest[LABEL], strict=False)) == {"P1": "1", "P2": "0"}
@@ -165,10 +165,7 @@ def test_labels_join_by_patient_or_by_study(tmp_path: Path) -> None:
     pd.DataFrame({"study_id": ["A2"], "label": ["1"]}).to_csv(tmp_path / "s.csv", index=False)  # accession
     by_study = _read(
         scan_tree(
-            tmp_path / "data",
-            out_manifest=tmp_path / "o2" / "m.csv",
-            labels_csv=tmp_path / "s.csv",
-            progress=False,
+            tmp_path / "data", tmp_path / "o2" / "m.csv", ScanOptions(labels_csv=tmp_path / "s.csv", progress=False)
         ).manifest
     )
     assert sorted(by_study[LABEL]) == ["", "", "1"]
@@ -178,7 +175,7 @@ def test_conflicting_labels_are_a_validation_error(tmp_path: Path) -> None:
     _cohort(tmp_path / "data")
     pd.DataFrame({"patient_id": ["P1", "P1"], "label": ["1", "0"]}).to_csv(tmp_path / "l.csv", index=False)
     with pytest.raises(ValidationError, match="conflicting labels"):
-        scan_tree(tmp_path / "data", out_manifest=tmp_path / "o" / "m.csv", labels_csv=tmp_path / "l.csv")
+        scan_tree(tmp_path / "data", tmp_path / "o" / "m.csv", ScanOptions(labels_csv=tmp_path / "l.csv"))
 
 
 def test_pseudonyms_are_keyed_hmacs_stable_for_the_same_key(tmp_path: Path) -> None:
@@ -189,10 +186,7 @@ def test_pseudonyms_are_keyed_hmacs_stable_for_the_same_key(tmp_path: Path) -> N
     runs = [
         _read(
             scan_tree(
-                tmp_path / "data",
-                out_manifest=tmp_path / f"o{i}" / "m.csv",
-                pseudonymize_key_file=k,
-                progress=False,
+                tmp_path / "data", tmp_path / f"o{i}" / "m.csv", ScanOptions(pseudonymize_key_file=k, progress=False)
             ).manifest
         )
         for i, k in enumerate([tmp_path / "key", tmp_path / "key", tmp_path / "key2"])
@@ -210,36 +204,34 @@ def test_reidentification_table_lives_outside_the_outputs(tmp_path: Path) -> Non
     reid = tmp_path / "controller" / "reid.csv"
     scan_tree(
         tmp_path / "data",
-        out_manifest=tmp_path / "o" / "m.csv",
-        pseudonymize_key_file=tmp_path / "key",
-        reid_table=reid,
-        progress=False,
+        tmp_path / "o" / "m.csv",
+        ScanOptions(pseudonymize_key_file=tmp_path / "key", reid_table=reid, progress=False),
     )
     table = _read(reid)
     assert {"P1", "P2"} <= set(table["original_patient_id"])
     assert "export/a b/1" in set(table["relative_paths"])
     with pytest.raises(ValidationError, match="outside the manifest's folder"):
-        scan_tree(tmp_path / "data", out_manifest=tmp_path / "o" / "m.csv", reid_table=tmp_path / "o" / "r.csv")
+        scan_tree(tmp_path / "data", tmp_path / "o" / "m.csv", ScanOptions(reid_table=tmp_path / "o" / "r.csv"))
 
 
 @pytest.mark.parametrize("layout", ["symlink", "hardlink", "copy"])
 def test_layouts_hold_loadable_images_and_rescans_replace_them(tmp_path: Path, layout: str) -> None:
     _cohort(tmp_path / "data")
     out = tmp_path / "o" / "m.csv"
-    scan_tree(tmp_path / "data", out_manifest=out, layout=layout, progress=False)
+    scan_tree(tmp_path / "data", out, ScanOptions(layout=layout, progress=False))
     for image in _read(out)[IMAGE]:
         entry = tmp_path / "o" / image
         assert entry.exists()
         assert load_scan(entry).array.size > 0
     (tmp_path / "data" / "nifti" / "P1.nii.gz").unlink()
-    scan_tree(tmp_path / "data", out_manifest=out, layout=layout, progress=False)
+    scan_tree(tmp_path / "data", out, ScanOptions(layout=layout, progress=False))
     assert len(os.listdir(tmp_path / "o" / "images")) == 2, "the old layout is replaced, not merged"
 
 
 def test_scanning_into_the_scanned_tree_does_not_rescan_outputs(tmp_path: Path) -> None:
     _cohort(tmp_path / "data")
-    first = scan_tree(tmp_path / "data", out_manifest=tmp_path / "data" / "out" / "m.csv", progress=False)
-    second = scan_tree(tmp_path / "data", out_manifest=tmp_path / "data" / "out" / "m.csv", progress=False)
+    first = scan_tree(tmp_path / "data", tmp_path / "data" / "out" / "m.csv", ScanOptions(progress=False))
+    second = scan_tree(tmp_path / "data", tmp_path / "data" / "out" / "m.csv", ScanOptions(progress=False))
     assert first.n_images == second.n_images == 3
     assert second.exit_code == EXIT_OK
 
@@ -248,7 +240,7 @@ def test_systematic_failures_raise_an_alarm(tmp_path: Path) -> None:
     for i in range(4):
         write_dicom(tmp_path / "d" / f"{i}.dcm", {"SeriesInstanceUID": generate_uid()}, None)
     write_series(tmp_path / "d" / "ok")
-    summary = scan_tree(tmp_path / "d", out_manifest=tmp_path / "o" / "m.csv", progress=False)
+    summary = scan_tree(tmp_path / "d", tmp_path / "o" / "m.csv", ScanOptions(progress=False))
     assert len(summary.alarms) == 1
     assert "no_pixel_data" in summary.alarms[0]
     assert "ALARM" in summary.format_table()
@@ -258,6 +250,6 @@ def test_nifti_files_of_one_name_in_patient_folders_are_separate_patients(tmp_pa
     """patA/ct.nii.gz, patB/ct.nii.gz, patC/ct.nii.gz: three patients, not one called ct."""
     for name in ("patA", "patB", "patC"):
         write_nifti(tmp_path / "data" / name / "ct.nii.gz", ramp().astype(np.int16))
-    summary = scan_tree(tmp_path / "data", out_manifest=tmp_path / "out" / "manifest.csv", progress=False)
+    summary = scan_tree(tmp_path / "data", tmp_path / "out" / "manifest.csv", ScanOptions(progress=False))
     assert summary.exit_code == EXIT_OK
     assert sorted(_read(tmp_path / "out" / "manifest.csv")[PATIENT_ID]) == ["patA", "patB", "patC"]
