@@ -49,7 +49,7 @@ def test_bench_without_workflow_is_a_usage_error(capsys: pytest.CaptureFixture[s
 
 
 def test_known_gpus_have_a_bf16_peak() -> None:
-    from pipeline.bench import peak_tflops
+    from pipeline.benchmarks import peak_tflops
 
     assert peak_tflops("NVIDIA H100 PCIe") == 756.0
     assert peak_tflops("NVIDIA H100 80GB HBM3") == 989.0

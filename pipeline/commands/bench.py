@@ -51,7 +51,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _training(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    from pipeline.bench import TrainingBench, bench_workflow, format_bench
+    from pipeline.benchmarks import TrainingBench, bench_workflow, format_bench
     from pipeline.training import resolve_device
 
     cfg, cohort = _workflow(args, "training")
@@ -66,7 +66,7 @@ def _training(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
 
 
 def _precision(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    from pipeline.bench import format_precision, precision_benchmark
+    from pipeline.benchmarks import format_precision, precision_benchmark
     from pipeline.training import resolve_device
 
     cfg, cohort = _workflow(args, "precision")
@@ -79,7 +79,7 @@ def _precision(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
 
 def _workflow(args: argparse.Namespace, suite: str) -> tuple[WorkflowConfig, Cohort]:
     """The validated workflow (its device set from ``--device``) and cohort."""
-    from pipeline.bench import with_device
+    from pipeline.benchmarks import with_device
     from pipeline.errors import ValidationError
     from pipeline.study import validate_workflow
 
@@ -90,7 +90,7 @@ def _workflow(args: argparse.Namespace, suite: str) -> tuple[WorkflowConfig, Coh
 
 
 def _evaluation(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    from pipeline.bench import intervals
+    from pipeline.benchmarks import intervals
 
     coverage = intervals.coverage_benchmark(n_studies=200 if args.quick else 2000)
     speed = intervals.speed_benchmark(n=100_000 if args.quick else 1_000_000)
@@ -99,7 +99,7 @@ def _evaluation(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
 
 
 def _ingestion(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    from pipeline.bench import ingestion
+    from pipeline.benchmarks import ingestion
 
     result = ingestion.ingestion_benchmark(n_files=1000 if args.quick else 10_000)
     return result, ingestion.format_ingestion(result)

@@ -15,7 +15,7 @@ Public API (pROC equivalents in brackets):
 - :func:`multiclass_summary` -- one-vs-rest AUCs and their macro average
 - :func:`format_metrics` -- plain-text table for the terminal
 
-Their benchmarks live in :mod:`pipeline.bench.intervals`. Degenerate input (length mismatch, NaN
+Their benchmarks live in :mod:`pipeline.benchmarks.intervals`. Degenerate input (length mismatch, NaN
 scores, labels other than 0/1) raises ValueError; a single class raises SingleClassError (a
 ValueError), except inside subgroups and folds, which report ``auc: None`` and a warning.
 """

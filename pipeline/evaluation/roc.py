@@ -130,7 +130,7 @@ def delong_ci(
     """AUC with its DeLong standard error and a confidence interval.
 
     transform="logit" (default): the interval is built on the logit scale. In the coverage
-    benchmark (``pipeline.bench.intervals.coverage_benchmark``) the untransformed interval covers only about 93% at
+    benchmark (``pipeline.benchmarks.intervals.coverage_benchmark``) the untransformed interval covers only about 93% at
     n = 50 and AUC 0.8 (90% at AUC 0.9), the logit one 95-96%.
     transform="none": the Wald interval AUC +/- z SE clipped to [0, 1], identical to pROC's
     ``ci.auc(method = "delong")``.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.bench import intervals as bench
+from pipeline.benchmarks import intervals as bench
 
 
 def test_coverage_smoke_detects_correct_intervals():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline import cli
-from pipeline.bench.ingestion import format_ingestion, ingestion_benchmark
+from pipeline.benchmarks.ingestion import format_ingestion, ingestion_benchmark
 from pipeline.io import convert, load_scan
 
 

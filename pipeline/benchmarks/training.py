@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.bench.compute import Probe, device_name, flops_per_sample, peak_memory, peak_tflops, pure_compute
-from pipeline.bench.runs import OurRun, Predictions, TutorialRun, auc, format_auc, per_sec
+from pipeline.benchmarks.compute import Probe, device_name, flops_per_sample, peak_memory, peak_tflops, pure_compute
+from pipeline.benchmarks.runs import OurRun, Predictions, TutorialRun, auc, format_auc, per_sec
 from pipeline.config import WorkflowConfig
 from pipeline.evaluation.compare import delong_paired_test
 from pipeline.manifest import Cohort

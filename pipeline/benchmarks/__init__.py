@@ -1,13 +1,13 @@
 """Benchmarks (``cohortnet bench``); they print numbers and assert nothing.
 
-- :mod:`pipeline.bench.training` -- ``--suite training``: where the time of a study goes, pure
+- :mod:`pipeline.benchmarks.training` -- ``--suite training``: where the time of a study goes, pure
   compute against end to end from the files, FLOPs, memory, and a MONAI tutorial loop side by side
-- :mod:`pipeline.bench.precision` -- ``--suite precision``: fp32 and bf16 trained side by side
-- :mod:`pipeline.bench.runs` -- the runs those two time: a study's fold through the study's own
+- :mod:`pipeline.benchmarks.precision` -- ``--suite precision``: fp32 and bf16 trained side by side
+- :mod:`pipeline.benchmarks.runs` -- the runs those two time: a study's fold through the study's own
   training and inference code, and the hand-written tutorial loop
-- :mod:`pipeline.bench.compute` -- pure compute, FLOPs per sample, bf16 peaks, peak memory
-- :mod:`pipeline.bench.intervals` -- ``--suite evaluation``: AUC interval coverage and DeLong speed
-- :mod:`pipeline.bench.ingestion` -- ``--suite ingestion``: header scanning and series assembly
+- :mod:`pipeline.benchmarks.compute` -- pure compute, FLOPs per sample, bf16 peaks, peak memory
+- :mod:`pipeline.benchmarks.intervals` -- ``--suite evaluation``: AUC interval coverage and DeLong speed
+- :mod:`pipeline.benchmarks.ingestion` -- ``--suite ingestion``: header scanning and series assembly
 
 The entry points below are imported on first use, so the evaluation and ingestion benchmarks
 run without importing torch.
@@ -19,11 +19,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pipeline.bench.compute import peak_tflops
-    from pipeline.bench.ingestion import format_ingestion, ingestion_benchmark
-    from pipeline.bench.intervals import coverage_benchmark, format_coverage, format_speed, speed_benchmark
-    from pipeline.bench.precision import format_precision, precision_benchmark
-    from pipeline.bench.training import TrainingBench, bench_workflow, format_bench, with_device
+    from pipeline.benchmarks.compute import peak_tflops
+    from pipeline.benchmarks.ingestion import format_ingestion, ingestion_benchmark
+    from pipeline.benchmarks.intervals import coverage_benchmark, format_coverage, format_speed, speed_benchmark
+    from pipeline.benchmarks.precision import format_precision, precision_benchmark
+    from pipeline.benchmarks.training import TrainingBench, bench_workflow, format_bench, with_device
 
 _MODULE = {
     "peak_tflops": "compute",

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.bench.compute import device_name
-from pipeline.bench.runs import OurRun, Predictions, auc, format_auc, warm_median
+from pipeline.benchmarks.compute import device_name
+from pipeline.benchmarks.runs import OurRun, Predictions, auc, format_auc, warm_median
 from pipeline.config import WorkflowConfig
 from pipeline.evaluation.compare import delong_paired_test
 from pipeline.manifest import Cohort

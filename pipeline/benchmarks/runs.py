@@ -23,7 +23,7 @@ from monai.transforms import Compose
 from sklearn.metrics import roc_auc_score
 
 from pipeline.augment import make_augmentation
-from pipeline.bench.compute import sync
+from pipeline.benchmarks.compute import sync
 from pipeline.config import WorkflowConfig
 from pipeline.datasets import PreparedCohort, prepare_for_workflow, targets
 from pipeline.inference import predict_logits
