@@ -87,6 +87,9 @@ def shard(ctx: DistContext, items: list[Any]) -> list[Any]:
 
 def gather_sharded(ctx: DistContext, values: np.ndarray, total: int) -> np.ndarray:
     """Reassemble per-rank results of ``shard`` into the original order, on every rank."""
+    # Not MONAI's DistributedSampler(even_divisible=False) + evenly_divisible_all_gather: the sampler
+    # refuses fewer items than ranks (a small validation set on 8 GPUs) and the gather returns
+    # rank-major order, which needs this same re-interleaving anyway.
     if not ctx.enabled:
         return values
     parts: list[Any] = [None] * ctx.world_size
