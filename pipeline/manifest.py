@@ -37,10 +37,17 @@ class Cohort:
     """
 
     table: pd.DataFrame
-    label_col: str
+    label_col: str | None  # None: a cohort without labels (to predict)
     positive: Any
     extra_columns: tuple[str, ...]
     manifest_path: Path
+
+    @property
+    def label(self) -> str:
+        """The label column of a labelled cohort (every study's)."""
+        if self.label_col is None:
+            raise ValueError("this cohort was read without labels")
+        return self.label_col
 
     @property
     def patients(self) -> pd.DataFrame:
@@ -98,7 +105,7 @@ def _coerce_positive(values: pd.Series, positive: Any) -> Any:
 def load_manifest(
     path: Path | str,
     *,
-    label_col: str = "label",
+    label_col: str | None = "label",
     positive: Any = 1,
     require_split: bool = False,
     check_files: bool = True,
@@ -112,6 +119,7 @@ def load_manifest(
     ``split`` is train or val. With ``image_roots`` (a study passes its ``data.image_roots``), every
     image path must stay under the manifest's folder or one of those folders: an absolute path or
     ``../`` elsewhere is refused. The check is on the path as written; symbolic links are followed.
+    ``label_col=None`` reads a cohort without labels (to predict): ``target`` is then NaN.
     """
     path = Path(path)
     df = _read_table(path)
@@ -123,25 +131,26 @@ def load_manifest(
             continue
         wanted = {str(v).strip().lower() for v in values}
         df = df[df[column].str.strip().str.lower().isin(wanted)].reset_index(drop=True)
-    required = [PATIENT_ID, IMAGE, label_col, *extra_required] + ([SPLIT] if require_split else [])
+    named = [PATIENT_ID, IMAGE] + ([label_col] if label_col else [])
+    required = [*named, *extra_required] + ([SPLIT] if require_split else [])
     missing = [c for c in dict.fromkeys(required) if c not in df.columns]
     if missing:
         problems.append(f"missing column(s): {', '.join(missing)} (columns present: {', '.join(df.columns)})")
         raise ValidationError(problems, f"manifest {path}")
     if df.empty:
         raise ValidationError([f"{path} has no rows"], f"manifest {path}")
-    for col in (PATIENT_ID, IMAGE, label_col):
+    for col in named:
         df[col] = df[col].str.strip()
     rows = df.index + 2  # line numbers as a spreadsheet shows them (header is line 1)
-    problems += _id_problems(df, rows, label_col)
-    label_problems, pos = _label_problems(df, label_col, positive)
+    problems += _id_problems(df, rows, named)
+    label_problems, pos = _label_problems(df, label_col, positive) if label_col else ([], None)
     problems += label_problems
     problems += _split_problems(df, rows, require_split)
     problems += _path_problems(df, rows, path.parent, image_roots, check_files)
     if problems:
         raise ValidationError(problems, f"manifest {path}")
 
-    df[TARGET] = (df[label_col] == pos).astype(int)
+    df[TARGET] = (df[label_col] == pos).astype(int) if label_col else float("nan")
     df[IMAGE_ID] = df[PATIENT_ID] + "#" + (df.groupby(PATIENT_ID).cumcount() + 1).astype(str)
     contract = {PATIENT_ID, IMAGE, label_col, SPLIT, STUDY_ID, SERIES_ID, IMAGE_ID, "path", TARGET}
     extra = tuple(c for c in df.columns if c not in contract)
@@ -169,10 +178,10 @@ def _read_table(path: Path) -> pd.DataFrame:
         raise ValidationError([f"{path} is not a readable CSV: {type(exc).__name__}"], "manifest") from None
 
 
-def _id_problems(df: pd.DataFrame, rows: pd.Index, label_col: str) -> list[str]:
+def _id_problems(df: pd.DataFrame, rows: pd.Index, columns: list[str]) -> list[str]:
     """Empty values and patient ids that are not plain names (spreadsheet formulas included)."""
     problems: list[str] = []
-    empty = [f"line {r}: {col} is empty" for col in (PATIENT_ID, IMAGE, label_col) for r in rows[df[col] == ""]]
+    empty = [f"line {r}: {col} is empty" for col in columns for r in rows[df[col] == ""]]
     problems += _listed("empty value", empty)
     bad_ids = [
         f"line {r}: {pid!r}"

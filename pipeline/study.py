@@ -204,9 +204,9 @@ def check_duplicate_content(table: pd.DataFrame, hashes: dict[str, str]) -> None
 
 def _patients_table(cohort: Cohort) -> pd.DataFrame:
     """What the report needs of the cohort, kept in the run folder (``report`` never reads the manifest)."""
-    labels = cohort.table.groupby(PATIENT_ID, sort=False)[cohort.label_col].first()
+    labels = cohort.table.groupby(PATIENT_ID, sort=False)[cohort.label].first()
     patients = cohort.patients
-    return patients.assign(**{cohort.label_col: patients[PATIENT_ID].map(labels).to_numpy()})
+    return patients.assign(**{cohort.label: patients[PATIENT_ID].map(labels).to_numpy()})
 
 
 @dataclass(frozen=True)
@@ -219,7 +219,7 @@ class RunCohort:
 
     @classmethod
     def from_cohort(cls, cohort: Cohort) -> RunCohort:
-        return cls(cohort.label_col, str(cohort.positive), cohort.patients)
+        return cls(cohort.label, str(cohort.positive), cohort.patients)
 
     @classmethod
     def from_run(cls, run_dir: Path, cfg: WorkflowConfig) -> RunCohort:
@@ -367,7 +367,7 @@ def train_and_predict(
         if (fold_dir / FOLD_DONE_FILE).is_file():
             log.info("fold %s: already done, skipping", fold)
             continue
-        _run_fold(cfg, run, fold, items, table, cohort.label_col, fold_dir)
+        _run_fold(cfg, run, fold, items, table, cohort.label, fold_dir)
         barrier(run.ctx)
     if run.ctx.is_main:
         _pool_folds(run, splits)
