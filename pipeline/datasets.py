@@ -204,6 +204,21 @@ def prepare_cohort(
     return PreparedCohort(samples, fail_df, mode, prep.cache_dir if mode == "disk" else None, {"cache_hits": hits})
 
 
+def guarded_chain(
+    todo: list[tuple[str, str, str, dict[str, Any]]], transform: Compose, workers: int | None
+) -> DataLoader:
+    """(tensor, None) or (None, (reason, message)) for each (image_id, patient_id, path, sample) of
+    ``todo``, in order; torch's DataLoader runs the chain in worker processes (None: one per CPU,
+    up to 8; 0: in this process)."""
+    n_workers = min(preprocess_workers(workers), len(todo) // 2)
+    return DataLoader(
+        _Preprocess(todo, transform),
+        batch_size=None,
+        num_workers=n_workers,
+        worker_init_fn=_single_threaded if n_workers else None,
+    )
+
+
 def _run_chain(
     todo: list[tuple[str, str, str, dict[str, Any]]],
     prep: Preprocessing,
@@ -214,14 +229,7 @@ def _run_chain(
 ) -> list[tuple[str, ...]]:
     """The chain on every image of ``todo``; the tensors go into ``samples`` (saved to the disk
     cache first in ``disk`` mode), and the failures are returned as (image, patient, reason, message)."""
-    n_workers = min(preprocess_workers(prep.workers), len(todo) // 2)
-    # torch's DataLoader runs the chain in worker processes (one image per item, in order)
-    loader = DataLoader(
-        _Preprocess(todo, prep.transform),
-        batch_size=None,
-        num_workers=n_workers,
-        worker_init_fn=_single_threaded if n_workers else None,
-    )
+    loader = guarded_chain(todo, prep.transform, prep.workers)
     failures = []
     for (image_id, patient_id, _, sample), (tensor, failure) in zip(
         todo,
