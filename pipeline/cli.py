@@ -26,6 +26,8 @@ COMMANDS: dict[str, str] = {
     "report": "rebuild per-patient table, metrics and report of a run folder from its predictions",
     "scan": "scan a DICOM/NIfTI tree into a manifest with QC columns and an exclusions table",
     "convert": "convert a DICOM series or file (or NIfTI) to NIfTI exactly as the pipeline sees it",
+    "predict": "apply a finished study (run folder or model.zip) to a new cohort",
+    "export": "write a study's portable model archive, or --verify one",
     "bench": "measure speed and memory (training data path, statistics, ingestion)",
 }
 

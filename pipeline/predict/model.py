@@ -1,0 +1,160 @@
+"""The study's model as a set of named files, from a run folder or from an archive.
+
+``model_files(run_dir)`` collects what prediction needs from a finished run folder:
+``config.yaml`` (the resolved workflow: preprocessing and network), ``fold_<k>/model.pt`` (the
+state_dicts), ``model.json`` (the locked threshold and rule, how images of a patient are combined,
+the label and positive class, the headline metrics, hashes of the training manifest and code
+versions) and ``leakage.json`` (SHA-256 of every study patient id and the content hashes of every
+study image). An archive holds exactly these files; ``StudyModel.from_files`` reads either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from pipeline import runfolder
+from pipeline.config import WorkflowConfig, config_from_dict, yaml_load
+from pipeline.errors import CohortnetError
+from pipeline.schema import (
+    DATA_HASHES_FILE,
+    ENVIRONMENT_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    PATIENT_ID,
+    RESOLVED_CONFIG_FILE,
+    SPLITS_FILE,
+)
+
+MODEL_INFO_FILE = "model.json"
+LEAKAGE_FILE = "leakage.json"
+FORMAT_VERSION = 1
+_HEADLINE = ("auc", "auc_ci_low", "auc_ci_high", "ci_method", "n_patients", "n_images", "n_positive")
+
+
+def patient_digest(patient_id: str) -> str:
+    """How a study patient id is kept in a model: its SHA-256 (an archive carries no id)."""
+    return hashlib.sha256(str(patient_id).encode()).hexdigest()
+
+
+def model_files(run_dir: Path) -> dict[str, bytes]:
+    """The files that define the study's model, read from a finished run folder."""
+    for name in (RESOLVED_CONFIG_FILE, METRICS_FILE, SPLITS_FILE, DATA_HASHES_FILE):
+        if not (run_dir / name).is_file():
+            raise CohortnetError(f"{run_dir} is not a finished run: {name} is missing")
+    splits = pd.read_csv(run_dir / SPLITS_FILE, dtype={PATIENT_ID: str})
+    folds = sorted(int(f) for f in splits["fold"].unique())
+    records = runfolder.check_fold_records(run_dir, folds)
+    files = {RESOLVED_CONFIG_FILE: (run_dir / RESOLVED_CONFIG_FILE).read_bytes()}
+    for fold in folds:
+        files[f"fold_{fold}/{MODEL_FILE}"] = (run_dir / f"fold_{fold}" / MODEL_FILE).read_bytes()
+    files[MODEL_INFO_FILE] = _json(_model_info(run_dir, records))
+    hashes = pd.read_csv(run_dir / DATA_HASHES_FILE, dtype=str)
+    leakage = {
+        "patients": sorted({patient_digest(p) for p in splits[PATIENT_ID]}),
+        "images": sorted(set(hashes["sha256"])),
+    }
+    files[LEAKAGE_FILE] = _json(leakage)
+    return files
+
+
+def _json(value: Any) -> bytes:
+    return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _model_info(run_dir: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
+    metrics = json.loads((run_dir / METRICS_FILE).read_text())
+    if metrics.get("task") != "binary" or metrics.get("threshold") is None:
+        raise CohortnetError(f"{run_dir}: only binary studies with a locked threshold can be exported")
+    env_path = run_dir / ENVIRONMENT_FILE
+    env = json.loads(env_path.read_text()) if env_path.is_file() else {}
+    return {
+        "format_version": FORMAT_VERSION,
+        "study_run": run_dir.name,
+        "folds": [{k: r.get(k) for k in ("fold", "best_epoch", "best_val_auc", "precision")} for r in records],
+        "threshold": metrics["threshold"],
+        "threshold_rule": metrics.get("threshold_rule"),
+        "threshold_source": metrics.get("threshold_source"),
+        "aggregate": metrics.get("aggregate", "mean"),
+        "label_col": metrics["label_col"],
+        "positive": str(metrics["positive"]),
+        "calibrator": None,  # studies fit no recalibration today; predict applies one when recorded
+        "headline": {k: metrics.get(k) for k in _HEADLINE},
+        "training_manifest_sha256": env.get("manifest_sha256"),
+        "versions": {"python": env.get("python"), "git_commit": env.get("git_commit"), **env.get("packages", {})},
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyModel:
+    """A study's fold models with everything prediction needs; ``files`` hashes name it."""
+
+    config: WorkflowConfig
+    states: dict[int, dict[str, torch.Tensor]]  # fold -> state_dict
+    info: dict[str, Any]
+    leaked_patients: frozenset[str]  # SHA-256 of study patient ids
+    leaked_images: frozenset[str]  # content hashes of study images
+    file_hashes: dict[str, str]  # name -> SHA-256 of the file it was read from
+
+    @classmethod
+    def from_files(cls, files: Mapping[str, bytes]) -> StudyModel:
+        needed = (RESOLVED_CONFIG_FILE, MODEL_INFO_FILE, LEAKAGE_FILE)
+        missing = [n for n in needed if n not in files]
+        if missing:
+            raise CohortnetError(f"the model lacks {', '.join(missing)}")
+        raw = yaml_load(files[RESOLVED_CONFIG_FILE].decode())
+        cfg = config_from_dict(raw, base_dir=Path("."), source=RESOLVED_CONFIG_FILE, check_files=False)
+        # the weights come from the folds; a pretrained path of the training machine is not needed
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=None))
+        states = {}
+        for name, data in files.items():
+            if name.endswith("/" + MODEL_FILE):
+                fold = int(name.split("/")[0].removeprefix("fold_"))
+                states[fold] = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        if not states:
+            raise CohortnetError("the model holds no fold weights")
+        leakage = json.loads(files[LEAKAGE_FILE])
+        return cls(
+            config=cfg,
+            states=dict(sorted(states.items())),
+            info=json.loads(files[MODEL_INFO_FILE]),
+            leaked_patients=frozenset(leakage["patients"]),
+            leaked_images=frozenset(leakage["images"]),
+            file_hashes={n: hashlib.sha256(d).hexdigest() for n, d in sorted(files.items())},
+        )
+
+    @property
+    def digest(self) -> str:
+        """One hash of the whole model (every file's name and hash)."""
+        text = "\n".join(f"{n} {h}" for n, h in self.file_hashes.items())
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def networks(self, folds: list[int] | None = None) -> dict[int, nn.Module]:
+        """The fold networks (eval mode, CPU), all of them or the chosen folds."""
+        from pipeline.models import build_model
+
+        chosen = folds if folds is not None else list(self.states)
+        unknown = [f for f in chosen if f not in self.states]
+        if unknown:
+            raise CohortnetError(f"fold(s) {unknown} are not in the model (folds: {list(self.states)})")
+        out = {}
+        for fold in chosen:
+            net = build_model(self.config.model)
+            net.load_state_dict(self.states[fold])
+            out[fold] = net.eval()
+        return out
+
+    @property
+    def best_fold(self) -> int:
+        """The fold whose chosen epoch scored best on its validation patients."""
+        folds = self.info["folds"]
+        return int(max(folds, key=lambda r: (r.get("best_val_auc") or 0.0, -r["fold"]))["fold"])

@@ -1,0 +1,309 @@
+"""``predict_cohort``: a cohort streamed through a study's preprocessing and fold ensemble.
+
+Images go through in chunks of ``PredictOptions.chunk``: the study's deterministic chain runs in
+worker processes (a bad scan is recorded with its reason and skipped), each fold network scores
+the chunk, and the chunk's rows go to a part file before the ledger names them. Nothing per image
+is held for the whole cohort while scoring. At the end the parts are merged into
+``predictions.csv`` (one row per image: the ensemble's mean probability, the spread over folds and
+each fold's score), ``per_patient.csv`` (combined as in the study, with the decision at the
+study's locked threshold) and ``excluded.csv``; ``provenance.json`` names the model, config, code
+and input hashes, and every table carries its ``predict_id``. A labelled cohort also gets
+``metrics.json`` from ``evaluate_predictions`` at the locked threshold (external validation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from pipeline import __version__, runfolder
+from pipeline.errors import CohortnetError, ValidationError
+from pipeline.manifest import Cohort, load_manifest
+from pipeline.predict.ledger import Ledger
+from pipeline.predict.model import StudyModel, model_files, patient_digest
+from pipeline.provenance import content_hash, file_sha256, git_commit
+from pipeline.reporting import artifacts
+from pipeline.schema import EXCLUDED_FILE, IMAGE_ID, METRICS_FILE, PATIENT_ID, PER_PATIENT_FILE, PREDICTIONS_FILE, SCORE
+
+log = logging.getLogger("pipeline")
+
+STAMP_FILE = "predict.json"
+PROVENANCE_FILE = "provenance.json"
+DECISION = "decision"  # 1 when the patient's (or image's) score reaches the locked threshold
+SCORE_SD = "score_sd"
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictOptions:
+    """``folds``: "all" (the ensemble), "best" (the fold that validated best) or a fold number;
+    ``chunk``: images per part file; ``workers``: preprocessing processes (None: per CPU);
+    ``allow_study_patients``: predict patients or images the study trained or validated on (the
+    outputs then say so); ``retry_failed``: try again the images that failed before."""
+
+    folds: str = "all"
+    chunk: int = 256
+    workers: int | None = None
+    device: str = "auto"
+    allow_study_patients: bool = False
+    retry_failed: bool = False
+    progress: bool = True
+
+
+def open_model(source: Path) -> StudyModel:
+    """A run folder or a ``model.zip`` (verified first)."""
+    if source.is_dir():
+        return StudyModel.from_files(model_files(source))
+    from pipeline.predict.archive import read_archive
+
+    if not source.is_file():
+        raise CohortnetError(f"{source}: neither a run folder nor a model archive")
+    return StudyModel.from_files(read_archive(source))
+
+
+def read_cohort(manifest: Path, model: StudyModel) -> Cohort:
+    """The cohort to predict; labelled (external validation) when the study's label column holds values."""
+    head = pd.read_csv(manifest, dtype=str, keep_default_na=False, nrows=None)
+    label = model.info["label_col"]
+    labelled = label in head.columns and (head[label].str.strip() != "").any()
+    return load_manifest(
+        manifest,
+        label_col=label if labelled else None,
+        positive=model.info["positive"],
+        image_roots=model.config.data.image_roots,
+    )
+
+
+def _chosen_folds(model: StudyModel, folds: str) -> list[int]:
+    if folds == "all":
+        return list(model.states)
+    if folds == "best":
+        return [model.best_fold]
+    try:
+        return [int(folds)]
+    except ValueError:
+        raise CohortnetError(f"--folds must be all, best or a fold number, got {folds!r}") from None
+
+
+def _stamp(model: StudyModel, cohort: Cohort, folds: list[int]) -> dict[str, Any]:
+    return {
+        "model_sha256": model.digest,
+        "config_sha256": model.file_hashes["config.yaml"],
+        "manifest_sha256": file_sha256(cohort.manifest_path),
+        "folds": folds,
+        "threshold": model.info["threshold"],
+    }
+
+
+def _check_stamp(out: Path, stamp: dict[str, Any]) -> None:
+    """One prediction folder holds one model's scores of one manifest: never pooled across either."""
+    path = out / STAMP_FILE
+    if path.is_file():
+        before = json.loads(path.read_text())
+        changed = [k for k in stamp if before.get(k) != stamp[k]]
+        if changed:
+            raise CohortnetError(
+                f"{out} holds predictions made with another {', '.join(changed)}; use a new --out folder"
+            )
+    else:
+        artifacts.write_json(path, stamp)
+
+
+def leakage(model: StudyModel, cohort: Cohort) -> pd.DataFrame:
+    """Rows of the cohort whose patient or image content was part of the study."""
+    table = cohort.table
+    by_patient = table[PATIENT_ID].map(patient_digest).isin(model.leaked_patients)
+    by_image = table["path"].map(content_hash).isin(model.leaked_images)
+    found = table[by_patient | by_image]
+    return found.assign(why=np.where(by_patient[found.index], "patient", "image"))[[PATIENT_ID, IMAGE_ID, "why"]]
+
+
+def _refuse_leakage(found: pd.DataFrame, allowed: bool) -> None:
+    if found.empty:
+        return
+    patients = sorted(found[PATIENT_ID].unique())
+    text = f"{len(patients)} patient(s), {len(found)} image(s) were part of the study: " + ", ".join(patients[:20])
+    if len(patients) > 20:
+        text += f", ... and {len(patients) - 20} more"
+    if not allowed:
+        raise ValidationError([text + " (use --allow-study-patients to predict them anyway)"], "leakage guard")
+    log.warning("leakage guard overridden: %s", text)
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictResult:
+    out: Path
+    n_images: int
+    n_predicted: int
+    n_excluded: int
+    metrics: dict[str, Any] | None
+
+
+def predict_cohort(model: StudyModel, cohort: Cohort, out: Path, options: PredictOptions) -> PredictResult:
+    """Score every image of ``cohort`` into ``out`` (resumable; see the module docstring)."""
+    folds = _chosen_folds(model, options.folds)
+    found = leakage(model, cohort)
+    _refuse_leakage(found, options.allow_study_patients)
+    out.mkdir(parents=True, exist_ok=True)
+    with runfolder.locked(out):
+        artifacts.clean_stale_temporaries(out)
+        stamp = _stamp(model, cohort, folds)
+        _check_stamp(out, stamp)
+        ledger = Ledger.open(out)
+        _score_all(model, cohort, ledger, folds, options)
+        return _write_outputs(model, cohort, ledger, stamp, found)
+
+
+def _pending(cohort: Cohort, ledger: Ledger, retry_failed: bool) -> pd.DataFrame:
+    table = cohort.table
+    skip = set(ledger.done) | (set() if retry_failed else set(ledger.failed))
+    return table[~table[IMAGE_ID].isin(skip)]
+
+
+def _chunks(table: pd.DataFrame, size: int) -> Iterator[pd.DataFrame]:
+    for start in range(0, len(table), max(1, size)):
+        yield table.iloc[start : start + size]
+
+
+def _score_all(model: StudyModel, cohort: Cohort, ledger: Ledger, folds: list[int], options: PredictOptions) -> None:
+    from pipeline.training import resolve_device
+
+    todo = _pending(cohort, ledger, options.retry_failed)
+    if todo.empty:
+        log.info("nothing left to predict (%d done, %d failed)", len(ledger.done), len(ledger.failed))
+        return
+    device = resolve_device(options.device)
+    nets = {f: n.to(device) for f, n in model.networks(folds).items()}
+    bar = tqdm(total=len(todo), desc="predict", unit="img", disable=not options.progress)
+    for chunk in _chunks(todo, options.chunk):
+        rows, failures = _score_chunk(model, chunk, nets, device, options.workers)
+        ledger.record_chunk(rows, failures)
+        bar.update(len(chunk))
+    bar.close()
+
+
+def _score_chunk(
+    model: StudyModel, chunk: pd.DataFrame, nets: dict[int, torch.nn.Module], device: torch.device, workers: int | None
+) -> tuple[pd.DataFrame, list[dict[str, str]]]:
+    """The chunk through the study's deterministic chain and every chosen fold network."""
+    from pipeline.datasets import guarded_chain
+    from pipeline.transforms import deterministic_transforms
+
+    cfg = model.config
+    transform = deterministic_transforms(cfg.data, cfg.model.spatial_dims)
+    rows_in = chunk[[IMAGE_ID, PATIENT_ID, "path"]].itertuples(index=False)
+    todo: list[tuple[str, str, str, dict[str, Any]]] = [(str(i), str(p), str(path), {}) for i, p, path in rows_in]
+    kept: list[tuple[str, str]] = []
+    tensors: list[torch.Tensor] = []
+    failures: list[dict[str, str]] = []
+    for (image_id, patient_id, _, _), (tensor, failure) in zip(
+        todo, guarded_chain(todo, transform, workers), strict=True
+    ):
+        if failure is None:
+            kept.append((image_id, patient_id))
+            tensors.append(tensor)
+        else:
+            failures.append(
+                {"image_id": image_id, "patient_id": patient_id, "reason": failure[0], "message": failure[1]}
+            )
+            log.warning("%s: skipped (%s): %s", image_id, *failure)
+    if not kept:
+        return pd.DataFrame(), failures
+    scores = _ensemble(tensors, nets, device, cfg.train.batch_size * 2)
+    rows = pd.DataFrame(kept, columns=[IMAGE_ID, PATIENT_ID])
+    rows[SCORE] = scores.mean(axis=1)
+    rows[SCORE_SD] = scores.std(axis=1, ddof=1) if scores.shape[1] > 1 else 0.0
+    for k, fold in enumerate(nets):
+        rows[f"score_fold_{fold}"] = scores[:, k]
+    return rows, failures
+
+
+def _ensemble(
+    tensors: list[torch.Tensor], nets: dict[int, torch.nn.Module], device: torch.device, batch: int
+) -> np.ndarray:
+    """Probabilities (n_images, n_folds) in float64, in fp32 on ``device``."""
+    out = np.empty((len(tensors), len(nets)), dtype=np.float64)
+    with torch.inference_mode():
+        for start in range(0, len(tensors), batch):
+            x = torch.stack(tensors[start : start + batch]).to(device)
+            for k, net in enumerate(nets.values()):
+                logits = net(x).reshape(len(x), -1)[:, 0].double().cpu().numpy()
+                out[start : start + len(x), k] = 1.0 / (1.0 + np.exp(-logits))
+    if not np.isfinite(out).all():
+        raise CohortnetError("the model produced NaN or Inf scores; nothing of this chunk was recorded")
+    return out
+
+
+def _provenance(model: StudyModel, stamp: dict[str, Any], found: pd.DataFrame) -> dict[str, Any]:
+    record = {
+        **stamp,
+        "model": {k: model.info.get(k) for k in ("study_run", "threshold_rule", "aggregate", "label_col", "positive")},
+        "study_headline": model.info.get("headline"),
+        "code": {"cohortnet": __version__, "git_commit": git_commit()},
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "study_patients_predicted": int(found[PATIENT_ID].nunique()),
+    }
+    digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+    return {"predict_id": digest[:16], **record}
+
+
+def _write_outputs(
+    model: StudyModel, cohort: Cohort, ledger: Ledger, stamp: dict[str, Any], found: pd.DataFrame
+) -> PredictResult:
+    """Merge the parts; write the tables, provenance and (labelled cohorts) metrics.json."""
+    from pipeline.evaluation.table import aggregate_by_patient
+
+    out = ledger.folder
+    prov = _provenance(model, stamp, found)
+    parts = [pd.read_csv(p, dtype={IMAGE_ID: str, PATIENT_ID: str}) for p in ledger.parts()]
+    images = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[IMAGE_ID, PATIENT_ID, SCORE])
+    order = {i: k for k, i in enumerate(cohort.table[IMAGE_ID])}
+    images = images[images[IMAGE_ID].isin(order)].sort_values(IMAGE_ID, key=lambda s: s.map(order))
+    images = images.drop_duplicates(IMAGE_ID, keep="last").reset_index(drop=True)
+    label = cohort.label_col
+    if label is not None:
+        images.insert(
+            2, label, images[IMAGE_ID].map(dict(zip(cohort.table[IMAGE_ID], cohort.table[label], strict=True)))
+        )
+    threshold = float(model.info["threshold"])
+    images[DECISION] = (images[SCORE] >= threshold).astype(int)
+    fold_cols = [c for c in images.columns if c.startswith("score_fold_")]
+    keep = [PATIENT_ID, *([label] if label is not None else []), SCORE, *fold_cols]
+    patients = aggregate_by_patient(images[keep], PATIENT_ID, [SCORE, *fold_cols], model.info["aggregate"])
+    patients[SCORE_SD] = patients[fold_cols].std(axis=1, ddof=1) if len(fold_cols) > 1 else 0.0
+    patients[DECISION] = (patients[SCORE] >= threshold).astype(int)
+    failed = [(i, *ledger.failed[i]) for i in cohort.table[IMAGE_ID] if i in ledger.failed and i not in ledger.done]
+    excluded = pd.DataFrame(failed, columns=[IMAGE_ID, "reason", "message"])
+    for frame in (images, patients, excluded):
+        frame["predict_id"] = prov["predict_id"]
+    artifacts.write_csv(out / PREDICTIONS_FILE, images)
+    artifacts.write_csv(out / PER_PATIENT_FILE, patients)
+    artifacts.write_csv(out / EXCLUDED_FILE, excluded)
+    artifacts.write_json(out / PROVENANCE_FILE, prov)
+    metrics = _external_metrics(model, images, label) if label is not None and len(images) else None
+    if metrics is not None:
+        artifacts.write_json(out / METRICS_FILE, {**metrics, "predict_id": prov["predict_id"]})
+    return PredictResult(out, len(cohort.table), len(images), len(excluded), metrics)
+
+
+def _external_metrics(model: StudyModel, images: pd.DataFrame, label: str) -> dict[str, Any] | None:
+    """``cohortnet evaluate``'s figures at the study's locked threshold (a fixed rule here)."""
+    from pipeline.evaluation import EvaluationOptions, ScoreColumns, evaluate_predictions
+
+    cols = ScoreColumns(label, SCORE, positive=model.info["positive"], group=PATIENT_ID)
+    options = EvaluationOptions(threshold_rule=repr(float(model.info["threshold"])), aggregate=model.info["aggregate"])
+    try:
+        return evaluate_predictions(images.astype({label: str}), cols, options)
+    except ValidationError as exc:  # one class only, say: the scores are still written
+        log.warning("no external-validation metrics: %s", exc)
+        return None

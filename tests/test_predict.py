@@ -1,0 +1,182 @@
+"""`cohortnet predict` and `cohortnet export`: a finished study applied to new cohorts."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.cli import main
+
+FOLD_COLS = ["score_fold_0", "score_fold_1"]
+
+
+@pytest.fixture
+def study(tmp_path: Path, make_cohort: Callable[..., Path], make_workflow: Callable[..., Path]) -> Path:
+    manifest = make_cohort(n_patients=12, second_scan=(0,))
+    assert main(["run", str(make_workflow(manifest)), "--run-id", "s1"]) == 0
+    return tmp_path / "reports" / "tiny" / "s1"
+
+
+def new_cohort(make_cohort: Callable[..., Path], n: int = 6, folder: str = "new", labels: bool = True) -> Path:
+    """Other patients (other ids, other images) of the same kind as the study's."""
+    manifest = make_cohort(n_patients=n, second_scan=(1,), seed=7, folder=folder)
+    df = pd.read_csv(manifest, dtype=str)
+    df["patient_id"] = "N" + df["patient_id"]
+    if not labels:
+        df = df.drop(columns=["label"])
+    df.to_csv(manifest, index=False)
+    return manifest
+
+
+def read(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={"patient_id": str, "image_id": str})
+
+
+def test_run_folder_and_archive_predict_alike_with_the_locked_threshold(
+    study: Path, tmp_path: Path, make_cohort: Callable[..., Path]
+) -> None:
+    manifest = new_cohort(make_cohort)
+    assert main(["predict", str(study), str(manifest), "--out", str(tmp_path / "a"), "--no-progress"]) == 0
+    assert main(["export", str(study), str(tmp_path / "model.zip")]) == 0
+    assert main(["export", "--verify", str(tmp_path / "model.zip")]) == 0
+    assert (
+        main(["predict", str(tmp_path / "model.zip"), str(manifest), "--out", str(tmp_path / "b"), "--no-progress"])
+        == 0
+    )
+    a, b = read(tmp_path / "a" / "predictions.csv"), read(tmp_path / "b" / "predictions.csv")
+    assert len(a) == 7
+    assert a["image_id"].tolist() == b["image_id"].tolist()
+    np.testing.assert_array_equal(a[["score", *FOLD_COLS]].to_numpy(), b[["score", *FOLD_COLS]].to_numpy())
+    np.testing.assert_allclose(a["score"], a[FOLD_COLS].mean(axis=1))
+    study_metrics = json.loads((study / "metrics.json").read_text())
+    threshold = study_metrics["threshold"]
+    assert (a["decision"] == (a["score"] >= threshold)).all()
+    pp = read(tmp_path / "a" / "per_patient.csv")
+    assert len(pp) == 6
+    assert (pp["decision"] == (pp["score"] >= threshold)).all()
+    two = a[a["patient_id"] == "NP001"]["score"].mean()  # the patient with two images: the study's mean
+    assert pp.set_index("patient_id").loc["NP001", "score"] == pytest.approx(two)
+    external = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert external["threshold"] == pytest.approx(threshold)
+    assert external["threshold_source"] == "fixed"
+    assert external["n_patients"] == 6
+    prov = json.loads((tmp_path / "a" / "provenance.json").read_text())
+    assert {"model_sha256", "config_sha256", "manifest_sha256", "created", "code"} <= set(prov)
+    assert (a["predict_id"] == prov["predict_id"]).all()
+    assert (pp["predict_id"] == prov["predict_id"]).all()
+
+
+def test_one_fold_or_the_best_fold_can_be_chosen(study: Path, tmp_path: Path, make_cohort: Callable[..., Path]) -> None:
+    manifest = new_cohort(make_cohort)
+    out = tmp_path / "one"
+    assert main(["predict", str(study), str(manifest), "--out", str(out), "--folds", "1", "--no-progress"]) == 0
+    one = read(out / "predictions.csv")
+    assert "score_fold_0" not in one.columns
+    assert (one["score"] == one["score_fold_1"]).all()
+    assert main(["predict", str(study), str(manifest), "--out", str(tmp_path / "x"), "--folds", "7"]) == 1
+
+
+def test_study_patients_are_refused_unless_allowed(
+    study: Path, tmp_path: Path, make_cohort: Callable[..., Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    own = tmp_path / "cohort" / "manifest.csv"
+    assert main(["predict", str(study), str(own), "--out", str(tmp_path / "p")]) == 2
+    assert "12 patient(s), 13 image(s) were part of the study: P000, P001" in caplog.text
+    assert not (tmp_path / "p" / "predictions.csv").exists()
+    assert main(["predict", str(study), str(own), "--out", str(tmp_path / "p"), "--allow-study-patients"]) == 0
+    assert json.loads((tmp_path / "p" / "provenance.json").read_text())["study_patients_predicted"] == 12
+    # the same images under new ids are still the study's images
+    renamed = pd.read_csv(own, dtype=str).assign(patient_id=lambda d: "R" + d["patient_id"])
+    renamed.to_csv(tmp_path / "cohort" / "renamed.csv", index=False)
+    assert main(["predict", str(study), str(tmp_path / "cohort" / "renamed.csv"), "--out", str(tmp_path / "r")]) == 2
+
+
+def test_a_bad_scan_is_skipped_and_a_rerun_resumes(
+    study: Path, tmp_path: Path, make_cohort: Callable[..., Path]
+) -> None:
+    manifest = new_cohort(make_cohort)
+    bad = manifest.parent / "images" / "P003_0.nii.gz"
+    good = bad.read_bytes()
+    bad.write_bytes(good[:100])
+    out = tmp_path / "p"
+    args = ["predict", str(study), str(manifest), "--out", str(out), "--chunk", "2", "--no-progress"]
+    assert main(args) == 8
+    excluded = read(out / "excluded.csv")
+    assert excluded["image_id"].tolist() == ["NP003#1"]
+    assert excluded["reason"].iloc[0]
+    assert len(read(out / "predictions.csv")) == 6
+    parts = sorted((out / "parts").iterdir())
+    assert main(args) == 8  # nothing redone: the failure is not retried without --retry-failed
+    assert sorted((out / "parts").iterdir()) == parts
+    bad.write_bytes(good)
+    assert main([*args, "--retry-failed"]) == 0
+    assert len(read(out / "predictions.csv")) == 7
+    assert read(out / "excluded.csv").empty
+
+
+def test_a_crash_mid_run_loses_at_most_one_chunk(study: Path, tmp_path: Path, make_cohort: Callable[..., Path]) -> None:
+    manifest = new_cohort(make_cohort)
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    for out in (whole, cut):
+        assert main(["predict", str(study), str(manifest), "--out", str(out), "--chunk", "3", "--no-progress"]) == 0
+    lines = (cut / "ledger.jsonl").read_text().splitlines()
+    (cut / "ledger.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][:17])  # a crash inside an append
+    for p in sorted((cut / "parts").iterdir())[1:]:
+        p.unlink()
+    (cut / "predictions.csv").unlink()
+    assert main(["predict", str(study), str(manifest), "--out", str(cut), "--chunk", "3", "--no-progress"]) == 0
+    cols = ["image_id", "score", *FOLD_COLS]
+    pd.testing.assert_frame_equal(read(whole / "predictions.csv")[cols], read(cut / "predictions.csv")[cols])
+
+
+def test_a_folder_is_refused_for_another_model_or_manifest(
+    study: Path, tmp_path: Path, make_cohort: Callable[..., Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "p"
+    assert main(["predict", str(study), str(new_cohort(make_cohort)), "--out", str(out), "--no-progress"]) == 0
+    other = new_cohort(make_cohort, n=4, folder="other")
+    assert main(["predict", str(study), str(other), "--out", str(out), "--no-progress"]) == 1
+    assert "another manifest_sha256" in caplog.text
+
+
+def test_unlabelled_cohort_and_raw_folder(study: Path, tmp_path: Path, make_cohort: Callable[..., Path]) -> None:
+    manifest = new_cohort(make_cohort, labels=False)
+    out = tmp_path / "u"
+    assert main(["predict", str(study), str(manifest), "--out", str(out), "--no-progress"]) == 0
+    assert "label" not in read(out / "predictions.csv").columns
+    assert not (out / "metrics.json").exists()
+    folder = tmp_path / "raw"
+    (manifest.parent / "images").rename(folder)
+    raw_out = tmp_path / "r"
+    assert main(["predict", str(study), str(folder), "--out", str(raw_out), "--no-progress"]) == 0
+    assert len(read(raw_out / "predictions.csv")) == 7
+    assert (raw_out / "scan" / "manifest.csv").is_file()
+
+
+def test_a_damaged_or_altered_archive_is_refused(study: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    archive = tmp_path / "model.zip"
+    assert main(["export", str(study), str(archive)]) == 0
+    with zipfile.ZipFile(archive) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    altered = tmp_path / "altered.zip"
+    with zipfile.ZipFile(altered, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data.replace(b'"threshold": ', b'"threshold": 1') if name == "model.json" else data)
+        zf.writestr("../evil.py", b"import os")
+    assert main(["export", "--verify", str(altered)]) == 2
+    assert "model.json does not match its recorded SHA-256" not in caplog.text  # names are checked first
+    assert "unexpected member '../evil.py'" in caplog.text
+    caplog.clear()
+    with zipfile.ZipFile(altered, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data.replace(b'"threshold": ', b'"threshold": 1') if name == "model.json" else data)
+    assert main(["export", "--verify", str(altered)]) == 2
+    assert "model.json does not match its recorded SHA-256" in caplog.text
+    (tmp_path / "plain.zip").write_text("not a zip")
+    assert main(["predict", str(tmp_path / "plain.zip"), str(tmp_path), "--out", str(tmp_path / "o")]) == 1
