@@ -52,7 +52,7 @@ def _threshold_block(m: dict[str, Any]) -> list[str]:
 
 def _sections(m: dict[str, Any]) -> list[str]:
     lines: list[str] = []
-    if "image_level" in m:
+    if m.get("image_level"):  # None when every patient has one image
         lines += [
             "",
             f"Image level: AUC {_with_ci(m['image_level'], 'auc')}  {m['image_level']['ci_method']}",

@@ -122,3 +122,13 @@ def test_non_probability_scores_skip_calibration_with_a_reason(asah):
     m = evaluate_predictions(asah, ScoreColumns("outcome", "ndka", positive="Poor"))
     assert m["calibration"] == {"skipped": "scores are not probabilities in [0, 1]"}
     assert m["decision_curve"]["skipped"]
+
+
+def test_format_metrics_with_one_image_per_patient() -> None:
+    rng = np.random.default_rng(3)
+    y = np.tile([0, 1], 20)
+    df = pd.DataFrame({"pid": [f"p{i}" for i in range(40)], "label": y, "score": y + rng.normal(size=40)})
+    m = evaluate_predictions(df, ScoreColumns("label", "score", group="pid"))
+    assert m["image_level"] is None
+    assert "Image level" not in format_metrics(m)
+    assert "AUC" in format_metrics(m)
