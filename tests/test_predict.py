@@ -180,3 +180,48 @@ def test_a_damaged_or_altered_archive_is_refused(study: Path, tmp_path: Path, ca
     assert "model.json does not match its recorded SHA-256" in caplog.text
     (tmp_path / "plain.zip").write_text("not a zip")
     assert main(["predict", str(tmp_path / "plain.zip"), str(tmp_path), "--out", str(tmp_path / "o")]) == 1
+
+
+def test_shards_split_by_patient_and_merge_to_the_single_run(
+    study: Path, tmp_path: Path, make_cohort: Callable[..., Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    manifest = new_cohort(make_cohort, n=8)
+    single = tmp_path / "single"
+    assert main(["predict", str(study), str(manifest), "--out", str(single), "--no-progress"]) == 0
+    shards = [tmp_path / f"s{i}" for i in range(3)]
+    for i, folder in enumerate(shards):
+        assert (
+            main(["predict", str(study), str(manifest), "--out", str(folder), "--shard", f"{i}/3", "--no-progress"])
+            == 0
+        )
+    ids = [set(read(f / "predictions.csv")["patient_id"]) for f in shards]
+    assert sum(len(s) for s in ids) == 8
+    assert not (ids[0] & ids[1])
+    assert not (ids[1] & ids[2])
+    assert not (ids[0] & ids[2])
+    merged = tmp_path / "merged"
+    assert main(["predict", "--merge", *map(str, shards[:2]), "--out", str(merged)]) == 2
+    assert "shard 2/3 is missing" in caplog.text
+    assert main(["predict", "--merge", *map(str, shards), "--out", str(merged)]) == 0
+    cols = ["image_id", "score", *FOLD_COLS]
+    a = read(single / "predictions.csv")[cols].sort_values("image_id").reset_index(drop=True)
+    b = read(merged / "predictions.csv")[cols].sort_values("image_id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
+    m1, m2 = (json.loads((f / "metrics.json").read_text()) for f in (single, merged))
+    assert m1["auc"] == m2["auc"]
+    assert m1["sensitivity"] == m2["sensitivity"]
+    # a shard that has not finished is refused
+    (shards[1] / "provenance.json").unlink()
+    assert main(["predict", "--merge", *map(str, shards), "--out", str(merged)]) == 2
+    assert "shard 1/3 is incomplete" in caplog.text
+
+
+def test_shard_index_from_a_slurm_array() -> None:
+    from pipeline.commands.predict import parse_shard
+    from pipeline.errors import ValidationError
+
+    assert parse_shard("2/4", {}) == (2, 4)
+    assert parse_shard("auto/4", {"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_MIN": "1"}) == (3, 4)
+    for bad in ("4/4", "auto/4", "x/2", "1/0"):
+        with pytest.raises(ValidationError):
+            parse_shard(bad, {})

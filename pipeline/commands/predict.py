@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from pipeline.options import DEVICES
 
@@ -17,8 +18,8 @@ EXIT_EXCLUDED = 8
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("model", type=Path, help="a finished run folder or a model.zip from `cohortnet export`")
-    add("input", type=Path, help="a manifest CSV, or a folder of DICOM/NIfTI files to scan first")
+    add("model", type=Path, nargs="?", help="a finished run folder or a model.zip from `cohortnet export`")
+    add("input", type=Path, nargs="?", help="a manifest CSV, or a folder of DICOM/NIfTI files to scan first")
     add("--out", type=Path, required=True, help="prediction folder (rerunning into it resumes)")
     add("--folds", default="all", help="all (the fold ensemble, default), best, or a fold number")
     add("--chunk", type=int, default=256, help="images per part file (bounds memory; default 256)")
@@ -27,6 +28,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--allow-study-patients", action="store_true", help="predict patients the study trained or validated on")
     add("--retry-failed", action="store_true", help="try again the images that failed in an earlier run")
     add("--pseudonymize-key-file", type=Path, help="key for pseudonymous ids when INPUT is a folder to scan")
+    add("--shard", metavar="I/N", help="score share I of N (0-based; I=auto reads SLURM_ARRAY_TASK_ID)")
+    add("--merge", nargs="+", type=Path, metavar="DIR", help="join finished shard folders into --out")
     add("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -44,9 +47,48 @@ def _manifest(args: argparse.Namespace) -> Path:
     return manifest
 
 
+def parse_shard(text: str | None, environ: dict[str, str]) -> tuple[int, int] | None:
+    """``I/N`` -> (I, N); ``auto/N`` takes I from a SLURM job array (made 0-based)."""
+    from pipeline.errors import ValidationError
+
+    if text is None:
+        return None
+    index, _, count = text.partition("/")
+    try:
+        n = int(count)
+        if index == "auto":
+            i = int(environ["SLURM_ARRAY_TASK_ID"]) - int(environ.get("SLURM_ARRAY_TASK_MIN", "0"))
+        else:
+            i = int(index)
+    except (KeyError, ValueError):
+        raise ValidationError(
+            [f"--shard must be I/N or auto/N inside a SLURM job array, got {text!r}"], "predict"
+        ) from None
+    if n < 1 or not 0 <= i < n:
+        raise ValidationError([f"--shard {text}: needs 0 <= I < N"], "predict")
+    return i, n
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from pipeline.predict.merge import merge_shards
+
+    result = merge_shards(args.merge, args.out)
+    print(f"merged {len(args.merge)} shards: {result.n_predicted} of {result.n_images} images scored -> {result.out}")
+    _print_metrics(result.metrics)
+    return EXIT_EXCLUDED if result.n_excluded else 0
+
+
 def run(args: argparse.Namespace) -> int:
+    import os
+
+    from pipeline.errors import ValidationError
     from pipeline.predict.run import PredictOptions, open_model, predict_cohort, read_cohort
 
+    if args.merge:
+        return _merge(args)
+    if args.model is None or args.input is None:
+        raise ValidationError(["give the model and the input, or --merge with shard folders"], "predict")
+    shard = parse_shard(args.shard, dict(os.environ))
     model = open_model(args.model)
     cohort = read_cohort(_manifest(args), model)
     options = PredictOptions(
@@ -57,11 +99,18 @@ def run(args: argparse.Namespace) -> int:
         allow_study_patients=args.allow_study_patients,
         retry_failed=args.retry_failed,
         progress=not args.no_progress,
+        shard=shard,
     )
     result = predict_cohort(model, cohort, args.out, options)
     print(f"{result.n_predicted} of {result.n_images} images scored, {result.n_excluded} excluded: {result.out}")
-    if result.metrics is not None:
-        m = result.metrics
-        ci = f"[95% CI {m['auc_ci_low']:.3f}, {m['auc_ci_high']:.3f}]"
-        print(f"external validation: per-patient AUC {m['auc']:.3f} {ci} at the study's threshold")
+    _print_metrics(result.metrics)
     return EXIT_EXCLUDED if result.n_excluded else 0
+
+
+def _print_metrics(metrics: dict[str, Any] | None) -> None:
+    """The external-validation table, as `cohortnet evaluate` prints it."""
+    if metrics is not None:
+        from pipeline.evaluation import format_metrics
+
+        print("external validation at the study's locked threshold:")
+        print(format_metrics(metrics), end="")

@@ -49,7 +49,8 @@ class PredictOptions:
     """``folds``: "all" (the ensemble), "best" (the fold that validated best) or a fold number;
     ``chunk``: images per part file; ``workers``: preprocessing processes (None: per CPU);
     ``allow_study_patients``: predict patients or images the study trained or validated on (the
-    outputs then say so); ``retry_failed``: try again the images that failed before."""
+    outputs then say so); ``retry_failed``: try again the images that failed before; ``shard``:
+    (i, N) scores only the patients of share i of N (``merge_shards`` joins the N folders)."""
 
     folds: str = "all"
     chunk: int = 256
@@ -58,6 +59,7 @@ class PredictOptions:
     allow_study_patients: bool = False
     retry_failed: bool = False
     progress: bool = True
+    shard: tuple[int, int] | None = None  # (i, N): this run's share, 0 <= i < N, grouped by patient
 
 
 def open_model(source: Path) -> StudyModel:
@@ -95,13 +97,28 @@ def _chosen_folds(model: StudyModel, folds: str) -> list[int]:
         raise CohortnetError(f"--folds must be all, best or a fold number, got {folds!r}") from None
 
 
-def _stamp(model: StudyModel, cohort: Cohort, folds: list[int]) -> dict[str, Any]:
+def shard_of(patient_id: str, n: int) -> int:
+    """The share of a patient: stable across runs, machines and manifest order."""
+    return int(hashlib.sha256(str(patient_id).encode()).hexdigest()[:12], 16) % n
+
+
+def take_shard(cohort: Cohort, i: int, n: int) -> Cohort:
+    if not 0 <= i < n:
+        raise CohortnetError(f"--shard {i}/{n}: the index must be between 0 and {n - 1}")
+    table = cohort.table
+    mine = table[table[PATIENT_ID].map(lambda p: shard_of(p, n)) == i].reset_index(drop=True)
+    return dataclasses.replace(cohort, table=mine)
+
+
+def _stamp(model: StudyModel, cohort: Cohort, folds: list[int], shard: tuple[int, int] | None) -> dict[str, Any]:
     return {
         "model_sha256": model.digest,
         "config_sha256": model.file_hashes["config.yaml"],
         "manifest_sha256": file_sha256(cohort.manifest_path),
         "folds": folds,
         "threshold": model.info["threshold"],
+        "shard": list(shard) if shard else None,
+        "n_images": len(cohort.table),
     }
 
 
@@ -152,12 +169,14 @@ class PredictResult:
 def predict_cohort(model: StudyModel, cohort: Cohort, out: Path, options: PredictOptions) -> PredictResult:
     """Score every image of ``cohort`` into ``out`` (resumable; see the module docstring)."""
     folds = _chosen_folds(model, options.folds)
+    if options.shard is not None:
+        cohort = take_shard(cohort, *options.shard)
     found = leakage(model, cohort)
     _refuse_leakage(found, options.allow_study_patients)
     out.mkdir(parents=True, exist_ok=True)
     with runfolder.locked(out):
         artifacts.clean_stale_temporaries(out)
-        stamp = _stamp(model, cohort, folds)
+        stamp = _stamp(model, cohort, folds, options.shard)
         _check_stamp(out, stamp)
         ledger = Ledger.open(out)
         _score_all(model, cohort, ledger, folds, options)
@@ -290,18 +309,23 @@ def _write_outputs(
     artifacts.write_csv(out / PER_PATIENT_FILE, patients)
     artifacts.write_csv(out / EXCLUDED_FILE, excluded)
     artifacts.write_json(out / PROVENANCE_FILE, prov)
-    metrics = _external_metrics(model, images, label) if label is not None and len(images) else None
+    info = model.info
+    metrics = None
+    if label is not None and len(images):
+        metrics = external_metrics(images, label, info["positive"], threshold, info["aggregate"])
     if metrics is not None:
         artifacts.write_json(out / METRICS_FILE, {**metrics, "predict_id": prov["predict_id"]})
     return PredictResult(out, len(cohort.table), len(images), len(excluded), metrics)
 
 
-def _external_metrics(model: StudyModel, images: pd.DataFrame, label: str) -> dict[str, Any] | None:
+def external_metrics(
+    images: pd.DataFrame, label: str, positive: str, threshold: float, aggregate: str
+) -> dict[str, Any] | None:
     """``cohortnet evaluate``'s figures at the study's locked threshold (a fixed rule here)."""
     from pipeline.evaluation import EvaluationOptions, ScoreColumns, evaluate_predictions
 
-    cols = ScoreColumns(label, SCORE, positive=model.info["positive"], group=PATIENT_ID)
-    options = EvaluationOptions(threshold_rule=repr(float(model.info["threshold"])), aggregate=model.info["aggregate"])
+    cols = ScoreColumns(label, SCORE, positive=positive, group=PATIENT_ID)
+    options = EvaluationOptions(threshold_rule=repr(float(threshold)), aggregate=aggregate)
     try:
         return evaluate_predictions(images.astype({label: str}), cols, options)
     except ValidationError as exc:  # one class only, say: the scores are still written

@@ -1,0 +1,95 @@
+"""``cohortnet predict --merge DIR... --out DIR``: the shards of one prediction, joined and checked.
+
+The shards must come from one model, one manifest, the same folds and threshold, and one shard
+count; every index 0..N-1 must be there exactly once, and every shard must be finished (its ledger
+accounts for every image of its share and its tables are written). Anything else is refused with
+every problem listed, so a missing or half-done shard is never merged into a result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline.errors import ValidationError
+from pipeline.predict.ledger import Ledger
+from pipeline.predict.run import PROVENANCE_FILE, STAMP_FILE, PredictResult, external_metrics
+from pipeline.reporting import artifacts
+from pipeline.schema import EXCLUDED_FILE, IMAGE_ID, METRICS_FILE, PATIENT_ID, PER_PATIENT_FILE, PREDICTIONS_FILE
+
+_SAME = ("model_sha256", "config_sha256", "manifest_sha256", "folds", "threshold")
+
+
+def _shard_problems(folders: list[Path]) -> tuple[list[str], list[dict[str, Any]]]:
+    problems, stamps = [], []
+    for folder in folders:
+        path = folder / STAMP_FILE
+        if not path.is_file():
+            problems.append(f"{folder}: not a prediction folder ({STAMP_FILE} missing)")
+            continue
+        stamp = json.loads(path.read_text())
+        if not stamp.get("shard"):
+            problems.append(f"{folder}: not a shard (made without --shard)")
+            continue
+        ledger = Ledger.open(folder)
+        finished = len(set(ledger.done) | set(ledger.failed))
+        if finished < stamp["n_images"] or not (folder / PROVENANCE_FILE).is_file():
+            problems.append(
+                f"{folder}: shard {stamp['shard'][0]}/{stamp['shard'][1]} is incomplete "
+                f"({finished} of {stamp['n_images']} images)"
+            )
+        stamps.append(stamp)
+    return problems, stamps
+
+
+def _set_problems(stamps: list[dict[str, Any]]) -> list[str]:
+    if not stamps:
+        return []
+    problems = [f"the shards differ in {k}" for k in _SAME if len({json.dumps(s[k]) for s in stamps}) > 1]
+    counts = {s["shard"][1] for s in stamps}
+    if len(counts) > 1:
+        return [*problems, f"the shards were cut into different numbers of shares: {sorted(counts)}"]
+    n = counts.pop()
+    seen = [s["shard"][0] for s in stamps]
+    problems += [f"shard {i}/{n} is missing" for i in range(n) if i not in seen]
+    problems += [f"shard {i}/{n} is given twice" for i in sorted(set(seen)) if seen.count(i) > 1]
+    return problems
+
+
+def merge_shards(folders: list[Path], out: Path) -> PredictResult:
+    """Join finished shards into ``out``; ValidationError listing every problem otherwise."""
+    problems, stamps = _shard_problems(folders)
+    problems += _set_problems(stamps)
+    if problems:
+        raise ValidationError(problems, "shards to merge")
+    order = sorted(range(len(folders)), key=lambda k: stamps[k]["shard"][0])
+    provs = [json.loads((folders[k] / PROVENANCE_FILE).read_text()) for k in order]
+
+    def joined(name: str) -> pd.DataFrame:
+        frames = [pd.read_csv(folders[k] / name, dtype={IMAGE_ID: str, PATIENT_ID: str}) for k in order]
+        return pd.concat(frames, ignore_index=True)
+
+    images, patients, excluded = joined(PREDICTIONS_FILE), joined(PER_PATIENT_FILE), joined(EXCLUDED_FILE)
+    record = {
+        **{k: stamps[0][k] for k in _SAME},
+        "shards": [p["predict_id"] for p in provs],
+        "model": provs[0]["model"],
+    }
+    prov = {"predict_id": hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16], **record}
+    out.mkdir(parents=True, exist_ok=True)
+    artifacts.write_csv(out / PREDICTIONS_FILE, images)
+    artifacts.write_csv(out / PER_PATIENT_FILE, patients)
+    artifacts.write_csv(out / EXCLUDED_FILE, excluded)
+    artifacts.write_json(out / PROVENANCE_FILE, prov)
+    model, label = prov["model"], prov["model"]["label_col"]
+    metrics = None
+    if label in images.columns and len(images):
+        metrics = external_metrics(images, label, model["positive"], prov["threshold"], model["aggregate"])
+        if metrics is not None:
+            artifacts.write_json(out / METRICS_FILE, {**metrics, "predict_id": prov["predict_id"]})
+    n_images = sum(s["n_images"] for s in stamps)
+    return PredictResult(out, n_images, len(images), len(excluded), metrics)
