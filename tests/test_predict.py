@@ -225,3 +225,41 @@ def test_shard_index_from_a_slurm_array() -> None:
     for bad in ("4/4", "auto/4", "x/2", "1/0"):
         with pytest.raises(ValidationError):
             parse_shard(bad, {})
+
+
+def test_dask_fan_out_equals_the_single_run_after_a_worker_is_killed(
+    study: Path, tmp_path: Path, make_cohort: Callable[..., Path]
+) -> None:
+    import os
+    import signal
+    import threading
+    import time
+
+    distributed = pytest.importorskip("distributed")
+    from pipeline.predict.fanout import dask_predict
+    from pipeline.predict.run import PredictOptions
+
+    manifest = new_cohort(make_cohort, n=8)
+    single = tmp_path / "single"
+    assert main(["predict", str(study), str(manifest), "--out", str(single), "--no-progress"]) == 0
+    out = tmp_path / "fanned"
+    options = PredictOptions(chunk=1, workers=0, progress=False)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        result: dict[str, object] = {}
+        worker = threading.Thread(
+            target=lambda: result.update(r=dask_predict(study, manifest, out, options, cluster.scheduler_address, 4))
+        )
+        worker.start()
+        deadline = time.monotonic() + 120
+        while not list(out.glob("shards/*/ledger.jsonl")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with distributed.Client(cluster) as client:
+            victim = next(iter(client.run(os.getpid).values()))
+        os.kill(victim, signal.SIGKILL)  # a worker lost mid-run: its task is retried and resumes
+        worker.join(timeout=300)
+    assert "r" in result
+    cols = ["image_id", "score", *FOLD_COLS]
+    a = read(single / "predictions.csv")[cols].sort_values("image_id").reset_index(drop=True)
+    b = read(out / "predictions.csv")[cols].sort_values("image_id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
+    assert len(list(out.glob("shards/*/provenance.json"))) == 4

@@ -30,6 +30,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--pseudonymize-key-file", type=Path, help="key for pseudonymous ids when INPUT is a folder to scan")
     add("--shard", metavar="I/N", help="score share I of N (0-based; I=auto reads SLURM_ARRAY_TASK_ID)")
     add("--merge", nargs="+", type=Path, metavar="DIR", help="join finished shard folders into --out")
+    add(
+        "--dask",
+        metavar="SCHEDULER",
+        help="fan shards out over a dask.distributed cluster (local, local:N or an address)",
+    )
+    add("--dask-shards", type=int, metavar="N", help="shards for --dask (default: twice the workers)")
     add("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -78,6 +84,18 @@ def _merge(args: argparse.Namespace) -> int:
     return EXIT_EXCLUDED if result.n_excluded else 0
 
 
+def _fan_out(args: argparse.Namespace, model: Any, cohort: Any, options: Any) -> Any:
+    """The leakage guard here, once, then the shards on the cluster."""
+    from pipeline.errors import ValidationError
+    from pipeline.predict.fanout import dask_predict
+    from pipeline.predict.run import leakage, refuse_leakage
+
+    if options.shard is not None:
+        raise ValidationError(["--dask makes its own shards; drop --shard"], "predict")
+    refuse_leakage(leakage(model, cohort), options.allow_study_patients)
+    return dask_predict(args.model, cohort.manifest_path, args.out, options, args.dask, args.dask_shards)
+
+
 def run(args: argparse.Namespace) -> int:
     import os
 
@@ -101,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         shard=shard,
     )
-    result = predict_cohort(model, cohort, args.out, options)
+    result = _fan_out(args, model, cohort, options) if args.dask else predict_cohort(model, cohort, args.out, options)
     print(f"{result.n_predicted} of {result.n_images} images scored, {result.n_excluded} excluded: {result.out}")
     _print_metrics(result.metrics)
     return EXIT_EXCLUDED if result.n_excluded else 0

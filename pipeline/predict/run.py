@@ -145,7 +145,7 @@ def leakage(model: StudyModel, cohort: Cohort) -> pd.DataFrame:
     return found.assign(why=np.where(by_patient[found.index], "patient", "image"))[[PATIENT_ID, IMAGE_ID, "why"]]
 
 
-def _refuse_leakage(found: pd.DataFrame, allowed: bool) -> None:
+def refuse_leakage(found: pd.DataFrame, allowed: bool) -> None:
     if found.empty:
         return
     patients = sorted(found[PATIENT_ID].unique())
@@ -172,7 +172,7 @@ def predict_cohort(model: StudyModel, cohort: Cohort, out: Path, options: Predic
     if options.shard is not None:
         cohort = take_shard(cohort, *options.shard)
     found = leakage(model, cohort)
-    _refuse_leakage(found, options.allow_study_patients)
+    refuse_leakage(found, options.allow_study_patients)
     out.mkdir(parents=True, exist_ok=True)
     with runfolder.locked(out):
         artifacts.clean_stale_temporaries(out)
@@ -311,7 +311,7 @@ def _write_outputs(
     artifacts.write_json(out / PROVENANCE_FILE, prov)
     info = model.info
     metrics = None
-    if label is not None and len(images):
+    if label is not None and len(images) and stamp["shard"] is None:  # a shard's metrics come with --merge
         metrics = external_metrics(images, label, info["positive"], threshold, info["aggregate"])
     if metrics is not None:
         artifacts.write_json(out / METRICS_FILE, {**metrics, "predict_id": prov["predict_id"]})
