@@ -75,7 +75,7 @@ def open_model(source: Path) -> StudyModel:
 
 def read_cohort(manifest: Path, model: StudyModel) -> Cohort:
     """The cohort to predict; labelled (external validation) when the study's label column holds values."""
-    head = pd.read_csv(manifest, dtype=str, keep_default_na=False, nrows=None)
+    head = pd.read_csv(manifest, dtype=str, keep_default_na=False)
     label = model.info["label_col"]
     labelled = label in head.columns and (head[label].str.strip() != "").any()
     return load_manifest(
@@ -196,6 +196,7 @@ def _chunks(table: pd.DataFrame, size: int) -> Iterator[pd.DataFrame]:
 
 def _score_all(model: StudyModel, cohort: Cohort, ledger: Ledger, folds: list[int], options: PredictOptions) -> None:
     from pipeline.training import resolve_device
+    from pipeline.transforms import deterministic_transforms
 
     todo = _pending(cohort, ledger, options.retry_failed)
     if todo.empty:
@@ -203,23 +204,28 @@ def _score_all(model: StudyModel, cohort: Cohort, ledger: Ledger, folds: list[in
         return
     device = resolve_device(options.device)
     nets = {f: n.to(device) for f, n in model.networks(folds).items()}
+    cfg = model.config
+    transform = deterministic_transforms(cfg.data, cfg.model.spatial_dims)  # built once, used by every chunk
     bar = tqdm(total=len(todo), desc="predict", unit="img", disable=not options.progress)
     for chunk in _chunks(todo, options.chunk):
-        rows, failures = _score_chunk(model, chunk, nets, device, options.workers)
+        rows, failures = _score_chunk(model, chunk, nets, device, transform, options.workers)
         ledger.record_chunk(rows, failures)
         bar.update(len(chunk))
     bar.close()
 
 
 def _score_chunk(
-    model: StudyModel, chunk: pd.DataFrame, nets: dict[int, torch.nn.Module], device: torch.device, workers: int | None
+    model: StudyModel,
+    chunk: pd.DataFrame,
+    nets: dict[int, torch.nn.Module],
+    device: torch.device,
+    transform: Any,
+    workers: int | None,
 ) -> tuple[pd.DataFrame, list[dict[str, str]]]:
     """The chunk through the study's deterministic chain and every chosen fold network."""
     from pipeline.datasets import guarded_chain
-    from pipeline.transforms import deterministic_transforms
 
     cfg = model.config
-    transform = deterministic_transforms(cfg.data, cfg.model.spatial_dims)
     rows_in = chunk[[IMAGE_ID, PATIENT_ID, "path"]].itertuples(index=False)
     todo: list[tuple[str, str, str, dict[str, Any]]] = [(str(i), str(p), str(path), {}) for i, p, path in rows_in]
     kept: list[tuple[str, str]] = []
