@@ -97,6 +97,26 @@ def test_study_patients_are_refused_unless_allowed(
     assert main(["predict", str(study), str(tmp_path / "cohort" / "renamed.csv"), "--out", str(tmp_path / "r")]) == 2
 
 
+def test_a_holdout_studys_test_patients_are_not_study_patients(
+    tmp_path: Path, make_cohort: Callable[..., Path], make_workflow: Callable[..., Path]
+) -> None:
+    """Only training and validation count as leakage: the held-out test split can be predicted."""
+    manifest = make_cohort(n_patients=16, split=True)
+    workflow = make_workflow(manifest, validation={"scheme": "holdout"})
+    assert main(["run", str(workflow), "--run-id", "h"]) == 0
+    run = tmp_path / "reports" / "tiny" / "h"
+    table = pd.read_csv(manifest, dtype=str)
+    for split, code in (("test", 0), ("val", 2), ("train", 2)):
+        part = manifest.parent / f"{split}.csv"
+        table[table["split"] == split].to_csv(part, index=False)
+        assert main(["predict", str(run), str(part), "--out", str(tmp_path / f"p_{split}"), "--no-progress"]) == code
+    study = read(run / "predictions.csv").sort_values("image_id")
+    again = read(tmp_path / "p_test" / "predictions.csv").sort_values("image_id")
+    assert again["image_id"].tolist() == study["image_id"].tolist()
+    # the study may score in bf16 autocast (a CPU with native bf16); predict scores in fp32
+    np.testing.assert_allclose(again["score"], study["score"], atol=2e-3)
+
+
 def test_a_bad_scan_is_skipped_and_a_rerun_resumes(
     study: Path, tmp_path: Path, make_cohort: Callable[..., Path]
 ) -> None:

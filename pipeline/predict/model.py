@@ -4,8 +4,9 @@
 ``config.yaml`` (the resolved workflow: preprocessing and network), ``fold_<k>/model.pt`` (the
 state_dicts), ``model.json`` (the locked threshold and rule, how images of a patient are combined,
 the label and positive class, the headline metrics, hashes of the training manifest and code
-versions) and ``leakage.json`` (SHA-256 of every study patient id and the content hashes of every
-study image). An archive holds exactly these files; ``StudyModel.from_files`` reads either.
+versions) and ``leakage.json`` (SHA-256 of the id of every patient that trained or validated a
+model, and the content hashes of their images). An archive holds exactly these files;
+``StudyModel.from_files`` reads either.
 """
 
 from __future__ import annotations
@@ -28,10 +29,13 @@ from pipeline.errors import CohortnetError
 from pipeline.schema import (
     DATA_HASHES_FILE,
     ENVIRONMENT_FILE,
+    IMAGE_ID,
     METRICS_FILE,
     MODEL_FILE,
     PATIENT_ID,
+    PREDICTIONS_FILE,
     RESOLVED_CONFIG_FILE,
+    ROLE,
     SPLITS_FILE,
 )
 
@@ -58,13 +62,21 @@ def model_files(run_dir: Path) -> dict[str, bytes]:
     for fold in folds:
         files[f"fold_{fold}/{MODEL_FILE}"] = (run_dir / f"fold_{fold}" / MODEL_FILE).read_bytes()
     files[MODEL_INFO_FILE] = _json(_model_info(run_dir, records))
-    hashes = pd.read_csv(run_dir / DATA_HASHES_FILE, dtype=str)
-    leakage = {
-        "patients": sorted({patient_digest(p) for p in splits[PATIENT_ID]}),
-        "images": sorted(set(hashes["sha256"])),
-    }
-    files[LEAKAGE_FILE] = _json(leakage)
+    files[LEAKAGE_FILE] = _json(_study_members(run_dir, splits))
     return files
+
+
+def _study_members(run_dir: Path, splits: pd.DataFrame) -> dict[str, list[str]]:
+    """Digests of the patients that trained or validated a model, and the content hashes of their
+    images. A holdout study's test patients did neither: predicting them is not leakage."""
+    seen = set(splits.loc[splits[ROLE].isin(["train", "val"]), PATIENT_ID])
+    test_only = set(splits[PATIENT_ID]) - seen
+    hashes = pd.read_csv(run_dir / DATA_HASHES_FILE, dtype=str)
+    if test_only:
+        scored = pd.read_csv(run_dir / PREDICTIONS_FILE, dtype=str, usecols=[IMAGE_ID, PATIENT_ID])
+        unseen = set(scored.loc[scored[PATIENT_ID].isin(test_only), IMAGE_ID])
+        hashes = hashes[~hashes[IMAGE_ID].isin(unseen)]
+    return {"patients": sorted(patient_digest(p) for p in seen), "images": sorted(set(hashes["sha256"]))}
 
 
 def _json(value: Any) -> bytes:
