@@ -353,3 +353,26 @@ def test_generator_imports_neither_torch_nor_monai() -> None:
     code = "import sys, pipeline.synthetic; print(sorted({'torch', 'monai'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_a_nifti_cohort_rewritten_as_dicom_reads_back_to_the_same_voxels_and_geometry(tmp_path: Path) -> None:
+    from pipeline.io import load_scan
+    from pipeline.synthetic.reformat import main as reformat
+
+    rng = np.random.default_rng(0)
+    affine = np.array([[0.0, -0.8, 0.0, 10.0], [0.9, 0.0, 0.0, -4.0], [0.0, 0.0, 1.5, 2.0], [0, 0, 0, 1]])
+    rows = []
+    for k, split in enumerate(("train", "test", "test")):
+        path = tmp_path / f"V{k}.nii.gz"
+        nib.save(nib.Nifti1Image(rng.integers(0, 256, size=(7, 8, 9)).astype(np.uint8), affine), path)
+        rows.append((f"P{k}", path.name, k % 2, split))
+    manifest = tmp_path / "manifest.csv"
+    pd.DataFrame(rows, columns=["patient_id", "image", "label", "split"]).to_csv(manifest, index=False)
+    assert reformat([str(manifest), str(tmp_path / "dcm"), "--split", "test"]) == 0
+    table = pd.read_csv(tmp_path / "dcm" / "manifest.csv", dtype=str)
+    assert table["patient_id"].tolist() == ["P1", "P2"]
+    for patient, folder in zip(table["patient_id"], table["image"], strict=True):
+        dicom = load_scan(tmp_path / "dcm" / folder)
+        nifti = load_scan(tmp_path / f"V{patient[1:]}.nii.gz")
+        np.testing.assert_array_equal(dicom.array, nifti.array)
+        np.testing.assert_allclose(dicom.affine, nifti.affine, atol=1e-5)
