@@ -41,7 +41,9 @@ def nifti_cohort_as_dicom(manifest: Path, out: Path, split: str | None = None) -
     out.mkdir(parents=True, exist_ok=True)
     folders = []
     for k, (patient_id, image) in enumerate(zip(table["patient_id"], table["image"], strict=True)):
-        source = nib.load(manifest.parent / image)  # type: ignore[attr-defined]
+        source = nib.load(manifest.parent / image)
+        if not isinstance(source, nib.Nifti1Image | nib.Nifti2Image):
+            raise ValueError(f"{image}: {type(source).__name__} is not NIfTI")
         volume = np.asarray(source.dataobj, dtype=np.float64)
         if volume.ndim != 3:
             raise ValueError(f"{image}: only 3D volumes can be written as a DICOM series ({volume.ndim}D)")
