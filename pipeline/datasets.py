@@ -131,7 +131,7 @@ def _single_threaded(_: int) -> None:
 class _Preprocess(torch.utils.data.Dataset):
     """The deterministic chain on one image, guarded: (tensor, None) or (None, (reason, message))."""
 
-    def __init__(self, todo: list[tuple[str, str, str, dict[str, Any]]], transform: Compose) -> None:
+    def __init__(self, todo: Sequence[tuple[str, str, str, dict[str, Any]]], transform: Compose) -> None:
         self.todo = todo
         self.transform = transform
 
@@ -205,17 +205,25 @@ def prepare_cohort(
 
 
 def guarded_chain(
-    todo: list[tuple[str, str, str, dict[str, Any]]], transform: Compose, workers: int | None
+    todo: Sequence[tuple[str, str, str, dict[str, Any]]],
+    transform: Compose,
+    workers: int | None,
+    lookahead: int = 0,
+    pin: bool = False,
 ) -> DataLoader:
     """(tensor, None) or (None, (reason, message)) for each (image_id, patient_id, path, sample) of
     ``todo``, in order; torch's DataLoader runs the chain in worker processes (None: one per CPU,
-    up to 8; 0: in this process)."""
+    up to 8; 0: in this process). ``lookahead``: images the workers may prepare ahead of the
+    consumer (so that they keep working while it scores a chunk); ``pin``: page-locked tensors
+    for fast copies to a GPU."""
     n_workers = min(preprocess_workers(workers), len(todo) // 2)
     return DataLoader(
         _Preprocess(todo, transform),
         batch_size=None,
         num_workers=n_workers,
         worker_init_fn=_single_threaded if n_workers else None,
+        pin_memory=pin,
+        prefetch_factor=max(2, -(-lookahead // n_workers)) if n_workers else None,
     )
 
 

@@ -18,7 +18,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -189,12 +189,29 @@ def _pending(cohort: Cohort, ledger: Ledger, retry_failed: bool) -> pd.DataFrame
     return table[~table[IMAGE_ID].isin(skip)]
 
 
-def _chunks(table: pd.DataFrame, size: int) -> Iterator[pd.DataFrame]:
-    for start in range(0, len(table), max(1, size)):
-        yield table.iloc[start : start + size]
+class _Items(Sequence[tuple[str, str, str, dict[str, Any]]]):
+    """(image_id, patient_id, path, {}) of the pending rows, built on demand (a few arrays, not a
+    tuple per image held for the whole cohort)."""
+
+    def __init__(self, table: pd.DataFrame) -> None:
+        self.ids = table[IMAGE_ID].astype(str).to_numpy()
+        self.patients = table[PATIENT_ID].astype(str).to_numpy()
+        self.paths = table["path"].astype(str).to_numpy()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, k: Any) -> Any:
+        return (str(self.ids[k]), str(self.patients[k]), str(self.paths[k]), {})
+
+
+_Item = tuple[str, str, str, dict[str, Any]]  # image_id, patient_id, path, sample
 
 
 def _score_all(model: StudyModel, cohort: Cohort, ledger: Ledger, folds: list[int], options: PredictOptions) -> None:
+    """One loader over every pending image: its workers prepare the next chunk while the
+    networks score this one; each chunk goes to a part file and the ledger before the next."""
+    from pipeline.datasets import guarded_chain
     from pipeline.training import resolve_device
     from pipeline.transforms import deterministic_transforms
 
@@ -205,52 +222,53 @@ def _score_all(model: StudyModel, cohort: Cohort, ledger: Ledger, folds: list[in
     device = resolve_device(options.device)
     nets = {f: n.to(device) for f, n in model.networks(folds).items()}
     cfg = model.config
-    transform = deterministic_transforms(cfg.data, cfg.model.spatial_dims)  # built once, used by every chunk
-    bar = tqdm(total=len(todo), desc="predict", unit="img", disable=not options.progress)
-    for chunk in _chunks(todo, options.chunk):
-        rows, failures = _score_chunk(model, chunk, nets, device, transform, options.workers)
-        ledger.record_chunk(rows, failures)
-        bar.update(len(chunk))
+    transform = deterministic_transforms(cfg.data, cfg.model.spatial_dims)
+    items = _Items(todo)
+    chunk = max(1, options.chunk)
+    loader = guarded_chain(items, transform, options.workers, lookahead=chunk, pin=device.type == "cuda")
+    scorer = _Scorer(nets, device, cfg.train.batch_size * 2)
+    bar = tqdm(total=len(items), desc="predict", unit="img", disable=not options.progress)
+    pending: list[tuple[_Item, Any]] = []
+    for k, prepared in enumerate(loader):
+        pending.append((items[k], prepared))
+        if len(pending) == chunk or k == len(items) - 1:
+            ledger.record_chunk(*scorer.score(pending))
+            bar.update(len(pending))
+            pending = []
     bar.close()
 
 
-def _score_chunk(
-    model: StudyModel,
-    chunk: pd.DataFrame,
-    nets: dict[int, torch.nn.Module],
-    device: torch.device,
-    transform: Any,
-    workers: int | None,
-) -> tuple[pd.DataFrame, list[dict[str, str]]]:
-    """The chunk through the study's deterministic chain and every chosen fold network."""
-    from pipeline.datasets import guarded_chain
+@dataclasses.dataclass(frozen=True)
+class _Scorer:
+    nets: dict[int, torch.nn.Module]
+    device: torch.device
+    batch: int
 
-    cfg = model.config
-    rows_in = chunk[[IMAGE_ID, PATIENT_ID, "path"]].itertuples(index=False)
-    todo: list[tuple[str, str, str, dict[str, Any]]] = [(str(i), str(p), str(path), {}) for i, p, path in rows_in]
-    kept: list[tuple[str, str]] = []
-    tensors: list[torch.Tensor] = []
-    failures: list[dict[str, str]] = []
-    for (image_id, patient_id, _, _), (tensor, failure) in zip(
-        todo, guarded_chain(todo, transform, workers), strict=True
-    ):
-        if failure is None:
-            kept.append((image_id, patient_id))
-            tensors.append(tensor)
-        else:
-            failures.append(
-                {"image_id": image_id, "patient_id": patient_id, "reason": failure[0], "message": failure[1]}
-            )
-            log.warning("%s: skipped (%s): %s", image_id, *failure)
-    if not kept:
-        return pd.DataFrame(), failures
-    scores = _ensemble(tensors, nets, device, cfg.train.batch_size * 2)
-    rows = pd.DataFrame(kept, columns=[IMAGE_ID, PATIENT_ID])
-    rows[SCORE] = scores.mean(axis=1)
-    rows[SCORE_SD] = scores.std(axis=1, ddof=1) if scores.shape[1] > 1 else 0.0
-    for k, fold in enumerate(nets):
-        rows[f"score_fold_{fold}"] = scores[:, k]
-    return rows, failures
+    def score(
+        self, chunk: list[tuple[tuple[str, str, str, dict[str, Any]], Any]]
+    ) -> tuple[pd.DataFrame, list[dict[str, str]]]:
+        """The chunk's prepared tensors through every chosen fold network; failures recorded."""
+        kept: list[tuple[str, str]] = []
+        tensors: list[torch.Tensor] = []
+        failures: list[dict[str, str]] = []
+        for (image_id, patient_id, _, _), (tensor, failure) in chunk:
+            if failure is None:
+                kept.append((image_id, patient_id))
+                tensors.append(tensor)
+            else:
+                failures.append(
+                    {"image_id": image_id, "patient_id": patient_id, "reason": failure[0], "message": failure[1]}
+                )
+                log.warning("%s: skipped (%s): %s", image_id, *failure)
+        if not kept:
+            return pd.DataFrame(), failures
+        scores = _ensemble(tensors, self.nets, self.device, self.batch)
+        rows = pd.DataFrame(kept, columns=[IMAGE_ID, PATIENT_ID])
+        rows[SCORE] = scores.mean(axis=1)
+        rows[SCORE_SD] = scores.std(axis=1, ddof=1) if scores.shape[1] > 1 else 0.0
+        for k, fold in enumerate(self.nets):
+            rows[f"score_fold_{fold}"] = scores[:, k]
+        return rows, failures
 
 
 def _ensemble(
@@ -260,7 +278,7 @@ def _ensemble(
     out = np.empty((len(tensors), len(nets)), dtype=np.float64)
     with torch.inference_mode():
         for start in range(0, len(tensors), batch):
-            x = torch.stack(tensors[start : start + batch]).to(device)
+            x = torch.stack(tensors[start : start + batch]).to(device, non_blocking=True)
             for k, net in enumerate(nets.values()):
                 logits = net(x).reshape(len(x), -1)[:, 0].double().cpu().numpy()
                 out[start : start + len(x), k] = 1.0 / (1.0 + np.exp(-logits))
