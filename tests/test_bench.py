@@ -84,3 +84,24 @@ def test_precision_suite_trains_fp32_and_bf16_side_by_side(
     assert result["variants"]["fp32"]["precision"] == "fp32"
     assert result["variants"]["bf16"]["precision"].startswith("bf16 autocast")
     assert result["bf16_vs_fp32_speed"] > 0
+
+
+def test_predict_suite_times_a_verified_synthetic_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The synthetic model is a real archive; throughput and memory run through predict_cohort itself."""
+    from pipeline.benchmarks import predict
+
+    model = predict.synthetic_model(tmp_path / "synthetic.zip")
+    assert main(["export", "--verify", str(model)]) == 0
+    manifest = predict.synthetic_cohort(tmp_path / "cohort", 12)
+    t = predict.throughput(model, manifest, tmp_path / "t", repeats=1, chunk=5)
+    assert t["n_images"] == 12
+    assert t["end_to_end_img_s"] > 0
+    assert t["ratio"] == pytest.approx(t["end_to_end_img_s"] / t["model_only_img_s"])
+    scored = __import__("pandas").read_csv(tmp_path / "t" / "e2e-0" / "predictions.csv")
+    assert len(scored) == 12
+    memory = predict.memory(model, tmp_path / "m", scales=(6,))
+    assert memory[0]["n_images"] == 6
+    assert memory[0]["rss_mb"] > 0
+    text = predict.format_predict({"throughput": {"synthetic": t}, "memory": memory})
+    assert "synthetic" in text
+    assert "peak RSS of one predict process" in text

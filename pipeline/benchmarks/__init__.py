@@ -8,6 +8,8 @@
 - :mod:`pipeline.benchmarks.compute` -- pure compute, FLOPs per sample, bf16 peaks, peak memory
 - :mod:`pipeline.benchmarks.intervals` -- ``--suite evaluation``: AUC interval coverage and DeLong speed
 - :mod:`pipeline.benchmarks.ingestion` -- ``--suite ingestion``: header scanning and series assembly
+- :mod:`pipeline.benchmarks.predict` -- ``--suite predict``: end-to-end against model-only images/s,
+  peak RSS at 1k/10k/100k images, and ``--dask local:2`` against one process
 
 The entry points below are imported on first use, so the evaluation and ingestion benchmarks
 run without importing torch.

@@ -1,4 +1,4 @@
-"""``cohortnet bench [WORKFLOW] [--suite training|precision|evaluation|ingestion] [--device cpu|cuda] [--out F]``.
+"""``cohortnet bench [WORKFLOW] [--suite training|precision|evaluation|ingestion|predict] [--device D] [--out F]``.
 
 Benchmarks print numbers; they assert nothing. Quote medians and ratios measured in one run.
 """
@@ -22,7 +22,9 @@ log = logging.getLogger("pipeline")
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("workflow", nargs="?", type=Path, help="workflow YAML (suite training)")
-    parser.add_argument("--suite", choices=("training", "precision", "evaluation", "ingestion"), default="training")
+    parser.add_argument(
+        "--suite", choices=("training", "precision", "evaluation", "ingestion", "predict"), default="training"
+    )
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--out", type=Path, help="also write the results as JSON")
     add_set_argument(parser)
@@ -46,8 +48,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="evaluation/ingestion: smaller sizes for a fast look (not the reported figures)",
+        help="evaluation/ingestion/predict: smaller sizes for a fast look (not the reported figures)",
     )
+    parser.add_argument("--model", type=Path, help="predict: also time this run folder or model.zip ...")
+    parser.add_argument("--input", type=Path, help="predict: ... on this manifest")
 
 
 def _training(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
@@ -105,8 +109,24 @@ def _ingestion(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     return result, ingestion.format_ingestion(result)
 
 
+def _predict(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    from pipeline.benchmarks import predict
+    from pipeline.errors import ValidationError
+
+    if (args.model is None) != (args.input is None):
+        raise ValidationError(["--model and --input go together"], "command line")
+    result = predict.predict_benchmark(args.model, args.input, repeats=min(args.repeats, 3), quick=args.quick)
+    return result, predict.format_predict(result)
+
+
 def run(args: argparse.Namespace) -> int:
-    suites = {"training": _training, "precision": _precision, "evaluation": _evaluation, "ingestion": _ingestion}
+    suites = {
+        "training": _training,
+        "precision": _precision,
+        "evaluation": _evaluation,
+        "ingestion": _ingestion,
+        "predict": _predict,
+    }
     result, text = suites[args.suite](args)
     print(text)
     if args.out:

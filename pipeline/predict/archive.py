@@ -35,7 +35,11 @@ _DEFAULT_LIMIT = 16 << 30  # bytes of decompressed content when the machine's me
 
 def export_model(run_dir: Path, out: Path) -> dict[str, str]:
     """Write ``out`` (atomically) from a finished run folder; returns name -> SHA-256."""
-    files = model_files(run_dir)
+    return write_archive(model_files(run_dir), out)
+
+
+def write_archive(files: dict[str, bytes], out: Path) -> dict[str, str]:
+    """The model's files (``model_files``' names) as a zip with ``archive.json`` listing their hashes."""
     hashes = {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}
     info = {
         "format": "cohortnet-model",

@@ -189,7 +189,7 @@ def _pending(cohort: Cohort, ledger: Ledger, retry_failed: bool) -> pd.DataFrame
     return table[~table[IMAGE_ID].isin(skip)]
 
 
-class _Items(Sequence[tuple[str, str, str, dict[str, Any]]]):
+class ImageItems(Sequence[tuple[str, str, str, dict[str, Any]]]):
     """(image_id, patient_id, path, {}) of the pending rows, built on demand (a few arrays, not a
     tuple per image held for the whole cohort)."""
 
@@ -223,7 +223,7 @@ def _score_all(model: StudyModel, cohort: Cohort, ledger: Ledger, folds: list[in
     nets = {f: n.to(device) for f, n in model.networks(folds).items()}
     cfg = model.config
     transform = deterministic_transforms(cfg.data, cfg.model.spatial_dims)
-    items = _Items(todo)
+    items = ImageItems(todo)
     chunk = max(1, options.chunk)
     loader = guarded_chain(items, transform, options.workers, lookahead=chunk, pin=device.type == "cuda")
     scorer = _Scorer(nets, device, cfg.train.batch_size * 2)
