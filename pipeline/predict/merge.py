@@ -17,9 +17,9 @@ import pandas as pd
 
 from pipeline.errors import ValidationError
 from pipeline.predict.ledger import Ledger
-from pipeline.predict.run import PROVENANCE_FILE, STAMP_FILE, PredictResult, external_metrics
+from pipeline.predict.run import STAMP_FILE, PredictResult, external_metrics, write_metrics_and_report
 from pipeline.reporting import artifacts
-from pipeline.schema import EXCLUDED_FILE, IMAGE_ID, METRICS_FILE, PATIENT_ID, PER_PATIENT_FILE, PREDICTIONS_FILE
+from pipeline.schema import EXCLUDED_FILE, IMAGE_ID, PATIENT_ID, PER_PATIENT_FILE, PREDICTIONS_FILE, PROVENANCE_FILE
 
 _SAME = ("model_sha256", "config_sha256", "manifest_sha256", "folds", "threshold")
 
@@ -78,6 +78,8 @@ def merge_shards(folders: list[Path], out: Path) -> PredictResult:
         **{k: stamps[0][k] for k in _SAME},
         "shards": [p["predict_id"] for p in provs],
         "model": provs[0]["model"],
+        **{k: provs[0].get(k) for k in ("study", "study_headline")},
+        "study_patients_predicted": sum(int(p.get("study_patients_predicted") or 0) for p in provs),
     }
     prov = {"predict_id": hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16], **record}
     out.mkdir(parents=True, exist_ok=True)
@@ -90,6 +92,6 @@ def merge_shards(folders: list[Path], out: Path) -> PredictResult:
     if label in images.columns and len(images):
         metrics = external_metrics(images, label, model["positive"], prov["threshold"], model["aggregate"])
         if metrics is not None:
-            artifacts.write_json(out / METRICS_FILE, {**metrics, "predict_id": prov["predict_id"]})
+            write_metrics_and_report(out, prov, metrics, patients, excluded, len(images))
     n_images = sum(s["n_images"] for s in stamps)
     return PredictResult(out, n_images, len(images), len(excluded), metrics)

@@ -34,12 +34,20 @@ from pipeline.predict.ledger import Ledger
 from pipeline.predict.model import StudyModel, model_files, patient_digest
 from pipeline.provenance import content_hash, file_sha256, git_commit
 from pipeline.reporting import artifacts
-from pipeline.schema import EXCLUDED_FILE, IMAGE_ID, METRICS_FILE, PATIENT_ID, PER_PATIENT_FILE, PREDICTIONS_FILE, SCORE
+from pipeline.schema import (
+    EXCLUDED_FILE,
+    IMAGE_ID,
+    METRICS_FILE,
+    PATIENT_ID,
+    PER_PATIENT_FILE,
+    PREDICTIONS_FILE,
+    PROVENANCE_FILE,
+    SCORE,
+)
 
 log = logging.getLogger("pipeline")
 
 STAMP_FILE = "predict.json"
-PROVENANCE_FILE = "provenance.json"
 DECISION = "decision"  # 1 when the patient's (or image's) score reaches the locked threshold
 SCORE_SD = "score_sd"
 
@@ -290,7 +298,11 @@ def _ensemble(
 def _provenance(model: StudyModel, stamp: dict[str, Any], found: pd.DataFrame) -> dict[str, Any]:
     record = {
         **stamp,
-        "model": {k: model.info.get(k) for k in ("study_run", "threshold_rule", "aggregate", "label_col", "positive")},
+        "model": {
+            k: model.info.get(k)
+            for k in ("study_run", "threshold_rule", "aggregate", "label_col", "positive", "calibrator")
+        },
+        "study": _study_text(model),
         "study_headline": model.info.get("headline"),
         "code": {"cohortnet": __version__, "git_commit": git_commit()},
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -298,6 +310,17 @@ def _provenance(model: StudyModel, stamp: dict[str, Any], found: pd.DataFrame) -
     }
     digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
     return {"predict_id": digest[:16], **record}
+
+
+def _study_text(model: StudyModel) -> dict[str, str]:
+    """How the study was evaluated and what the model is, in words (for the external report)."""
+    cfg = model.config
+    v = cfg.validation
+    scheme = (
+        f"{v.folds}-fold patient-grouped cross-validation, out-of-fold" if v.scheme == "kfold" else "holdout test split"
+    )
+    size = "x".join(map(str, cfg.data.spatial_size))
+    return {"name": cfg.study, "scheme": scheme, "model": f"{cfg.model.arch} {cfg.model.spatial_dims}D, input {size}"}
 
 
 def _write_outputs(
@@ -338,8 +361,18 @@ def _write_outputs(
     if label is not None and len(images) and stamp["shard"] is None:  # a shard's metrics come with --merge
         metrics = external_metrics(images, label, info["positive"], threshold, info["aggregate"])
     if metrics is not None:
-        artifacts.write_json(out / METRICS_FILE, {**metrics, "predict_id": prov["predict_id"]})
+        write_metrics_and_report(out, prov, metrics, patients, excluded, len(images))
     return PredictResult(out, len(cohort.table), len(images), len(excluded), metrics)
+
+
+def write_metrics_and_report(
+    out: Path, prov: dict[str, Any], metrics: dict[str, Any], patients: pd.DataFrame, excluded: pd.DataFrame, n: int
+) -> None:
+    """``metrics.json`` and the external-validation ``report.html`` of a labelled cohort."""
+    from pipeline.reporting.build import write_external_report
+
+    artifacts.write_json(out / METRICS_FILE, {**metrics, "predict_id": prov["predict_id"]})
+    write_external_report(out, prov, metrics, patients, excluded, n_images=n)
 
 
 def external_metrics(

@@ -22,11 +22,14 @@ from pipeline.schema import (
     FOLD,
     FOLD_DONE_FILE,
     HISTORY_FILE,
+    PROVENANCE_FILE,
     REPORT_FILE,
     ROC_FIGURE_FILE,
     ROC_FILE,
     SCORE,
 )
+
+EXTERNAL_ROLE = "external"
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ def _roc_png(
 ) -> bytes:
     """The pooled ROC curve with the per-fold curves (when there are several) and the operating point."""
     fold_curves = []
-    for fold, part in per_patient.groupby(FOLD):
+    for fold, part in per_patient.groupby(FOLD) if FOLD in per_patient.columns else ():
         y = label.binary(part)
         if 0 < y.sum() < len(y):
             fold_curves.append((f"fold {fold}", roc_table(y, part[SCORE].to_numpy())))
@@ -118,3 +121,97 @@ def _fold_records(run_dir: Path) -> tuple[list[tuple[str, pd.DataFrame]], dict[s
         if hist.is_file():
             histories.append((f"fold {info['fold']}", pd.read_csv(hist)))
     return histories, training
+
+
+def write_external_report(
+    out: Path,
+    prov: dict[str, Any],
+    metrics: dict[str, Any],
+    per_patient: pd.DataFrame,
+    excluded: pd.DataFrame,
+    *,
+    n_images: int,
+) -> None:
+    """``report.html`` of a prediction on a labelled cohort: the external figures beside the study's
+    internal headline, and the calibration on the new cohort (``prov`` is predict's provenance)."""
+    model = prov["model"]
+    label = ClassColumn(model["label_col"], str(model["positive"]))
+    roc = roc_table(label.binary(per_patient), per_patient[SCORE].to_numpy())
+    artifacts.write_csv(out / ROC_FILE, roc)
+    study = prov.get("study") or {}
+    name = study.get("name") or str(model.get("study_run"))
+    bins = (metrics.get("calibration") or {}).get("reliability")
+    curve = metrics.get("decision_curve")
+    n_pos = int(label.binary(per_patient).sum())
+    inputs = ReportInputs(
+        study=f"{name}: external validation",
+        run_id=str(prov["predict_id"]),
+        scheme_text=f"models of study run {model.get('study_run')} applied unchanged",
+        model_text=str(study.get("model") or ""),
+        metrics=metrics,
+        per_patient=per_patient,
+        split_summary=pd.DataFrame(
+            [{"fold": "–", "role": EXTERNAL_ROLE, "patients": len(per_patient), "positives": n_pos}]
+        ),
+        excluded=excluded,
+        fold_training={},
+        n_images=n_images,
+        roc_png=_roc_png(roc, per_patient, label, metrics, f"{name}: external per-patient ROC"),
+        calibration_png=figures.calibration_figure(pd.DataFrame(bins)) if bins else None,
+        decision_png=figures.decision_curve_figure(pd.DataFrame(curve)) if curve else None,
+        external=external_summary(prov, metrics),
+        record_file=PROVENANCE_FILE,
+    )
+    artifacts.write_text(out / REPORT_FILE, render_report(out, inputs))
+
+
+def external_summary(prov: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    """Internal (the study's own headline) against external figures, and what the calibration says."""
+    internal = prov.get("study_headline") or {}
+    study = prov.get("study") or {}
+    delta = None
+    if internal.get("auc") is not None and metrics.get("auc") is not None:
+        delta = float(metrics["auc"]) - float(internal["auc"])
+    calibrator = prov["model"].get("calibrator")
+    return {
+        "study_run": prov["model"].get("study_run"),
+        "internal": internal,
+        "internal_scheme": study.get("scheme") or "the study's evaluation",
+        "delta_auc": delta,
+        "calibration_text": calibration_statement(metrics.get("calibration") or {}),
+        "calibrator_text": (
+            f"The study's recalibration ({calibrator}) was applied."
+            if calibrator
+            else "The study fitted no recalibration: the scores are the models' own probabilities."
+        ),
+        "study_patients": int(prov.get("study_patients_predicted") or 0),
+    }
+
+
+def calibration_statement(cal: dict[str, Any]) -> str:
+    """One plain sentence per calibration measure (thresholds are conventional, not tests)."""
+    if not cal:
+        return "Calibration could not be assessed on this cohort (the scores are not probabilities)."
+    parts = []
+    mean, rate = cal.get("mean_predicted"), cal.get("observed_rate")
+    if mean is not None and rate is not None:
+        parts.append(f"Mean predicted probability {mean:.3f} against an observed rate of {rate:.3f}.")
+    a = cal.get("calibration_intercept")
+    if a is not None:
+        side = "over-estimates" if a < -0.1 else "under-estimates" if a > 0.1 else "matches"
+        parts.append(
+            f"Calibration-in-the-large {a:+.2f} (0 is ideal): the model {side} the risk on this cohort on average."
+        )
+    b = cal.get("calibration_slope")
+    if b is not None:
+        ci = (cal.get("calibration_slope_ci_low"), cal.get("calibration_slope_ci_high"))
+        shape = "too extreme" if b < 0.9 else "too moderate" if b > 1.1 else "about right in spread"
+        text = f"Calibration slope {b:.2f}"
+        if None not in ci:
+            text += f" (95% CI {ci[0]:.2f}–{ci[1]:.2f})"
+        parts.append(f"{text}, 1 is ideal: the scores are {shape}.")
+    elif cal.get("calibration_slope_note"):
+        parts.append(f"Calibration slope {cal['calibration_slope_note']}.")
+    if cal.get("brier") is not None:
+        parts.append(f"Brier score {cal['brier']:.3f} (predicting the prevalence scores {cal['brier_reference']:.3f}).")
+    return " ".join(parts)

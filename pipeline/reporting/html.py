@@ -46,6 +46,8 @@ class ReportInputs:
     calibration_png: bytes | None = None
     curves_png: bytes | None = None
     decision_png: bytes | None = None
+    external: dict[str, Any] | None = None  # a prediction on a labelled cohort: internal against external
+    record_file: str = ENVIRONMENT_FILE  # the JSON record shown under "Reproduce"
 
 
 def _b64(data: bytes | None) -> str | None:
@@ -121,7 +123,8 @@ def render_report(run_dir: Path, inputs: ReportInputs) -> str:
         **_headline(inputs),
         **_figures(inputs),
         **_tables(inputs),
-        **_provenance(run_dir),
+        "external": inputs.external,
+        **_provenance(run_dir, inputs.record_file),
     }
     return env.get_template("report.html").render(**context)
 
@@ -163,15 +166,16 @@ def _tables(inputs: ReportInputs) -> dict[str, Any]:
     }
 
 
-def _provenance(run_dir: Path) -> dict[str, Any]:
-    """The resolved config, the environment record and the file listing of the run folder."""
+def _provenance(run_dir: Path, record_file: str) -> dict[str, Any]:
+    """The resolved config, the environment (or prediction) record and the folder's file listing."""
     config_path = run_dir / RESOLVED_CONFIG_FILE
-    env_path = run_dir / ENVIRONMENT_FILE
-    environment_text = json.dumps(json.loads(env_path.read_text()), indent=2) if env_path.is_file() else ""
+    env_path = run_dir / record_file
+    record = json.loads(env_path.read_text()) if env_path.is_file() else {}
+    commit = record.get("git_commit") or (record.get("code") or {}).get("git_commit")
     return {
-        "git_commit": json.loads(environment_text).get("git_commit") if environment_text else None,
+        "git_commit": commit,
         "config_text": config_path.read_text() if config_path.is_file() else "",
-        "environment_text": environment_text,
-        "files": {"config": RESOLVED_CONFIG_FILE, "environment": ENVIRONMENT_FILE},
+        "environment_text": json.dumps(record, indent=2) if record else "",
+        "files": {"config": RESOLVED_CONFIG_FILE, "environment": record_file},
         "listing": sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")),
     }
