@@ -14,7 +14,7 @@ import hashlib
 import logging
 import math
 import os
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,27 +204,56 @@ def prepare_cohort(
     return PreparedCohort(samples, fail_df, mode, prep.cache_dir if mode == "disk" else None, {"cache_hits": hits})
 
 
+WORKER_BATCH = 16  # images a worker prepares and sends together
+
+
 def guarded_chain(
     todo: Sequence[tuple[str, str, str, dict[str, Any]]],
     transform: Compose,
     workers: int | None,
     lookahead: int = 0,
     pin: bool = False,
-) -> DataLoader:
+) -> Iterator[tuple[Any, Any]]:
     """(tensor, None) or (None, (reason, message)) for each (image_id, patient_id, path, sample) of
     ``todo``, in order; torch's DataLoader runs the chain in worker processes (None: one per CPU,
     up to 8; 0: in this process). ``lookahead``: images the workers may prepare ahead of the
     consumer (so that they keep working while it scores a chunk); ``pin``: page-locked tensors
-    for fast copies to a GPU."""
+    for fast copies to a GPU. The tensors are views into a batch's storage: clone one before
+    saving it alone."""
     n_workers = min(preprocess_workers(workers), len(todo) // 2)
-    return DataLoader(
+    loader = DataLoader(
         _Preprocess(todo, transform),
-        batch_size=None,
+        batch_size=WORKER_BATCH,
+        collate_fn=_stack_by_shape,
         num_workers=n_workers,
         worker_init_fn=_single_threaded if n_workers else None,
         pin_memory=pin,
-        prefetch_factor=max(2, -(-lookahead // n_workers)) if n_workers else None,
+        prefetch_factor=max(2, -(-lookahead // (n_workers * WORKER_BATCH))) if n_workers else None,
     )
+    for n, stacks, failures in loader:
+        out: list[Any] = [None] * n
+        for stacked, positions in stacks:
+            for k, j in enumerate(positions):
+                out[j] = (stacked[k], None)
+        for j, failure in failures:
+            out[j] = (None, failure)
+        yield from out
+
+
+def _stack_by_shape(
+    batch: list[tuple[torch.Tensor | None, tuple[str, str] | None]],
+) -> tuple[int, list[Any], list[Any]]:
+    """Worker side: the batch's tensors stacked per shape, so that one shared-memory handle crosses
+    the process boundary per batch instead of one per image (a handle costs milliseconds)."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    failures = []
+    for j, (tensor, failure) in enumerate(batch):
+        if tensor is None:
+            failures.append((j, failure))
+        else:
+            groups.setdefault(tuple(tensor.shape), []).append(j)
+    stacks = [(torch.stack([batch[j][0] for j in idx]), idx) for idx in groups.values()]  # type: ignore[misc]
+    return len(batch), stacks, failures
 
 
 def _run_chain(
@@ -249,7 +278,7 @@ def _run_chain(
             log.warning("%s: skipped (%s): %s", image_id, *failure)
         elif mode == "disk":
             cached = prep.cached_path(content_hashes[image_id])
-            _save_tensor(tensor, cached)
+            _save_tensor(tensor.clone(), cached)  # alone, not the batch storage it is a view of
             samples[image_id] = {**sample, KEY: str(cached)}
         else:
             on_device = mode == "device" and prep.device is not None

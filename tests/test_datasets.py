@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pipeline.config import DataConfig, IntensityConfig
-from pipeline.datasets import Preprocessing, prepare_cohort, preprocess_workers
+from pipeline.datasets import Preprocessing, guarded_chain, prepare_cohort, preprocess_workers
 from pipeline.transforms import deterministic_transforms, preprocessing_fingerprint
 
 DATA = DataConfig(spatial_size=(8, 8, 8), intensity=IntensityConfig(mode="zscore"))
@@ -65,6 +65,22 @@ def test_workers_give_the_same_tensors_and_the_same_verdicts(tmp_path: Path) -> 
         assert all(prepared.failures["message"].str.len() > 0)
 
 
+def test_chain_keeps_the_order_across_worker_batches(tmp_path: Path) -> None:
+    """40 images (bad ones in the middle of worker batches) come back in order, as in-process."""
+    table = cohort(tmp_path)
+    items = [(f"{r.image_id}-{k}", r.patient_id, r.path, {}) for k in range(5) for r in table.itertuples()]
+    chain = deterministic_transforms(DATA, 3)
+    serial = list(guarded_chain(items, chain, 0))
+    parallel = list(guarded_chain(items, chain, 2, lookahead=24))
+    assert len(serial) == len(parallel) == 40
+    for (a, fa), (b, fb), item in zip(serial, parallel, items, strict=True):
+        assert (fa is None) == (fb is None) == (not item[0].startswith(("bad", "nan")))
+        if a is not None:
+            assert torch.equal(a, b)
+        else:
+            assert fa == fb
+
+
 def test_disk_cache_is_reused_and_keyed_by_the_preprocessing(tmp_path: Path) -> None:
     table = cohort(tmp_path)
     first = prepare(table, tmp_path, workers=2, cache="disk")
@@ -75,6 +91,7 @@ def test_disk_cache_is_reused_and_keyed_by_the_preprocessing(tmp_path: Path) -> 
     assert again.stats["cache_hits"] == 6
     tensor = torch.load(files[0], weights_only=True)
     assert type(tensor) is torch.Tensor
+    assert tensor.untyped_storage().nbytes() == 4 * 512  # one image, not the worker batch it came in
     changed = DataConfig(spatial_size=(8, 8, 8), intensity=IntensityConfig(mode="minmax"))
     other = prepare(table, tmp_path, workers=0, cache="disk", data=changed)
     assert other.stats["cache_hits"] == 0

@@ -106,7 +106,7 @@ def _model_only(model: Any, manifest: Path, chunk: int) -> float:
     chain = guarded_chain(
         ImageItems(read_cohort(manifest, model).table), deterministic_transforms(cfg.data, cfg.model.spatial_dims), None
     )
-    tensors = [t for t, failure in chain if failure is None]
+    tensors = [t for t, _ in chain if t is not None]
     nets = model.networks()
     start = time.perf_counter()
     for k in range(0, len(tensors), chunk):
