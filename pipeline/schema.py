@@ -35,6 +35,7 @@ VAL_PREDICTIONS_FILE = "val_predictions.csv"
 PER_PATIENT_FILE = "per_patient.csv"
 METRICS_FILE = "metrics.json"
 ROC_FILE = "roc.csv"
+PR_FILE = "pr.csv"  # precision-recall curve of the per-patient scores
 ROC_FIGURE_FILE = "roc.png"
 REPORT_FILE = "report.html"
 LOG_FILE = "run.log"

@@ -40,7 +40,11 @@ def test_report_renders_in_headless_chromium(
     assert main(["run", str(make_workflow(manifest, evaluation={"subgroups": ["site"]})), "--run-id", "r"]) == 0
     run = tmp_path / "reports" / "tiny" / "r"
     dom, n_figures = rendered(run / "report.html", tmp_path / "profile")
-    assert n_figures >= 3  # ROC, calibration or decision curve, training curves
+    assert n_figures >= 4  # ROC, precision-recall, calibration or decision curve, training curves
+    assert 'alt="Precision-recall curve"' in dom
+    pr = pd.read_csv(run / "pr.csv")
+    assert pr["precision"].between(0, 1).all()
+    assert pr["recall"].iloc[0] == 1.0
     metrics = json.loads((run / "metrics.json").read_text())
     assert f">{metrics['auc']:.3f}<" in dom
     table = dom[dom.index('id="per-patient"') :]
@@ -72,3 +76,5 @@ def test_external_validation_report_renders_beside_the_internal_figures(
     assert f"{external['calibration']['observed_rate']:.3f}" in dom
     assert 'id="study-patients"' not in dom  # no study patient was scored
     assert "provenance.json" in dom
+    assert 'alt="Precision-recall curve"' in dom
+    assert len(pd.read_csv(tmp_path / "ext" / "pr.csv")) >= 2

@@ -6,6 +6,7 @@ Public API (pROC equivalents in brackets):
 - :func:`evaluate_predictions` -- everything metrics.json holds for a table of scores, given its
   :class:`ScoreColumns` and :class:`EvaluationOptions` (CI settings in :class:`Interval`)
 - :func:`roc_table` -- ROC curve as a DataFrame (threshold, fpr, tpr)
+- :func:`pr_table` -- precision-recall curve, average precision and prevalence
 - :func:`delong_ci` -- AUC, DeLong SE and interval (logit-scale by default; ``transform="none"`` is pROC's)
 - :func:`delong_paired_test`, :func:`delong_unpaired_test`, :func:`bootstrap_paired_test`,
   :func:`bootstrap_unpaired_test` -- comparing two AUCs [``roc.test``]
@@ -32,7 +33,7 @@ from pipeline.evaluation.decision import net_benefit
 from pipeline.evaluation.multiclass import multiclass_summary
 from pipeline.evaluation.predictions import evaluate_predictions
 from pipeline.evaluation.report import format_metrics
-from pipeline.evaluation.roc import delong_ci, roc_table
+from pipeline.evaluation.roc import delong_ci, pr_table, roc_table
 from pipeline.evaluation.spec import EvaluationOptions, Interval, ScoreColumns
 from pipeline.evaluation.summary import CI_METHODS, binary_summary
 from pipeline.evaluation.thresholds import choose_threshold, threshold_metrics, wilson_interval
@@ -56,6 +57,7 @@ __all__ = [
     "format_metrics",
     "multiclass_summary",
     "net_benefit",
+    "pr_table",
     "roc_table",
     "threshold_metrics",
     "wilson_interval",

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import special, stats
-from sklearn.metrics import roc_curve
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
 
 from pipeline.evaluation._inputs import FloatArray, IntArray, binary_arrays, group_codes, py_float
 
@@ -43,6 +43,16 @@ def roc_table(y_true: Any, y_score: Any) -> pd.DataFrame:
     y, s = binary_arrays(y_true, y_score)
     fpr, tpr, thr = roc_curve(y, s, drop_intermediate=True)
     return pd.DataFrame({"threshold": thr, "fpr": fpr, "tpr": tpr})
+
+
+def pr_table(y_true: Any, y_score: Any) -> tuple[pd.DataFrame, float, float]:
+    """Precision-recall curve (columns ``threshold``, ``recall``, ``precision``; scikit-learn's
+    step curve, the last row recall 0 and precision 1 with no threshold), its average precision,
+    and the prevalence (the precision of a model that guesses)."""
+    y, s = binary_arrays(y_true, y_score)
+    precision, recall, thr = precision_recall_curve(y, s)
+    table = pd.DataFrame({"threshold": np.append(thr, np.nan), "recall": recall, "precision": precision})
+    return table, float(average_precision_score(y, s)), float(y.mean())
 
 
 def delong_placements(y: IntArray, scores: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:

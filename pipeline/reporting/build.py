@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline.config import WorkflowConfig
-from pipeline.evaluation import roc_table
+from pipeline.evaluation import pr_table, roc_table
 from pipeline.evaluation.table import binary_target
 from pipeline.reporting import artifacts, figures
 from pipeline.reporting.html import ReportInputs, render_report
@@ -22,6 +22,7 @@ from pipeline.schema import (
     FOLD,
     FOLD_DONE_FILE,
     HISTORY_FILE,
+    PR_FILE,
     PROVENANCE_FILE,
     REPORT_FILE,
     ROC_FIGURE_FILE,
@@ -63,6 +64,7 @@ def write_report(
     if bins:
         cal_png = figures.calibration_figure(pd.DataFrame(bins))
         artifacts.write_bytes(run_dir / CALIBRATION_FIGURE_FILE, cal_png)
+    pr_png = _pr_png(run_dir, per_patient, label, metrics, f"{cfg.study}: per-patient precision-recall")
     histories, training = _fold_records(run_dir)
     curve = metrics.get("decision_curve")
     excluded = pd.read_csv(run_dir / EXCLUDED_FILE) if (run_dir / EXCLUDED_FILE).is_file() else pd.DataFrame()
@@ -83,6 +85,7 @@ def write_report(
         n_images=n_images,
         roc_png=roc_png,
         calibration_png=cal_png,
+        pr_png=pr_png,
         curves_png=figures.training_curves_figure(histories) if histories else None,
         decision_png=figures.decision_curve_figure(pd.DataFrame(curve)) if curve else None,
     )
@@ -109,6 +112,16 @@ def _roc_png(
         operating_point=op,
         title=title,
     )
+
+
+def _pr_png(out: Path, per_patient: pd.DataFrame, label: ClassColumn, metrics: dict[str, Any], title: str) -> bytes:
+    """``pr.csv`` and its figure, with the locked operating point (sensitivity, PPV)."""
+    table, ap, prevalence = pr_table(label.binary(per_patient), per_patient[SCORE].to_numpy())
+    artifacts.write_csv(out / PR_FILE, table)
+    op = None
+    if metrics.get("sensitivity") is not None and metrics.get("ppv") is not None:
+        op = (metrics["sensitivity"], metrics["ppv"])
+    return figures.pr_figure(table, average_precision=ap, prevalence=prevalence, operating_point=op, title=title)
 
 
 def _fold_records(run_dir: Path) -> tuple[list[tuple[str, pd.DataFrame]], dict[str, dict[str, Any]]]:
@@ -158,6 +171,7 @@ def write_external_report(
         n_images=n_images,
         roc_png=_roc_png(roc, per_patient, label, metrics, f"{name}: external per-patient ROC"),
         calibration_png=figures.calibration_figure(pd.DataFrame(bins)) if bins else None,
+        pr_png=_pr_png(out, per_patient, label, metrics, f"{name}: external precision-recall"),
         decision_png=figures.decision_curve_figure(pd.DataFrame(curve)) if curve else None,
         external=external_summary(prov, metrics),
         record_file=PROVENANCE_FILE,

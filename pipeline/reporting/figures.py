@@ -49,6 +49,27 @@ def roc_figure(
     return _png(fig)
 
 
+def pr_figure(
+    table: pd.DataFrame,
+    *,
+    average_precision: float,
+    prevalence: float,
+    operating_point: tuple[float, float] | None = None,
+    title: str = "Precision-recall",
+) -> bytes:
+    """Precision against recall (a step curve), with the prevalence line (a model that guesses)
+    and the locked operating point (sensitivity, PPV) as a marker."""
+    fig, ax = plt.subplots(figsize=(5.2, 5.0))
+    ax.step(table["recall"], table["precision"], where="post", color="C0", lw=2, label=f"AP {average_precision:.3f}")
+    ax.axhline(prevalence, ls="--", color="0.5", lw=1, label=f"prevalence {prevalence:.3f}")
+    if operating_point is not None:
+        ax.plot(*operating_point, "o", color="C3", label="locked threshold")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="recall (sensitivity)", ylabel="precision (PPV)", title=title)
+    ax.set_aspect("equal")
+    ax.legend(loc="lower left", fontsize=8)
+    return _png(fig)
+
+
 def calibration_figure(bins: pd.DataFrame, title: str = "Calibration") -> bytes:
     """Reliability diagram from a table with columns mean_predicted, observed_rate, n (per bin)."""
     fig, ax = plt.subplots(figsize=(5.2, 5.0))

@@ -44,6 +44,7 @@ class ReportInputs:
     n_images: int
     roc_png: bytes
     calibration_png: bytes | None = None
+    pr_png: bytes | None = None
     curves_png: bytes | None = None
     decision_png: bytes | None = None
     external: dict[str, Any] | None = None  # a prediction on a labelled cohort: internal against external
@@ -145,6 +146,7 @@ def _figures(inputs: ReportInputs) -> dict[str, Any]:
     return {
         "roc_png": _b64(inputs.roc_png),
         "calibration_png": _b64(inputs.calibration_png),
+        "pr_png": _b64(inputs.pr_png),
         "curves_png": _b64(inputs.curves_png),
         "decision_png": _b64(inputs.decision_png),
     }

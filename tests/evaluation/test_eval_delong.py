@@ -133,6 +133,22 @@ def test_roc_table_columns_and_ends():
     assert trapezoid_area(roc["fpr"], roc["tpr"]) == pytest.approx(delong_ci(y, s).auc)
 
 
+def test_pr_table_by_hand():
+    """Scores 0.9 (pos), 0.8 (neg), 0.7 (pos), 0.1 (neg): precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1."""
+    from pipeline.evaluation import pr_table
+
+    table, ap, prevalence = pr_table([1, 0, 1, 0], [0.9, 0.8, 0.7, 0.1])
+    assert list(table.columns) == ["threshold", "recall", "precision"]
+    at = table.dropna().set_index("threshold")
+    assert at.loc[0.7, "precision"] == pytest.approx(2 / 3)
+    assert at.loc[0.7, "recall"] == 1.0
+    assert at.loc[0.8, "precision"] == pytest.approx(1 / 2)
+    assert at.loc[0.9, "precision"] == 1.0
+    assert (table.iloc[-1]["recall"], table.iloc[-1]["precision"]) == (0.0, 1.0)
+    assert ap == pytest.approx(0.5 * 1.0 + 0.5 * 2 / 3)  # sum of recall steps times precision
+    assert prevalence == 0.5
+
+
 def test_zero_width_intervals_are_flagged():
     from pipeline.evaluation import binary_summary
 
