@@ -296,13 +296,15 @@ def _ensemble(
 
 
 def _provenance(model: StudyModel, stamp: dict[str, Any], found: pd.DataFrame) -> dict[str, Any]:
+    from pipeline.reporting.build import study_text  # matplotlib comes with it: imported when needed
+
     record = {
         **stamp,
         "model": {
             k: model.info.get(k)
             for k in ("study_run", "threshold_rule", "aggregate", "label_col", "positive", "calibrator")
         },
-        "study": _study_text(model),
+        "study": study_text(model.config),
         "study_headline": model.info.get("headline"),
         "code": {"cohortnet": __version__, "git_commit": git_commit()},
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -310,17 +312,6 @@ def _provenance(model: StudyModel, stamp: dict[str, Any], found: pd.DataFrame) -
     }
     digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
     return {"predict_id": digest[:16], **record}
-
-
-def _study_text(model: StudyModel) -> dict[str, str]:
-    """How the study was evaluated and what the model is, in words (for the external report)."""
-    cfg = model.config
-    v = cfg.validation
-    scheme = (
-        f"{v.folds}-fold patient-grouped cross-validation, out-of-fold" if v.scheme == "kfold" else "holdout test split"
-    )
-    size = "x".join(map(str, cfg.data.spatial_size))
-    return {"name": cfg.study, "scheme": scheme, "model": f"{cfg.model.arch} {cfg.model.spatial_dims}D, input {size}"}
 
 
 def _write_outputs(

@@ -55,41 +55,68 @@ def write_report(
     n_images: int,
 ) -> None:
     """ROC table, figures and the self-contained report of a finished run."""
-    roc = roc_table(label.binary(per_patient), per_patient[SCORE].to_numpy())
-    artifacts.write_csv(run_dir / ROC_FILE, roc)
-    roc_png = _roc_png(roc, per_patient, label, metrics, f"{cfg.study}: per-patient ROC")
-    artifacts.write_bytes(run_dir / ROC_FIGURE_FILE, roc_png)
-    cal_png = None
-    bins = (metrics.get("calibration") or {}).get("reliability")
-    if bins:
-        cal_png = figures.calibration_figure(pd.DataFrame(bins))
-        artifacts.write_bytes(run_dir / CALIBRATION_FIGURE_FILE, cal_png)
-    pr_png = _pr_png(run_dir, per_patient, label, metrics, f"{cfg.study}: per-patient precision-recall")
+    figs = _curve_figures(run_dir, per_patient, label, metrics, f"{cfg.study}: per-patient")
+    artifacts.write_bytes(run_dir / ROC_FIGURE_FILE, figs.roc)
+    if figs.calibration is not None:
+        artifacts.write_bytes(run_dir / CALIBRATION_FIGURE_FILE, figs.calibration)
     histories, training = _fold_records(run_dir)
-    curve = metrics.get("decision_curve")
     excluded = pd.read_csv(run_dir / EXCLUDED_FILE) if (run_dir / EXCLUDED_FILE).is_file() else pd.DataFrame()
+    text = study_text(cfg)
     inputs = ReportInputs(
         study=cfg.study,
         run_id=run_dir.name,
-        scheme_text=(
-            f"{cfg.validation.folds}-fold patient-grouped cross-validation"
-            if cfg.validation.scheme == "kfold"
-            else "holdout (manifest split: train / val / test)"
-        ),
-        model_text=f"{cfg.model.arch} {cfg.model.spatial_dims}D, input {'x'.join(map(str, cfg.data.spatial_size))}",
+        scheme_text=text["scheme"],
+        model_text=text["model"],
         metrics=metrics,
         per_patient=per_patient,
         split_summary=split_summary,
         excluded=excluded,
         fold_training=training,
         n_images=n_images,
-        roc_png=roc_png,
-        calibration_png=cal_png,
-        pr_png=pr_png,
+        roc_png=figs.roc,
+        calibration_png=figs.calibration,
+        pr_png=figs.pr,
         curves_png=figures.training_curves_figure(histories) if histories else None,
-        decision_png=figures.decision_curve_figure(pd.DataFrame(curve)) if curve else None,
+        decision_png=figs.decision,
     )
     artifacts.write_text(run_dir / REPORT_FILE, render_report(run_dir, inputs))
+
+
+def study_text(cfg: WorkflowConfig) -> dict[str, str]:
+    """The study's name, evaluation scheme and model in words (the report's subtitle)."""
+    v = cfg.validation
+    scheme = (
+        f"{v.folds}-fold patient-grouped cross-validation"
+        if v.scheme == "kfold"
+        else "holdout (manifest split: train / val / test)"
+    )
+    size = "x".join(map(str, cfg.data.spatial_size))
+    return {"name": cfg.study, "scheme": scheme, "model": f"{cfg.model.arch} {cfg.model.spatial_dims}D, input {size}"}
+
+
+@dataclass(frozen=True)
+class _CurveFigures:
+    roc: bytes
+    pr: bytes
+    calibration: bytes | None
+    decision: bytes | None
+
+
+def _curve_figures(
+    out: Path, per_patient: pd.DataFrame, label: ClassColumn, metrics: dict[str, Any], title: str
+) -> _CurveFigures:
+    """``roc.csv`` and ``pr.csv`` of the per-patient scores, and the ROC, precision-recall,
+    calibration and decision-curve figures (the last two when ``metrics`` has their data)."""
+    roc = roc_table(label.binary(per_patient), per_patient[SCORE].to_numpy())
+    artifacts.write_csv(out / ROC_FILE, roc)
+    bins = (metrics.get("calibration") or {}).get("reliability")
+    curve = metrics.get("decision_curve")
+    return _CurveFigures(
+        roc=_roc_png(roc, per_patient, label, metrics, f"{title} ROC"),
+        pr=_pr_png(out, per_patient, label, metrics, f"{title} precision-recall"),
+        calibration=figures.calibration_figure(pd.DataFrame(bins)) if bins else None,
+        decision=figures.decision_curve_figure(pd.DataFrame(curve)) if curve else None,
+    )
 
 
 def _roc_png(
@@ -149,12 +176,9 @@ def write_external_report(
     internal headline, and the calibration on the new cohort (``prov`` is predict's provenance)."""
     model = prov["model"]
     label = ClassColumn(model["label_col"], str(model["positive"]))
-    roc = roc_table(label.binary(per_patient), per_patient[SCORE].to_numpy())
-    artifacts.write_csv(out / ROC_FILE, roc)
     study = prov.get("study") or {}
     name = study.get("name") or str(model.get("study_run"))
-    bins = (metrics.get("calibration") or {}).get("reliability")
-    curve = metrics.get("decision_curve")
+    figs = _curve_figures(out, per_patient, label, metrics, f"{name}: external per-patient")
     n_pos = int(label.binary(per_patient).sum())
     inputs = ReportInputs(
         study=f"{name}: external validation",
@@ -169,10 +193,10 @@ def write_external_report(
         excluded=excluded,
         fold_training={},
         n_images=n_images,
-        roc_png=_roc_png(roc, per_patient, label, metrics, f"{name}: external per-patient ROC"),
-        calibration_png=figures.calibration_figure(pd.DataFrame(bins)) if bins else None,
-        pr_png=_pr_png(out, per_patient, label, metrics, f"{name}: external precision-recall"),
-        decision_png=figures.decision_curve_figure(pd.DataFrame(curve)) if curve else None,
+        roc_png=figs.roc,
+        calibration_png=figs.calibration,
+        pr_png=figs.pr,
+        decision_png=figs.decision,
         external=external_summary(prov, metrics),
         record_file=PROVENANCE_FILE,
     )
