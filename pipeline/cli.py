@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "convert": "convert a DICOM series or file (or NIfTI) to NIfTI exactly as the pipeline sees it",
     "predict": "apply a finished study (run folder or model.zip) to a new cohort",
     "export": "write a study's portable model archive, or --verify one",
+    "compare": "compare runs evaluated on the same patients: paired AUC, sensitivity and specificity tests",
     "bench": "measure speed and memory (training data path, statistics, ingestion)",
 }
 
