@@ -129,6 +129,27 @@ class EvaluationConfig:
 
 
 @dataclass(frozen=True)
+class ExplainConfig:
+    # held-out test cases explained with Grad-CAM (0: none): the most confident false positives
+    # and false negatives, the cases nearest the locked threshold, typical true positives/negatives
+    cases: int = 12
+    method: opt.ExplainMethod = "gradcam"  # monai.visualize.GradCAM or GradCAMpp
+    # the ResNet stage whose activations are explained; auto: the deepest whose grid has at least
+    # MIN_GRID voxels along every axis (layer4 of a small input is 1-2 voxels wide and locates nothing)
+    layer: opt.ExplainLayer = "auto"
+    nifti: bool = False  # also write each map as NIfTI in the image's own geometry
+    # without a GPU, models above this many parameters are not explained (the reason is reported)
+    cpu_max_parameters: int = 50_000_000
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
+    # manifest columns described per partition in Table 1 (with standardised differences)
+    covariates: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class WorkflowConfig:
     study: str
     manifest: Path
@@ -138,6 +159,7 @@ class WorkflowConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     output_dir: Path = Path("reports")  # run folder: <output_dir>/<study>/<run_id>/
     # keep only manifest rows whose column has one of the listed values, e.g. {split: [train, val]}
     filter: dict[str, tuple[str, ...]] = field(default_factory=dict)

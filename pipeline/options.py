@@ -24,12 +24,15 @@ ChannelsLast = Literal["auto", "on", "off"]
 Scheme = Literal["kfold", "holdout"]
 Aggregate = Literal["mean", "max", "median"]
 CiMethod = Literal["delong", "delong_wald", "bootstrap", "bootstrap_percentile"]
+ExplainMethod = Literal["gradcam", "gradcampp"]
+ExplainLayer = Literal["auto", "layer1", "layer2", "layer3", "layer4"]
 
 ARCHS: tuple[str, ...] = get_args(Arch)
 AGGREGATES: tuple[str, ...] = get_args(Aggregate)
 CI_METHODS: tuple[str, ...] = get_args(CiMethod)
 DEVICES: tuple[str, ...] = get_args(Device)
 NONFINITE: tuple[str, ...] = get_args(Nonfinite)
+EXPLAIN_METHODS: tuple[str, ...] = get_args(ExplainMethod)
 
 # threshold rules are open (any number), so they are a pattern rather than a list
 THRESHOLD_RULE_FORMS = ("youden", "sensitivity=<0..1>", "specificity=<0..1>", "<number>")

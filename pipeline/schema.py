@@ -43,6 +43,13 @@ EXCLUDED_FILE = "excluded.csv"
 DATA_HASHES_FILE = "data_hashes.csv"
 CALIBRATION_FIGURE_FILE = "calibration.png"
 SEAL_FILE = "seal.json"
+FLOW_FILE = "flow.json"  # the manifest before the workflow's filter and the scan's exclusions (patient flow)
+FLOW_FIGURE_FILE = "flow.svg"  # the patient-flow diagram
+TABLE1_FILE = "table1.csv"  # characteristics per partition with standardised differences
+CHECKLIST_FILE = "checklist.csv"  # TRIPOD+AI / CLAIM items and where the report answers them
+PDF_FILE = "report.pdf"
+EXPLANATIONS_DIR = "explanations"  # Grad-CAM of chosen test cases (pipeline.explain)
+EXPLANATIONS_FILE = "explanations.json"
 LOCK_FILE = "run.lock"
 # Files of a fold folder (fold_<k>/).
 FOLD_DONE_FILE = "done.json"
