@@ -41,6 +41,8 @@ class Cohort:
     positive: Any
     extra_columns: tuple[str, ...]
     manifest_path: Path
+    # the manifest as read, before the workflow's filter: (images, patients) -- the flow diagram's top box
+    source_counts: tuple[int, int] = (0, 0)
 
     @property
     def label(self) -> str:
@@ -125,12 +127,8 @@ def load_manifest(
     df = _read_table(path)
     problems: list[str] = _duplicate_columns(path)
     df.columns = [c.strip() for c in df.columns]
-    for column, values in (keep or {}).items():
-        if column not in df.columns:
-            problems.append(f"filter: column {column!r} is not in the manifest")
-            continue
-        wanted = {str(v).strip().lower() for v in values}
-        df = df[df[column].str.strip().str.lower().isin(wanted)].reset_index(drop=True)
+    source = (len(df), df[PATIENT_ID].str.strip().nunique() if PATIENT_ID in df.columns else 0)
+    df = _apply_filter(df, keep or {}, problems)
     named = [PATIENT_ID, IMAGE] + ([label_col] if label_col else [])
     required = [*named, *extra_required] + ([SPLIT] if require_split else [])
     missing = [c for c in dict.fromkeys(required) if c not in df.columns]
@@ -154,7 +152,25 @@ def load_manifest(
     df[IMAGE_ID] = df[PATIENT_ID] + "#" + (df.groupby(PATIENT_ID).cumcount() + 1).astype(str)
     contract = {PATIENT_ID, IMAGE, label_col, SPLIT, STUDY_ID, SERIES_ID, IMAGE_ID, "path", TARGET}
     extra = tuple(c for c in df.columns if c not in contract)
-    return Cohort(table=df, label_col=label_col, positive=pos, extra_columns=extra, manifest_path=path.resolve())
+    return Cohort(
+        table=df,
+        label_col=label_col,
+        positive=pos,
+        extra_columns=extra,
+        manifest_path=path.resolve(),
+        source_counts=(int(source[0]), int(source[1])),
+    )
+
+
+def _apply_filter(df: pd.DataFrame, keep: Mapping[str, Sequence[str]], problems: list[str]) -> pd.DataFrame:
+    """The rows whose ``column`` holds one of the listed values (case and spaces ignored)."""
+    for column, values in keep.items():
+        if column not in df.columns:
+            problems.append(f"filter: column {column!r} is not in the manifest")
+            continue
+        wanted = {str(v).strip().lower() for v in values}
+        df = df[df[column].str.strip().str.lower().isin(wanted)].reset_index(drop=True)
+    return df
 
 
 def _read_table(path: Path) -> pd.DataFrame:

@@ -27,11 +27,13 @@ from pipeline.logs import add_run_log
 from pipeline.manifest import Cohort, load_manifest
 from pipeline.provenance import MISSING, environment_record, file_sha256, git_commit, image_hashes
 from pipeline.reporting import artifacts
+from pipeline.reporting.cohort import flow_source
 from pipeline.resources import is_file
 from pipeline.schema import (
     DATA_HASHES_FILE,
     ENVIRONMENT_FILE,
     EXCLUDED_FILE,
+    FLOW_FILE,
     FOLD,
     FOLD_DONE_FILE,
     HISTORY_FILE,
@@ -141,6 +143,9 @@ def _cohort_vs_config(cfg: WorkflowConfig, cohort: Cohort) -> list[str]:
     missing = [c for c in cfg.evaluation.subgroups if c not in cohort.table.columns]
     if missing:
         problems.append(f"evaluation.subgroups: column(s) not in the manifest: {', '.join(missing)}")
+    missing = [c for c in cfg.report.covariates if c not in cohort.table.columns]
+    if missing:
+        problems.append(f"report.covariates: column(s) not in the manifest: {', '.join(missing)}")
     return problems
 
 
@@ -181,6 +186,8 @@ def _record_inputs(
     env = environment_record(cfg.train.seed, {"manifest_sha256": manifest_sha, "n_images": len(cohort.table)})
     artifacts.write_json(run_dir / ENVIRONMENT_FILE, env)
     artifacts.write_csv(run_dir / PATIENTS_FILE, _patients_table(cohort))
+    flow = flow_source(cohort.source_counts, cohort.table, cohort.manifest_path, cfg.filter)
+    artifacts.write_json(run_dir / FLOW_FILE, flow)
     artifacts.write_csv(run_dir / SPLITS_FILE, splits)
     return hashes, seal["digest"]
 
@@ -567,6 +574,8 @@ def finalize_run(run_dir: Path, cfg: WorkflowConfig | None = None, cohort: Cohor
     )
     metrics = evaluate_predictions(images, columns, _evaluation_options(cfg), threshold_df=val if len(val) else None)
     artifacts.write_json(run_dir / METRICS_FILE, metrics)
+    if cohort is not None:  # a rebuilt report (no cohort, perhaps no images) keeps the explanations it has
+        _explain(run_dir, cfg, cohort)
     write_report(
         run_dir,
         cfg,
@@ -577,6 +586,17 @@ def finalize_run(run_dir: Path, cfg: WorkflowConfig | None = None, cohort: Cohor
         n_images=len(preds),
     )
     return metrics
+
+
+def _explain(run_dir: Path, cfg: WorkflowConfig, cohort: Cohort) -> None:
+    """Grad-CAM of the chosen test cases (report.explain), between the metrics and the report."""
+    from pipeline.explain import explain_run
+
+    record = explain_run(run_dir, cfg, cohort)
+    if record.get("skipped"):
+        log.info("explanations skipped: %s", record["skipped"])
+    else:
+        log.info("explained %d test case(s) with %s", record.get("n_cases", 0), record.get("method"))
 
 
 def check_run_complete(run_dir: Path) -> None:

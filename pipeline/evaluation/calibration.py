@@ -10,12 +10,14 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from scipy import optimize, special, stats
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss
 
 from pipeline.evaluation._inputs import FloatArray, IntArray, binary_arrays, py_float
+from pipeline.evaluation.thresholds import wilson_interval
 
 _EPS = 1e-6  # probabilities are clipped to [eps, 1 - eps] before the logit
 
@@ -88,6 +90,45 @@ def reliability_bins(y: IntArray, p: FloatArray, n_bins: int = 10) -> dict[str, 
     }
 
 
+def quantile_bin_count(n: int, per_bin: int = 10, most: int = 10) -> int:
+    """Bins of about ``per_bin`` cases each (at least 2, at most ``most``): a bin of one or two
+    cases makes the curve zig-zag."""
+    return int(min(most, max(2, n // per_bin)))
+
+
+def quantile_reliability_bins(y: IntArray, p: FloatArray, n_bins: int, level: float = 0.95) -> dict[str, list[Any]]:
+    """Equal-count bins over the sorted scores (tied scores stay in one bin), with the Wilson
+    interval of each bin's observed rate.
+
+    Returns lists over bins: ``bin_low``, ``bin_high``, ``n``, ``mean_predicted``,
+    ``observed_rate``, ``observed_ci_low``, ``observed_ci_high``.
+    """
+    order = np.argsort(p, kind="stable")
+    chunks = [c for c in np.array_split(order, n_bins) if len(c)]
+    out: dict[str, list[Any]] = {k: [] for k in ("bin_low", "bin_high", "n", "mean_predicted", "observed_rate")}
+    out["observed_ci_low"], out["observed_ci_high"] = [], []
+    bins: list[npt.NDArray[np.intp]] = []
+    for chunk in chunks:  # a score on a bin edge joins the bin that already holds it
+        rest = chunk
+        if bins and p[bins[-1][-1]] == p[chunk[0]]:
+            same = p[chunk] == p[chunk[0]]
+            bins[-1] = np.concatenate([bins[-1], chunk[same]])
+            rest = chunk[~same]
+        if len(rest):
+            bins.append(rest)
+    for idx in bins:
+        k, n = int(y[idx].sum()), len(idx)
+        low, high = wilson_interval(k, n, level)
+        out["bin_low"].append(float(p[idx].min()))
+        out["bin_high"].append(float(p[idx].max()))
+        out["n"].append(n)
+        out["mean_predicted"].append(float(p[idx].mean()))
+        out["observed_rate"].append(k / n)
+        out["observed_ci_low"].append(low)
+        out["observed_ci_high"].append(high)
+    return out
+
+
 def expected_calibration_error(y: IntArray, p: FloatArray, n_bins: int = 10) -> float:
     """ECE = sum over equal-width bins of (bin size / n) * |observed rate - mean prediction|."""
     bins = reliability_bins(y, p, n_bins)
@@ -133,6 +174,7 @@ def calibration_summary(y_true: Any, y_prob: Any, *, n_bins: int = 10, level: fl
     out["ece"] = py_float(expected_calibration_error(y, p, n_bins))
     out["n_bins"] = n_bins
     out["reliability"] = reliability_bins(y, p, n_bins)
+    out["reliability_quantile"] = quantile_reliability_bins(y, p, quantile_bin_count(len(y)), level)
     return out
 
 

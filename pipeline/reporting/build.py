@@ -14,20 +14,32 @@ import pandas as pd
 from pipeline.config import WorkflowConfig
 from pipeline.evaluation import pr_table, roc_table
 from pipeline.evaluation.table import binary_target
-from pipeline.reporting import artifacts, figures
+from pipeline.reporting import artifacts, cohort, figures
+from pipeline.reporting.checklist import RunFacts, fill_checklist
+from pipeline.reporting.explanations import load_explanations
 from pipeline.reporting.html import ReportInputs, render_report
 from pipeline.schema import (
     CALIBRATION_FIGURE_FILE,
+    CHECKLIST_FILE,
+    DATA_HASHES_FILE,
+    ENVIRONMENT_FILE,
     EXCLUDED_FILE,
+    FLOW_FIGURE_FILE,
+    FLOW_FILE,
     FOLD,
     FOLD_DONE_FILE,
     HISTORY_FILE,
+    IMAGE_ID,
+    PATIENT_ID,
+    PATIENTS_FILE,
     PR_FILE,
     PROVENANCE_FILE,
     REPORT_FILE,
     ROC_FIGURE_FILE,
     ROC_FILE,
     SCORE,
+    SPLITS_FILE,
+    TABLE1_FILE,
 )
 
 EXTERNAL_ROLE = "external"
@@ -62,6 +74,13 @@ def write_report(
     histories, training = _fold_records(run_dir)
     excluded = pd.read_csv(run_dir / EXCLUDED_FILE) if (run_dir / EXCLUDED_FILE).is_file() else pd.DataFrame()
     text = study_text(cfg)
+    sections = cohort_sections(run_dir, cfg)
+    env_path = run_dir / ENVIRONMENT_FILE
+    environment = json.loads(env_path.read_text()) if env_path.is_file() else {}
+    explained = load_explanations(run_dir)
+    record = explained["record"] if explained else None
+    checklist = fill_checklist(RunFacts(cfg, metrics, environment, cohort=sections, explanations=record))
+    artifacts.write_csv(run_dir / CHECKLIST_FILE, checklist[1])
     inputs = ReportInputs(
         study=cfg.study,
         run_id=run_dir.name,
@@ -78,8 +97,45 @@ def write_report(
         pr_png=figs.pr,
         curves_png=figures.training_curves_figure(histories) if histories else None,
         decision_png=figs.decision,
+        cohort=sections,
+        checklist=checklist,
+        explanations=explained,
     )
     artifacts.write_text(run_dir / REPORT_FILE, render_report(run_dir, inputs))
+
+
+def cohort_sections(run_dir: Path, cfg: WorkflowConfig) -> dict[str, Any] | None:
+    """The patient flow (``flow.svg``, embedded as PNG) and Table 1 (``table1.csv``) of a run
+    folder, or None for a folder from before ``patients.csv``."""
+    needed = (SPLITS_FILE, PATIENTS_FILE, DATA_HASHES_FILE)
+    if not all((run_dir / name).is_file() for name in needed):
+        return None
+    source = json.loads((run_dir / FLOW_FILE).read_text()) if (run_dir / FLOW_FILE).is_file() else None
+    excluded = (
+        pd.read_csv(run_dir / EXCLUDED_FILE, dtype=str)
+        if (run_dir / EXCLUDED_FILE).is_file()
+        else pd.DataFrame(columns=[IMAGE_ID, "reason"])
+    )
+    images = pd.read_csv(run_dir / DATA_HASHES_FILE, dtype=str)[IMAGE_ID]
+    patients = pd.read_csv(run_dir / PATIENTS_FILE, dtype=str, keep_default_na=False)
+    splits = pd.read_csv(run_dir / SPLITS_FILE, dtype={PATIENT_ID: str})
+    flow = cohort.flow_counts(source, images.tolist(), excluded, patients, splits)
+    png, svg = figures.flow_figure(flow)
+    artifacts.write_bytes(run_dir / FLOW_FIGURE_FILE, svg)
+    usable = images[~images.isin(set(excluded[IMAGE_ID].astype(str)))]
+    per_patient_images = usable.str.rsplit("#", n=1).str[0].value_counts()
+    partition = cohort.patient_partition(splits)
+    partition = partition[partition.index.isin(per_patient_images.index)]
+    columns, rows = cohort.table_one(patients, partition, cfg.report.covariates, per_patient_images)
+    artifacts.write_csv(run_dir / TABLE1_FILE, cohort.table_one_frame(columns, rows))
+    return {
+        "flow": flow,
+        "flow_png": png,
+        "flow_problems": cohort.flow_problems(flow),
+        "table1_columns": columns,
+        "table1_rows": rows,
+        "large_smd": cohort.LARGE_SMD,
+    }
 
 
 def study_text(cfg: WorkflowConfig) -> dict[str, str]:
@@ -109,7 +165,8 @@ def _curve_figures(
     calibration and decision-curve figures (the last two when ``metrics`` has their data)."""
     roc = roc_table(label.binary(per_patient), per_patient[SCORE].to_numpy())
     artifacts.write_csv(out / ROC_FILE, roc)
-    bins = (metrics.get("calibration") or {}).get("reliability")
+    cal = metrics.get("calibration") or {}
+    bins = cal.get("reliability_quantile") or cal.get("reliability")
     curve = metrics.get("decision_curve")
     return _CurveFigures(
         roc=_roc_png(roc, per_patient, label, metrics, f"{title} ROC"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import Any
 
 import matplotlib
 
@@ -71,12 +72,18 @@ def pr_figure(
 
 
 def calibration_figure(bins: pd.DataFrame, title: str = "Calibration") -> bytes:
-    """Reliability diagram from a table with columns mean_predicted, observed_rate, n (per bin)."""
+    """Reliability diagram from a table with columns mean_predicted, observed_rate, n (per bin);
+    with observed_ci_low/high (equal-count bins), each bin's interval as an error bar."""
     fig, ax = plt.subplots(figsize=(5.2, 5.0))
     ax.plot([0, 1], [0, 1], ls="--", color="0.5", lw=1, label="perfect")
-    ax.plot(bins["mean_predicted"], bins["observed_rate"], "o-", color="C0", label="model")
-    for x, y, n in zip(bins["mean_predicted"], bins["observed_rate"], bins["n"], strict=False):
-        ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7, color="0.4")
+    x, y = bins["mean_predicted"], bins["observed_rate"]
+    if "observed_ci_low" in bins.columns:
+        err = [y - bins["observed_ci_low"], bins["observed_ci_high"] - y]
+        ax.errorbar(x, y, yerr=err, fmt="o-", color="C0", capsize=3, lw=1.2, label="model (bin, 95% CI)")
+    else:
+        ax.plot(x, y, "o-", color="C0", label="model")
+    for xi, yi, n in zip(x, y, bins["n"], strict=False):
+        ax.annotate(f"n={n}", (xi, yi), textcoords="offset points", xytext=(5, -11), fontsize=7, color="0.35")
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted probability", ylabel="observed fraction positive")
     ax.set_title(title)
     ax.legend(loc="upper left", fontsize=8)
@@ -111,3 +118,77 @@ def training_curves_figure(histories: Sequence[tuple[str, pd.DataFrame]]) -> byt
         ax.xaxis.get_major_locator().set_params(integer=True)
     right.legend(fontsize=7, ncol=2)
     return _png(fig)
+
+
+def _svg(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _reasons(by_reason: dict[str, int]) -> str:
+    return "".join(f"\n  {reason}: {n}" for reason, n in sorted(by_reason.items(), key=lambda kv: -kv[1]))
+
+
+def _flow_boxes(flow: dict[str, Any]) -> tuple[list[str], list[str | None]]:
+    """The main boxes from the top down, and the exclusion branching off between each pair."""
+    mains: list[str] = []
+    exclusions: list[str | None] = []
+    man, scan, flt = flow.get("manifest"), flow.get("scan"), flow.get("filter")
+    if man and scan:
+        mains.append(f"Export scanned (cohortnet scan)\n{man['images'] + scan['excluded']} series or files")
+        exclusions.append(f"Excluded at scan: {scan['excluded']}{_reasons(scan['by_reason'])}")
+    if man and flt:
+        mains.append(f"Manifest ({man['file']})\n{man['images']} images, {man['patients']} patients")
+        exclusions.append(
+            f"Excluded by the workflow filter\n({flt['rule']})\n{flt['images']} images, {flt['patients']} patients"
+        )
+    eli, load, inc = flow["eligible"], flow["loading"], flow["included"]
+    first = f"Manifest ({man['file']})" if man and not flt else "Eligible"
+    mains.append(f"{first}\n{eli['images']} images, {eli['patients']} patients")
+    exclusions.append(
+        f"Excluded at loading: {load['images']} images{_reasons(load['by_reason'])}\n"
+        f"{load['patients']} patients left with no usable image"
+    )
+    mains.append(
+        f"Included\n{inc['images']} images, {inc['patients']} patients\n"
+        f"{inc['positives']} positive, {inc['negatives']} negative"
+    )
+    return mains, exclusions
+
+
+def flow_figure(flow: dict[str, Any]) -> tuple[bytes, bytes]:
+    """STARD / CONSORT-style patient flow (the boxes of ``cohort.flow_counts``): (PNG, SVG)."""
+    mains, exclusions = _flow_boxes(flow)
+    parts = flow["partitions"]
+    rows = 2 * len(mains) + 1  # main boxes and the exclusions between them, then the partitions
+    fig, ax = plt.subplots(figsize=(max(7.5, 1.9 * len(parts)), 0.75 * rows + 0.8))
+    ax.set_axis_off()
+    ax.set(xlim=(0, 1), ylim=(-0.5, rows))
+    box = {"boxstyle": "round,pad=0.5", "fc": "#f5f5f7", "ec": "#555"}
+    side = {**box, "fc": "#fdf1e6", "ec": "#a15c00"}
+    arrow = {"arrowstyle": "-|>", "color": "#555", "lw": 1, "shrinkA": 14, "shrinkB": 14}
+    x_main = 0.3
+    ys = [rows - 0.5 - 2 * i for i in range(len(mains))]
+    for i, (text, y) in enumerate(zip(mains, ys, strict=True)):
+        ax.text(x_main, y, text, ha="center", va="center", fontsize=8.5, bbox=box)
+        if i + 1 < len(mains):
+            ax.annotate("", (x_main, ys[i + 1]), (x_main, y), arrowprops={**arrow, "shrinkA": 16, "shrinkB": 16})
+        branch = exclusions[i] if i < len(exclusions) else None
+        if branch:
+            ax.text(0.58, y - 1, branch, ha="left", va="center", fontsize=7.5, bbox=side)
+            ax.annotate("", (0.57, y - 1), (x_main, y - 1), arrowprops={"arrowstyle": "-|>", "color": "#a15c00"})
+    y_parts, y_bar = 0.4, 1.75
+    xs = [(i + 0.5) / len(parts) for i in range(len(parts))]
+    ax.plot([x_main, x_main], [ys[-1] - 0.6, y_bar], color="#555", lw=1)
+    ax.plot([min(xs[0], x_main), max(xs[-1], x_main)], [y_bar, y_bar], color="#555", lw=1)
+    for i, part in enumerate(parts):
+        x = (i + 0.5) / len(parts)
+        text = f"{part['name']}{' test set' if 'train' in part else ''}\n{part['patients']} patients\n"
+        text += f"{part['positives']} pos / {part['negatives']} neg"
+        if "train" in part:
+            text += f"\ntrained on {part['train']}\n(validation {part['val']})"
+        ax.text(x, y_parts, text, ha="center", va="center", fontsize=7.5, bbox=box)
+        ax.annotate("", (x, y_parts + 0.75), (x, y_bar), arrowprops={**arrow, "shrinkA": 0, "shrinkB": 0})
+    svg = _svg(fig)
+    return _png(fig), svg

@@ -47,6 +47,9 @@ class ReportInputs:
     pr_png: bytes | None = None
     curves_png: bytes | None = None
     decision_png: bytes | None = None
+    checklist: tuple[dict[str, Any], pd.DataFrame] | None = None  # checklist.fill_checklist
+    explanations: dict[str, Any] | None = None  # explanations.load_explanations
+    cohort: dict[str, Any] | None = None  # patient flow and Table 1 (build.cohort_sections)
     external: dict[str, Any] | None = None  # a prediction on a labelled cohort: internal against external
     record_file: str = ENVIRONMENT_FILE  # the JSON record shown under "Reproduce"
 
@@ -125,6 +128,9 @@ def render_report(run_dir: Path, inputs: ReportInputs) -> str:
         **_figures(inputs),
         **_tables(inputs),
         "external": inputs.external,
+        "cohort": _cohort(inputs.cohort),
+        "checklist": _checklist(inputs.checklist),
+        "explanations": _explanations(inputs.explanations),
         **_provenance(run_dir, inputs.record_file),
     }
     return env.get_template("report.html").render(**context)
@@ -150,6 +156,31 @@ def _figures(inputs: ReportInputs) -> dict[str, Any]:
         "curves_png": _b64(inputs.curves_png),
         "decision_png": _b64(inputs.decision_png),
     }
+
+
+def _explanations(explained: dict[str, Any] | None) -> dict[str, Any] | None:
+    if explained is None:
+        return None
+    figures = explained["figures"]
+    cases = [{**c, "png": _b64(figures.get(c["image_id"]))} for c in explained["cases"]]
+    counts = [(k.replace("_", " "), v) for k, v in (explained["record"].get("counts") or {}).items()]
+    return {"record": explained["record"], "cases": cases, "counts": counts}
+
+
+def _checklist(checklist: tuple[dict[str, Any], pd.DataFrame] | None) -> dict[str, Any] | None:
+    if checklist is None:
+        return None
+    header, table = checklist
+    counts = table["status"].value_counts()
+    return {**header, "rows": table.to_dict("records"), "counts": [(k, int(v)) for k, v in counts.items()]}
+
+
+def _cohort(sections: dict[str, Any] | None) -> dict[str, Any] | None:
+    if sections is None:
+        return None
+    blank = {"smd": None, "smd_pair": "", "large": False, "level": False}
+    rows = [{**blank, **r, "cells": [fmt(v) for v in r["values"]]} for r in sections["table1_rows"]]
+    return {**sections, "flow_png": _b64(sections["flow_png"]), "table1_rows": rows}
 
 
 def _tables(inputs: ReportInputs) -> dict[str, Any]:
