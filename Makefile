@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint browser bench-gpu clean-venv
+.PHONY: demo demo-pdf test lint browser bench-gpu clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/cohortnet demo
+
+# the demo with its report also printed to report.pdf (needs Chromium: installed here when we may)
+demo-pdf: $(STAMP) browser
+	$(BIN)/cohortnet demo --pdf
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest

@@ -4,12 +4,14 @@ and the page shows the run's figures and tables."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
@@ -78,3 +80,65 @@ def test_external_validation_report_renders_beside_the_internal_figures(
     assert "provenance.json" in dom
     assert 'alt="Precision-recall curve"' in dom
     assert len(pd.read_csv(tmp_path / "ext" / "pr.csv")) >= 2
+
+
+ARTIFACTS = Path(
+    os.environ.get("COHORTNET_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "reports" / "test-artifacts")
+)
+
+
+@pytest.mark.skipif(BROWSER is None, reason="no headless Chromium on this machine (make test installs it as root)")
+def test_the_journal_report_renders_and_prints_to_pdf(
+    tmp_path: Path, make_cohort: Callable[..., Path], make_workflow: Callable[..., Path]
+) -> None:
+    manifest = make_cohort(n_patients=16, second_scan=(2,))
+    wf = make_workflow(
+        manifest, evaluation={"subgroups": ["site"]}, report={"covariates": ["site"], "explain": {"cases": 4}}
+    )
+    assert main(["run", str(wf), "--run-id", "r"]) == 0
+    run = tmp_path / "reports" / "tiny" / "r"
+    assert main(["report", str(run), "--pdf"]) == 0
+    dom, n_figures = rendered(run / "report.html", tmp_path / "profile")
+    explained = pd.read_csv(run / "explanations" / "cases.csv")
+    assert len(explained) >= 1
+    assert n_figures >= 5 + len(explained)  # flow, ROC, PR, calibration or decision, training, one per case
+    for anchor in ("participants", "table-one", "checklist", "explanations", "flow"):
+        assert f'id="{anchor}"' in dom, anchor
+    assert dom.count('alt="Grad-CAM ') == len(explained)
+    checklist = pd.read_csv(run / "checklist.csv")
+    assert dom.count("<tr>", dom.index('id="checklist-table"')) >= len(checklist)
+    pdf = (run / "report.pdf").read_bytes()
+    assert pdf.startswith(b"%PDF-")
+    assert len(re.findall(rb"/Type\s*/Page[^s]", pdf)) >= 3  # a multi-page document, not a blank page
+    assert not list(run.glob(".report.pdf*"))  # no half file left behind
+    from pipeline.reporting.pdf import screenshot
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = screenshot(run / "report.html", ARTIFACTS / "report-journal.png", height=2400)
+    image = plt.imread(shot)
+    assert image.shape[0] == 2400
+    assert image[..., :3].std() > 0.05  # the page drew something, not a blank screen
+
+
+def test_report_pdf_without_a_browser_is_refused_before_any_work(
+    tmp_path: Path,
+    make_cohort: Callable[..., Path],
+    make_workflow: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert (
+        main(["run", str(make_workflow(make_cohort(n_patients=8), report={"explain": {"cases": 0}})), "--run-id", "r"])
+        == 0
+    )
+    run = tmp_path / "reports" / "tiny" / "r"
+    before = (run / "report.html").stat().st_mtime_ns
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.delenv("COHORTNET_BROWSER", raising=False)
+    capsys.readouterr()
+    assert main(["report", str(run), "--pdf"]) == 1
+    err = capsys.readouterr().err
+    assert "needs headless Chromium and none was found" in err
+    assert "apt-get install chromium" in err
+    assert (run / "report.html").stat().st_mtime_ns == before
+    assert not (run / "report.pdf").exists()

@@ -26,6 +26,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patients", type=int, default=100, help="number of patients (default 100)")
     parser.add_argument("--seed", type=int, default=0, help="cohort seed (default 0)")
     parser.add_argument("--no-run", action="store_true", help="only write the cohort and its manifest")
+    parser.add_argument("--pdf", action="store_true", help="also print the report to report.pdf (headless Chromium)")
     add_set_argument(parser)
 
 
@@ -56,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from pipeline.study import run_study, validate_workflow
 
+    if args.pdf:
+        from pipeline.reporting.pdf import find_browser
+
+        find_browser()  # before the study, so a missing browser costs nothing
     cfg, cohort = validate_workflow(workflow, args.overrides)
     result = run_study(cfg, cohort)
     if not result.metrics:  # a torchrun rank other than 0: rank 0 reports
@@ -68,4 +73,9 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"pooled out-of-fold per-patient AUC {m['auc']:.3f} [95% CI {m['auc_ci_low']:.3f}, {m['auc_ci_high']:.3f}]")
     print(f"report: {result.report}")
+    if args.pdf:
+        from pipeline.reporting.pdf import write_pdf
+        from pipeline.schema import PDF_FILE
+
+        print(f"pdf: {write_pdf(result.report, result.report.with_name(PDF_FILE))}")
     return 0
