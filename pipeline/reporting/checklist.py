@@ -171,7 +171,8 @@ def _model_training(f: RunFacts) -> Answer:
     n_models = f.cfg.validation.folds if f.cfg.validation.scheme == "kfold" else 1
     text = (
         f"AdamW lr {t.lr}, weight decay {t.weight_decay}, {t.epochs} epochs (warm-up {t.warmup_epochs}), batch "
-        f"{t.batch_size}, precision {t.amp}, augmentation {', '.join(aug) or 'none'}; {n_models} model(s) trained, "
+        f"{t.batch_size}, train.amp {t.amp} (each fold's precision is in its done.json), "
+        f"augmentation {', '.join(aug) or 'none'}; {n_models} model(s) trained, "
         "no hyperparameter search"
     )
     return FILLED, text
