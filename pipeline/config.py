@@ -117,6 +117,8 @@ class ValidationConfig:
     folds: int = 5
     # fraction of each fold's training patients held out (grouped by patient) to choose the epoch
     inner_val_fraction: float = 0.2
+    # leave_one_group_out: the manifest column (site, scanner...) whose values are held out in turn
+    group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -424,6 +426,8 @@ def _number_problems(cfg: WorkflowConfig) -> list[str]:
         problems.append(f"train.lr must be > 0, got {cfg.train.lr}")
     if cfg.validation.scheme == "kfold" and cfg.validation.folds < 2:
         problems.append(f"validation.folds must be >= 2 for scheme kfold, got {cfg.validation.folds}")
+    if cfg.validation.scheme == "leave_one_group_out" and not cfg.validation.group:
+        problems.append("validation.group must name a manifest column (site, scanner...) for leave_one_group_out")
     if not 0 < cfg.validation.inner_val_fraction < 1:
         problems.append(
             f"validation.inner_val_fraction must be between 0 and 1, got {cfg.validation.inner_val_fraction}"

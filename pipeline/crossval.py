@@ -4,7 +4,8 @@ A split table has one row per (fold, patient) with the patient's ``role`` in tha
 ``train`` (fits the weights), ``val`` (chooses the epoch and the operating threshold) or
 ``test`` (held out; its predictions are the study's result). With k-fold cross-validation every
 patient is ``test`` in exactly one fold; with a holdout there is one fold, taken from the
-manifest's ``split`` column.
+manifest's ``split`` column; with leave-one-group-out, each value of a patient-level column (a
+site, a scanner) is the test set of one fold, and the ``group`` column names it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from pipeline.errors import LeakageError
-from pipeline.schema import FOLD, PATIENT_ID, ROLE, SPLIT, TARGET
+from pipeline.schema import FOLD, GROUP, PATIENT_ID, ROLE, SPLIT, TARGET
 
 ROLES = ("train", "val", "test")
 
@@ -54,6 +55,25 @@ def kfold_splits(patients: pd.DataFrame, folds: int, inner_val_fraction: float, 
     return pd.DataFrame(rows, columns=[FOLD, PATIENT_ID, ROLE])
 
 
+def leave_one_group_out_splits(
+    patients: pd.DataFrame, group: str, inner_val_fraction: float, seed: int
+) -> pd.DataFrame:
+    """Split table holding out each value of ``patients[group]`` in turn (folds in sorted order of
+    the values); the validation patients are carved from the other groups' patients. The
+    ``group`` column of the table names each fold's held-out value."""
+    values = sorted(patients[group].astype(str).unique())
+    if len(values) < 2:
+        raise ValueError(f"leave-one-group-out needs at least 2 values of {group!r}, the cohort has {values}")
+    rows = []
+    for fold, value in enumerate(values):
+        held_out = patients[group].astype(str) == value
+        train = patients[~held_out]
+        val = _inner_val(train, inner_val_fraction, seed + 1000 + fold)
+        for pid, out in zip(patients[PATIENT_ID], held_out, strict=True):
+            rows.append((fold, pid, "test" if out else "val" if pid in val else "train", value))
+    return pd.DataFrame(rows, columns=[FOLD, PATIENT_ID, ROLE, GROUP])
+
+
 def holdout_splits(table: pd.DataFrame) -> pd.DataFrame:
     """Split table for the holdout scheme: the manifest's split column, one fold (0)."""
     per_patient = table.groupby(PATIENT_ID, sort=False)[SPLIT].first()
@@ -73,7 +93,7 @@ def check_splits(splits: pd.DataFrame, scheme: str) -> None:
     roles_per = splits.groupby([FOLD, PATIENT_ID])[ROLE].nunique().reset_index()
     for fold, pid, n in roles_per[roles_per[ROLE] > 1].itertuples(index=False):
         problems.append(f"fold {fold}: patient {pid} has {n} roles")
-    if scheme == "kfold":
+    if scheme in ("kfold", "leave_one_group_out"):
         test_count = splits[splits[ROLE] == "test"].groupby(PATIENT_ID)[FOLD].nunique()
         every = splits[PATIENT_ID].unique()
         test_count = test_count.reindex(every, fill_value=0)

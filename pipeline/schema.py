@@ -57,4 +57,5 @@ MODEL_FILE = "model.pt"  # the chosen epoch's state_dict
 CHECKPOINT_FILE = "last.pt"  # the resumable training state, removed when the fold is done
 HISTORY_FILE = "history.csv"
 PROVENANCE_FILE = "provenance.json"  # cohortnet predict: what made a prediction folder
+GROUP = "group"  # splits.csv of a leave-one-group-out study: the value each fold holds out
 TARGET = "target"  # 1 for the positive class, 0 otherwise (added to every table the pipeline builds)

@@ -140,6 +140,7 @@ def _cohort_vs_config(cfg: WorkflowConfig, cohort: Cohort) -> list[str]:
                 f"{cfg.validation.folds}-fold cross-validation needs at least {cfg.validation.folds} patients "
                 f"per class; the manifest has {per_class.to_dict()} (target 1 = positive)"
             )
+    problems += _group_problems(cfg, cohort)
     missing = [c for c in cfg.evaluation.subgroups if c not in cohort.table.columns]
     if missing:
         problems.append(f"evaluation.subgroups: column(s) not in the manifest: {', '.join(missing)}")
@@ -150,6 +151,39 @@ def _cohort_vs_config(cfg: WorkflowConfig, cohort: Cohort) -> list[str]:
 
 
 # --------------------------------------------------------------------------- run folder
+
+
+def _patient_groups(cohort: Cohort, column: str) -> np.ndarray:
+    """Each patient's value of ``column`` (aligned with ``cohort.patients``), as text."""
+    values = cohort.table.groupby(PATIENT_ID, sort=False)[column].first().astype(str)
+    return cohort.patients[PATIENT_ID].map(values).to_numpy()
+
+
+def _group_problems(cfg: WorkflowConfig, cohort: Cohort) -> list[str]:
+    """A leave-one-group-out column must exist, give each patient one value, and hold out groups
+    whose complement can still train and validate."""
+    column = cfg.validation.group
+    if cfg.validation.scheme != "leave_one_group_out" or not column:
+        return []
+    table = cohort.table
+    if column not in table.columns:
+        return [f"validation.group: column {column!r} is not in the manifest"]
+    values = table[column].astype(str).str.strip()
+    if (values == "").any():
+        return [f"validation.group: {int((values == '').sum())} image(s) have no {column}"]
+    spread = values.groupby(table[PATIENT_ID]).nunique()
+    problems = []
+    if (spread > 1).any():
+        problems.append(
+            f"validation.group: {int((spread > 1).sum())} patient(s) have images under more than one {column} "
+            "(a patient must belong to one group)"
+        )
+    per_group = table.groupby(values)[PATIENT_ID].nunique()
+    if len(per_group) < 2:
+        problems.append(
+            f"validation.group: leave-one-group-out needs at least 2 values of {column}, found {len(per_group)}"
+        )
+    return problems
 
 
 def new_run_dir(cfg: WorkflowConfig, run_id: str | None = None) -> Path:
@@ -252,6 +286,14 @@ class RunCohort:
 def make_splits(cfg: WorkflowConfig, cohort: Cohort) -> pd.DataFrame:
     if cfg.validation.scheme == "holdout":
         splits = crossval.holdout_splits(cohort.table)
+    elif cfg.validation.scheme == "leave_one_group_out":
+        assert cfg.validation.group is not None  # checked with the workflow
+        splits = crossval.leave_one_group_out_splits(
+            cohort.patients.assign(**{cfg.validation.group: _patient_groups(cohort, cfg.validation.group)}),
+            cfg.validation.group,
+            cfg.validation.inner_val_fraction,
+            cfg.train.seed,
+        )
     else:
         splits = crossval.kfold_splits(
             cohort.patients, cfg.validation.folds, cfg.validation.inner_val_fraction, cfg.train.seed
@@ -570,7 +612,7 @@ def finalize_run(run_dir: Path, cfg: WorkflowConfig | None = None, cohort: Cohor
     # columns: --group-col patient_id --fold-col fold --val-table val_predictions.csv (tested).
     images = preds.merge(extra, on=PATIENT_ID, how="left")
     columns = ScoreColumns(
-        label, SCORE, positive=known.positive, group=PATIENT_ID, fold=FOLD, subgroups=tuple(cfg.evaluation.subgroups)
+        label, SCORE, positive=known.positive, group=PATIENT_ID, fold=FOLD, subgroups=evaluated_subgroups(cfg)
     )
     metrics = evaluate_predictions(images, columns, _evaluation_options(cfg), threshold_df=val if len(val) else None)
     artifacts.write_json(run_dir / METRICS_FILE, metrics)
@@ -597,6 +639,12 @@ def _explain(run_dir: Path, cfg: WorkflowConfig, cohort: Cohort) -> None:
         log.info("explanations skipped: %s", record["skipped"])
     else:
         log.info("explained %d test case(s) with %s", record.get("n_cases", 0), record.get("method"))
+
+
+def evaluated_subgroups(cfg: WorkflowConfig) -> tuple[str, ...]:
+    """The workflow's subgroups, and a leave-one-group-out study's group (its per-site AUCs)."""
+    extra = (cfg.validation.group,) if cfg.validation.scheme == "leave_one_group_out" and cfg.validation.group else ()
+    return tuple(dict.fromkeys([*cfg.evaluation.subgroups, *extra]))
 
 
 def check_run_complete(run_dir: Path) -> None:

@@ -68,3 +68,30 @@ def test_holdout_uses_manifest_split() -> None:
         "role": ["train", "val", "test"],
     }
     check_splits(splits, "holdout")
+
+
+def test_leave_one_group_out_holds_out_each_group_once() -> None:
+    from pipeline.crossval import leave_one_group_out_splits
+
+    patients = pd.DataFrame(
+        {
+            "patient_id": [f"P{i}" for i in range(18)],
+            "target": [i % 2 for i in range(18)],
+            "site": ["north"] * 6 + ["east"] * 8 + ["south"] * 4,
+        }
+    )
+    splits = leave_one_group_out_splits(patients, "site", 0.25, seed=0)
+    check_splits(splits, "leave_one_group_out")
+    assert sorted(splits["group"].unique()) == ["east", "north", "south"]
+    site = patients.set_index("patient_id")["site"]
+    for _fold, part in splits.groupby("fold"):
+        held = part["group"].iloc[0]
+        assert (part["group"] == held).all()
+        test = part[part["role"] == "test"]["patient_id"]
+        assert set(test) == set(site[site == held].index)  # exactly that site's patients
+        others = part[part["role"] != "test"]["patient_id"]
+        assert (site[others] != held).all()  # never trained or validated on the held-out site
+        assert (part["role"] == "val").sum() >= 2
+    assert splits.groupby("fold")["group"].first().tolist() == ["east", "north", "south"]  # sorted order
+    with pytest.raises(ValueError, match="at least 2 values"):
+        leave_one_group_out_splits(patients.assign(site="x"), "site", 0.25, seed=0)

@@ -51,7 +51,8 @@ def _one(y: np.ndarray, s: np.ndarray, summarise: Summarise, what: str) -> dict[
 
 
 def heterogeneity_test(results: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    """Cochran's Q test that independent subgroups share one AUC (inverse-variance weights on the SE).
+    """Cochran's Q test that independent subgroups share one AUC (inverse-variance weights on the SE),
+    with Higgins' I^2 = max(0, (Q - df) / Q), the share of the spread beyond chance.
 
     Needs at least two subgroups with an AUC and a positive SE; otherwise None.
     """
@@ -63,7 +64,15 @@ def heterogeneity_test(results: Sequence[dict[str, Any]]) -> dict[str, Any] | No
     pooled = float(np.sum(w * auc) / w.sum())
     q = float(np.sum(w * (auc - pooled) ** 2))
     df = len(usable) - 1
-    return {"q": q, "df": df, "p_value": float(stats.chi2.sf(q, df)), "pooled_auc": pooled}
+    i2 = max(0.0, (q - df) / q) if q > 0 else 0.0
+    return {
+        "q": q,
+        "df": df,
+        "p_value": float(stats.chi2.sf(q, df)),
+        "i2": i2,
+        "pooled_auc": pooled,
+        "n_groups": len(usable),
+    }
 
 
 def subgroup_summaries(

@@ -28,6 +28,7 @@ from pipeline.schema import (
     FLOW_FILE,
     FOLD,
     FOLD_DONE_FILE,
+    GROUP,
     HISTORY_FILE,
     IMAGE_ID,
     PATIENT_ID,
@@ -141,11 +142,12 @@ def cohort_sections(run_dir: Path, cfg: WorkflowConfig) -> dict[str, Any] | None
 def study_text(cfg: WorkflowConfig) -> dict[str, str]:
     """The study's name, evaluation scheme and model in words (the report's subtitle)."""
     v = cfg.validation
-    scheme = (
-        f"{v.folds}-fold patient-grouped cross-validation"
-        if v.scheme == "kfold"
-        else "holdout (manifest split: train / val / test)"
-    )
+    schemes = {
+        "kfold": f"{v.folds}-fold patient-grouped cross-validation",
+        "holdout": "holdout (manifest split: train / val / test)",
+        "leave_one_group_out": f"leave-one-{v.group}-out cross-validation (each {v.group} held out in turn)",
+    }
+    scheme = schemes[v.scheme]
     size = "x".join(map(str, cfg.data.spatial_size))
     return {"name": cfg.study, "scheme": scheme, "model": f"{cfg.model.arch} {cfg.model.spatial_dims}D, input {size}"}
 
@@ -217,6 +219,11 @@ def _fold_records(run_dir: Path) -> tuple[list[tuple[str, pd.DataFrame]], dict[s
         hist = done.parent / HISTORY_FILE
         if hist.is_file():
             histories.append((f"fold {info['fold']}", pd.read_csv(hist)))
+    splits_path = run_dir / SPLITS_FILE
+    splits = pd.read_csv(splits_path, dtype=str) if splits_path.is_file() else pd.DataFrame()
+    if GROUP in splits.columns:  # leave-one-group-out: the value each fold held out
+        for fold, value in splits.groupby(FOLD)[GROUP].first().items():
+            training.setdefault(str(fold), {})["held_out"] = value
     return histories, training
 
 

@@ -136,7 +136,13 @@ def _missing_data(f: RunFacts) -> Answer:
 
 def _partitioning(f: RunFacts) -> Answer:
     v = f.cfg.validation
-    if v.scheme == "kfold":
+    if v.scheme == "leave_one_group_out":
+        text = (
+            f"leave-one-{v.group}-out: each {v.group} is the test set of one fold, the other groups train; "
+            f"{v.inner_val_fraction:.0%} of the training patients choose the epoch and threshold (splits.csv, "
+            "with the held-out group per fold)"
+        )
+    elif v.scheme == "kfold":
         text = (
             f"{v.folds}-fold cross-validation stratified by label and grouped by patient (StratifiedGroupKFold, "
             f"seed {f.cfg.train.seed}); {v.inner_val_fraction:.0%} of each fold's training patients choose the epoch "
@@ -168,7 +174,7 @@ def _model(f: RunFacts) -> Answer:
 def _model_training(f: RunFacts) -> Answer:
     t, a = f.cfg.train, f.cfg.data.augment
     aug = [k for k in ("flip", "rotate90", "affine", "intensity", "noise") if getattr(a, k)]
-    n_models = f.cfg.validation.folds if f.cfg.validation.scheme == "kfold" else 1
+    n_models = {"kfold": str(f.cfg.validation.folds), "holdout": "1"}.get(f.cfg.validation.scheme, "one per group,")
     text = (
         f"AdamW lr {t.lr}, weight decay {t.weight_decay}, {t.epochs} epochs (warm-up {t.warmup_epochs}), batch "
         f"{t.batch_size}, train.amp {t.amp} (each fold's precision is in its done.json), "
@@ -347,7 +353,7 @@ def _model_selection(f: RunFacts) -> Answer:
 
 
 def _ensembling(f: RunFacts) -> Answer:
-    if f.cfg.validation.scheme == "kfold":
+    if f.cfg.validation.scheme != "holdout":
         return (
             FILLED,
             "none in the evaluation (each patient is scored by one fold model); "
@@ -388,7 +394,11 @@ def _internal(f: RunFacts) -> Answer:
             FILLED,
             f"the study's internal figure is shown beside this external one ({f.external.get('internal_scheme')})",
         )
-    return FILLED, "out-of-fold predictions" if f.cfg.validation.scheme == "kfold" else "the held-out test split"
+    internal = {
+        "kfold": "out-of-fold predictions",
+        "leave_one_group_out": "each group predicted by models it did not train",
+    }
+    return FILLED, internal.get(f.cfg.validation.scheme, "the held-out test split")
 
 
 def _external(f: RunFacts) -> Answer:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.schema import FOLD, IMAGE_ID, PATIENT_ID, ROLE, TARGET
+from pipeline.schema import FOLD, GROUP, IMAGE_ID, PATIENT_ID, ROLE, TARGET
 
 LARGE_SMD = 0.1  # conventional flag for imbalance between groups (Austin 2009)
 MAX_LEVELS = 8  # categories listed per characteristic; the rest are pooled as "other"
@@ -113,11 +113,18 @@ def _partitions(splits: pd.DataFrame, target: pd.Series, included: set[str]) -> 
         return rows
     for fold in folds:
         part = s[s[FOLD] == fold]
-        row = _partition(f"fold {fold}", part[part[ROLE] == "test"])
+        row = _partition(_fold_name(part, fold), part[part[ROLE] == "test"])
         row["train"] = int((part[ROLE] == "train").sum())
         row["val"] = int((part[ROLE] == "val").sum())
         rows.append(row)
     return rows
+
+
+def _fold_name(part: pd.DataFrame, fold: Any) -> str:
+    """ "fold k", or with leave-one-group-out "fold k: <held-out value>"."""
+    if GROUP in part.columns and len(part):
+        return f"fold {fold}: {part[GROUP].iloc[0]}"
+    return f"fold {fold}"
 
 
 def _partition(name: str, part: pd.DataFrame) -> dict[str, Any]:
@@ -143,7 +150,7 @@ def flow_problems(flow: dict[str, Any]) -> list[str]:
     if inc["positives"] + inc["negatives"] != inc["patients"]:
         problems.append("included positives + negatives != included patients")
     parts = flow["partitions"]
-    held_out = [p for p in parts if p["name"].startswith("fold")] or parts
+    held_out = [p for p in parts if "train" in p] or parts
     if sum(p["patients"] for p in held_out) != inc["patients"]:
         problems.append("the partitions do not hold every included patient exactly once")
     for p in parts:
@@ -162,6 +169,8 @@ def patient_partition(splits: pd.DataFrame) -> pd.Series:
     if s[FOLD].nunique() == 1:
         return s.set_index(PATIENT_ID)[ROLE]
     test = s[s[ROLE] == "test"]
+    if GROUP in test.columns:
+        return test.set_index(PATIENT_ID).apply(lambda r: f"fold {r[FOLD]}: {r[GROUP]}", axis=1)
     return test.set_index(PATIENT_ID)[FOLD].map(lambda f: f"fold {f}")
 
 

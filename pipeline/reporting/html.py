@@ -89,6 +89,16 @@ def _calibration_rows(metrics: dict[str, Any]) -> list[tuple[str, Any]]:
     return [(k.replace("_", " "), cal[k]) for k in keys if k in cal]
 
 
+def _heterogeneity_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """Cochran's Q and I^2 across the values of each subgroup column that has them."""
+    rows = []
+    for column, block in (metrics.get("subgroups") or {}).items():
+        het = (block or {}).get("heterogeneity")
+        if het:
+            rows.append({"column": column, **het})
+    return rows
+
+
 def _subgroup_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for column, block in (metrics.get("subgroups") or {}).items():
@@ -192,6 +202,7 @@ def _tables(inputs: ReportInputs) -> dict[str, Any]:
         "fold_summary": fold_summary,
         "calibration_rows": _calibration_rows(inputs.metrics),
         "subgroup_rows": _subgroup_rows(inputs.metrics),
+        "heterogeneity_rows": _heterogeneity_rows(inputs.metrics),
         "split_rows": inputs.split_summary.to_dict("records"),
         "excluded_rows": inputs.excluded.to_dict("records"),
         "patient_columns": list(pp.columns),

@@ -1,0 +1,101 @@
+"""Study designs beyond one k-fold split: leave-one-group-out (each site held out in turn)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipeline.cli import main
+
+SITES = ("north", "east", "south")
+
+
+def three_sites(manifest: Path) -> Path:
+    table = pd.read_csv(manifest)
+    number = table["patient_id"].str[1:].astype(int)
+    table["site"] = [SITES[n % 3] for n in number]
+    table.to_csv(manifest, index=False)
+    return manifest
+
+
+def test_leave_one_site_out_reports_each_site_and_their_heterogeneity(
+    tmp_path: Path, make_cohort: Callable[..., Path], make_workflow: Callable[..., Path]
+) -> None:
+    manifest = three_sites(make_cohort(n_patients=18, second_scan=(4,)))
+    wf = make_workflow(
+        manifest,
+        validation={"scheme": "leave_one_group_out", "group": "site"},
+        report={"explain": {"cases": 0}},
+    )
+    assert main(["run", str(wf), "--run-id", "r"]) == 0
+    run = tmp_path / "reports" / "tiny" / "r"
+    splits = pd.read_csv(run / "splits.csv", dtype=str)
+    assert splits.groupby("fold")["group"].first().tolist() == sorted(SITES)
+    site = pd.read_csv(manifest, dtype=str).groupby("patient_id")["site"].first()
+    test = splits[splits["role"] == "test"]
+    assert (test["patient_id"].map(site) == test["group"]).all()
+    assert test["patient_id"].is_unique
+    assert len(test) == 18
+    metrics = json.loads((run / "metrics.json").read_text())
+    per_site = {g["value"]: g for g in metrics["subgroups"]["site"]["groups"]}
+    assert set(per_site) == set(SITES)
+    per_fold = {str(f["fold"]): f for f in metrics["folds"]["per_fold"]}
+    for fold, value in splits.groupby("fold")["group"].first().items():
+        assert per_site[value]["n"] == per_fold[fold]["n"] == 6  # the fold is the site
+        assert per_site[value]["auc"] == pytest.approx(per_fold[fold]["auc"])
+    html = (run / "report.html").read_text()
+    het = metrics["subgroups"]["site"]["heterogeneity"]
+    usable = [g for g in per_site.values() if g["auc"] is not None and (g.get("auc_se") or 0) > 0]
+    assert len(usable) >= 2  # a site whose AUC is exactly 0 or 1 has no SE and no weight
+    assert het is not None
+    assert het["df"] == het["n_groups"] - 1 == len(usable) - 1
+    assert 0.0 <= het["i2"] <= 1.0
+    assert het["i2"] == pytest.approx(max(0.0, (het["q"] - het["df"]) / het["q"]) if het["q"] > 0 else 0.0)
+    assert "Heterogeneity across site" in html
+    assert "leave-one-site-out cross-validation" in html
+    assert "east held out" in html
+    table1 = pd.read_csv(run / "table1.csv")
+    assert [c for c in table1.columns if c.startswith("fold")] == ["fold 0: east", "fold 1: north", "fold 2: south"]
+
+
+def test_leave_one_group_out_workflows_are_checked(
+    tmp_path: Path,
+    make_cohort: Callable[..., Path],
+    make_workflow: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    manifest = three_sites(make_cohort(n_patients=12, second_scan=(3,)))
+    no_group = make_workflow(manifest, name="a.yaml", validation={"scheme": "leave_one_group_out"})
+    assert main(["run", str(no_group), "--check"]) == 2
+    assert "validation.group must name a manifest column" in capsys.readouterr().err
+    absent = make_workflow(manifest, name="b.yaml", validation={"scheme": "leave_one_group_out", "group": "ward"})
+    assert main(["run", str(absent), "--check"]) == 2
+    assert "validation.group: column 'ward' is not in the manifest" in capsys.readouterr().err
+    table = pd.read_csv(manifest)
+    second = table.index[table["patient_id"] == "P003"][1]
+    table.loc[second, "site"] = "elsewhere" if table.loc[second, "site"] != "elsewhere" else "north"
+    table.to_csv(manifest, index=False)
+    split_patient = make_workflow(
+        manifest, name="c.yaml", validation={"scheme": "leave_one_group_out", "group": "site"}
+    )
+    assert main(["run", str(split_patient), "--check"]) == 2
+    assert "1 patient(s) have images under more than one site" in capsys.readouterr().err
+
+
+def test_heterogeneity_across_sites_by_hand() -> None:
+    from pipeline.evaluation.subgroups import heterogeneity_test
+
+    het = heterogeneity_test([{"auc": 0.7, "auc_se": 0.05}, {"auc": 0.9, "auc_se": 0.05}, {"auc": None}])
+    assert het is not None
+    assert het["pooled_auc"] == pytest.approx(0.8)
+    assert het["q"] == pytest.approx(8.0)  # 400 * 0.1^2 * 2
+    assert het["df"] == 1
+    assert het["n_groups"] == 2
+    assert het["i2"] == pytest.approx(7 / 8)
+    same = heterogeneity_test([{"auc": 0.8, "auc_se": 0.05}, {"auc": 0.8, "auc_se": 0.1}])
+    assert same is not None
+    assert same["i2"] == 0.0
