@@ -128,6 +128,9 @@ class EvaluationConfig:
     n_bootstrap: int = 2000
     threshold_rule: str = "youden"  # youden | sensitivity=0.9 | specificity=0.9 | a fixed number
     subgroups: tuple[str, ...] = ()  # manifest columns for subgroup metrics
+    # test-time augmentation: flips averages the probabilities of every mirrored view (2^d views);
+    # the single-view scores are kept beside them and compared (paired DeLong) in the report
+    tta: opt.Tta = "none"
 
 
 @dataclass(frozen=True)

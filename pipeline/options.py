@@ -24,6 +24,7 @@ ChannelsLast = Literal["auto", "on", "off"]
 Scheme = Literal["kfold", "holdout", "leave_one_group_out"]
 Aggregate = Literal["mean", "max", "median"]
 CiMethod = Literal["delong", "delong_wald", "bootstrap", "bootstrap_percentile"]
+Tta = Literal["none", "flips"]
 ExplainMethod = Literal["gradcam", "gradcampp"]
 ExplainLayer = Literal["auto", "layer1", "layer2", "layer3", "layer4"]
 

@@ -22,6 +22,7 @@ IMAGE_ID = "image_id"
 # Predictions and per-patient tables.
 FOLD = "fold"
 SCORE = "score"
+SCORE_SINGLE = "score_single_view"  # with evaluation.tta: the unaugmented view's probability
 ROLE = "role"  # which set a prediction belongs to: "test" (held out) or "val" (model selection)
 N_IMAGES = "n_images"
 

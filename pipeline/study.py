@@ -48,6 +48,7 @@ from pipeline.schema import (
     RESOLVED_CONFIG_FILE,
     ROLE,
     SCORE,
+    SCORE_SINGLE,
     SPLITS_FILE,
     TARGET,
     VAL_PREDICTIONS_FILE,
@@ -547,14 +548,22 @@ def _predict_roles(
     label_col: str,
 ) -> pd.DataFrame:
     """The fold model's scores for its test and validation images (NaN or Inf stops the fold)."""
-    from pipeline.inference import predict_scores
+    from pipeline.inference import predict_scores_tta
 
     frames = []
+    tta = cfg.evaluation.tta
     for role in ("test", "val"):
         ids = [it[IMAGE_ID] for it in items[role]]
-        batch = cfg.train.batch_size * 2
-        scores = predict_scores(
-            model, items[role], device=run.device, bf16=precision.bf16, batch_size=batch, ctx=run.ctx
+        batch = cfg.train.batch_size * 2 if tta == "none" else max(1, cfg.train.batch_size // 2)
+        scores, single = predict_scores_tta(
+            model,
+            items[role],
+            spatial_dims=cfg.model.spatial_dims,
+            tta=tta,
+            device=run.device,
+            bf16=precision.bf16,
+            batch_size=batch,
+            ctx=run.ctx,
         )
         if not np.isfinite(scores).all():
             raise NonFiniteError(
@@ -570,6 +579,7 @@ def _predict_roles(
                     label_col: table.loc[ids, label_col].to_numpy(),
                     SCORE: scores,
                     ROLE: role,
+                    **({SCORE_SINGLE: single} if tta != "none" else {}),
                 }
             )
         )
@@ -611,8 +621,15 @@ def finalize_run(run_dir: Path, cfg: WorkflowConfig | None = None, cohort: Cohor
     # The same call as `cohortnet evaluate` on the per-image predictions with the patients'
     # columns: --group-col patient_id --fold-col fold --val-table val_predictions.csv (tested).
     images = preds.merge(extra, on=PATIENT_ID, how="left")
+    compare = SCORE_SINGLE if SCORE_SINGLE in preds.columns else None  # test-time augmentation against one view
     columns = ScoreColumns(
-        label, SCORE, positive=known.positive, group=PATIENT_ID, fold=FOLD, subgroups=evaluated_subgroups(cfg)
+        label,
+        SCORE,
+        positive=known.positive,
+        group=PATIENT_ID,
+        fold=FOLD,
+        subgroups=evaluated_subgroups(cfg),
+        compare=compare,
     )
     metrics = evaluate_predictions(images, columns, _evaluation_options(cfg), threshold_df=val if len(val) else None)
     artifacts.write_json(run_dir / METRICS_FILE, metrics)

@@ -99,3 +99,52 @@ def test_heterogeneity_across_sites_by_hand() -> None:
     same = heterogeneity_test([{"auc": 0.8, "auc_se": 0.05}, {"auc": 0.8, "auc_se": 0.1}])
     assert same is not None
     assert same["i2"] == 0.0
+
+
+def test_mirrored_views_cover_every_flip_combination_once() -> None:
+    import torch
+
+    from pipeline.inference import mirror_views, view_logits
+
+    assert mirror_views(3, "none") == ((),)
+    views = mirror_views(3, "flips")
+    assert len(views) == 8
+    assert len(set(views)) == 8
+    assert views[0] == ()
+    assert mirror_views(2, "flips") == ((), (2,), (3,), (2, 3))
+
+    class Corner(torch.nn.Module):  # the logit is the first voxel: each flip moves another corner there
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x[:, :, 0, 0].reshape(len(x), 1)
+
+    x = torch.arange(4.0).reshape(1, 1, 2, 2)
+    assert view_logits(Corner(), x, mirror_views(2, "flips")).tolist() == [[0.0, 2.0, 1.0, 3.0]]
+
+
+def test_test_time_augmentation_scores_the_mean_of_the_views_and_reports_the_single_view(
+    tmp_path: Path, make_cohort: Callable[..., Path], make_workflow: Callable[..., Path]
+) -> None:
+    manifest = make_cohort(n_patients=12)
+    wf = make_workflow(manifest, evaluation={"tta": "flips"}, report={"explain": {"cases": 0}})
+    assert main(["run", str(wf), "--run-id", "r"]) == 0
+    run = tmp_path / "reports" / "tiny" / "r"
+    preds = pd.read_csv(run / "predictions.csv")
+    assert "score_single_view" in preds.columns
+    assert (preds["score"] - preds["score_single_view"]).abs().max() > 0  # the views disagree somewhere
+    metrics = json.loads((run / "metrics.json").read_text())
+    comparison = metrics["comparison"]
+    assert comparison["compare_col"] == "score_single_view"
+    assert comparison["auc1"] == pytest.approx(metrics["auc"])
+    html = (run / "report.html").read_text()
+    assert 'id="tta"' in html
+    # predict applies the study's test-time augmentation: the test patients score as in the study
+    new = pd.read_csv(manifest)
+    assert main(
+        ["predict", str(run), str(manifest), "--out", str(tmp_path / "p"), "--allow-study-patients", "--no-progress"]
+    ) in (0, 8)
+    predicted = pd.read_csv(tmp_path / "p" / "predictions.csv").set_index("image_id")
+    folds = pd.read_csv(run / "predictions.csv").set_index("image_id")
+    fold_cols = {int(c.removeprefix("score_fold_")): c for c in predicted.columns if c.startswith("score_fold_")}
+    for image_id, row in folds.iterrows():
+        assert predicted.loc[image_id, fold_cols[int(row["fold"])]] == pytest.approx(row["score"], abs=0.02)
+    assert len(new) == len(predicted)

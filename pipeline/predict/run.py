@@ -234,7 +234,10 @@ def _score_all(model: StudyModel, cohort: Cohort, ledger: Ledger, folds: list[in
     items = ImageItems(todo)
     chunk = max(1, options.chunk)
     loader = guarded_chain(items, transform, options.workers, lookahead=chunk, pin=device.type == "cuda")
-    scorer = _Scorer(nets, device, cfg.train.batch_size * 2)
+    from pipeline.inference import mirror_views
+
+    views = mirror_views(cfg.model.spatial_dims, cfg.evaluation.tta)
+    scorer = _Scorer(nets, device, max(1, cfg.train.batch_size * 2 // len(views)), views)
     bar = tqdm(total=len(items), desc="predict", unit="img", disable=not options.progress)
     pending: list[tuple[_Item, Any]] = []
     for k, prepared in enumerate(loader):
@@ -251,6 +254,7 @@ class _Scorer:
     nets: dict[int, torch.nn.Module]
     device: torch.device
     batch: int
+    views: tuple[tuple[int, ...], ...] = ((),)  # the study's evaluation.tta views
 
     def score(
         self, chunk: list[tuple[tuple[str, str, str, dict[str, Any]], Any]]
@@ -270,7 +274,7 @@ class _Scorer:
                 log.warning("%s: skipped (%s): %s", image_id, *failure)
         if not kept:
             return pd.DataFrame(), failures
-        scores = _ensemble(tensors, self.nets, self.device, self.batch)
+        scores = _ensemble(tensors, self.nets, self.device, self.batch, self.views)
         rows = pd.DataFrame(kept, columns=[IMAGE_ID, PATIENT_ID])
         rows[SCORE] = scores.mean(axis=1)
         rows[SCORE_SD] = scores.std(axis=1, ddof=1) if scores.shape[1] > 1 else 0.0
@@ -280,16 +284,23 @@ class _Scorer:
 
 
 def _ensemble(
-    tensors: list[torch.Tensor], nets: dict[int, torch.nn.Module], device: torch.device, batch: int
+    tensors: list[torch.Tensor],
+    nets: dict[int, torch.nn.Module],
+    device: torch.device,
+    batch: int,
+    views: tuple[tuple[int, ...], ...] = ((),),
 ) -> np.ndarray:
-    """Probabilities (n_images, n_folds) in float64, in fp32 on ``device``."""
+    """Probabilities (n_images, n_folds) in float64, in fp32 on ``device``; each fold's is the
+    mean over ``views`` (the study's test-time augmentation), as the study scored its test set."""
+    from pipeline.inference import view_logits
+
     out = np.empty((len(tensors), len(nets)), dtype=np.float64)
     with torch.inference_mode():
         for start in range(0, len(tensors), batch):
             x = torch.stack(tensors[start : start + batch]).to(device, non_blocking=True)
             for k, net in enumerate(nets.values()):
-                logits = net(x).reshape(len(x), -1)[:, 0].double().cpu().numpy()
-                out[start : start + len(x), k] = 1.0 / (1.0 + np.exp(-logits))
+                logits = view_logits(net, x, views).double().cpu().numpy()
+                out[start : start + len(x), k] = (1.0 / (1.0 + np.exp(-logits))).mean(axis=1)
     if not np.isfinite(out).all():
         raise CohortnetError("the model produced NaN or Inf scores; nothing of this chunk was recorded")
     return out

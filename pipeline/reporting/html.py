@@ -14,7 +14,7 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from pipeline import __version__
-from pipeline.schema import ENVIRONMENT_FILE, RESOLVED_CONFIG_FILE
+from pipeline.schema import ENVIRONMENT_FILE, RESOLVED_CONFIG_FILE, SCORE_SINGLE
 
 THRESHOLD_METRICS = ("sensitivity", "specificity", "ppv", "npv", "accuracy", "balanced_accuracy", "f1")
 MAX_PATIENT_ROWS = 5000  # beyond this the HTML gets unwieldy; per_patient.csv has every row
@@ -87,6 +87,14 @@ def _calibration_rows(metrics: dict[str, Any]) -> list[tuple[str, Any]]:
     cal = metrics.get("calibration") or {}
     keys = ("brier", "calibration_intercept", "calibration_slope", "ece")
     return [(k.replace("_", " "), cal[k]) for k in keys if k in cal]
+
+
+def _tta(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """The paired comparison of test-time-augmented against single-view scores, when the run has it."""
+    comp = metrics.get("comparison") or {}
+    if comp.get("compare_col") != SCORE_SINGLE or comp.get("auc1") is None or comp.get("auc2") is None:
+        return None
+    return comp
 
 
 def _heterogeneity_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
@@ -203,6 +211,7 @@ def _tables(inputs: ReportInputs) -> dict[str, Any]:
         "calibration_rows": _calibration_rows(inputs.metrics),
         "subgroup_rows": _subgroup_rows(inputs.metrics),
         "heterogeneity_rows": _heterogeneity_rows(inputs.metrics),
+        "tta": _tta(inputs.metrics),
         "split_rows": inputs.split_summary.to_dict("records"),
         "excluded_rows": inputs.excluded.to_dict("records"),
         "patient_columns": list(pp.columns),
