@@ -1,11 +1,13 @@
 """Grad-CAM explanations of chosen held-out cases of a finished run (``<run>/explanations/``).
 
-Cases (:func:`select_cases`): per-image test predictions at the locked threshold (positive when
-score >= threshold), in this order, each case in one category only: the most confident false
-positives (highest score) and false negatives (lowest score), the borderline cases (nearest the
-threshold), and typical true positives and true negatives (score nearest their category's median).
-Ties go to the smaller image id, so the rule is deterministic; no random draw is made (the seed is
-recorded with the counts requested and found per category).
+Cases (:func:`select_cases`): test patients classified as the study classifies them (their image
+scores combined by ``evaluation.aggregate``, positive when score >= the locked threshold), in this
+order, each patient in one category only: the most confident false positives (highest score) and
+false negatives (lowest score), the borderline patients (nearest the threshold), and typical true
+positives and true negatives (score nearest their category's median). Each chosen patient is shown
+by the image that drove the call: the highest-scoring one for a positive call, the lowest-scoring
+for a negative. Ties go to the smaller id, so the rule is deterministic; no random draw is made
+(the seed is recorded with the counts requested and found per category).
 
 Maps: ``monai.visualize.GradCAM`` or ``GradCAMpp`` on ``layer4`` (the last convolutional stage of
 MONAI's ResNet), for the one logit (the positive class), with MONAI's postprocessing replaced by
@@ -78,9 +80,11 @@ log = logging.getLogger(__name__)
 
 TARGET_LAYER = "layer4"
 SELECTION_RULE = (
-    "per-image test predictions at the locked threshold (positive when score >= threshold); in order: "
-    "false positives with the highest scores, false negatives with the lowest, the remaining cases nearest "
-    "the threshold, true positives and true negatives nearest their category's median score; ties by image id"
+    "test patients at the locked threshold, scored as the study scores them (image scores combined by "
+    "evaluation.aggregate; positive when score >= threshold); in order: false positives with the highest "
+    "scores, false negatives with the lowest, the remaining patients nearest the threshold, true positives "
+    "and true negatives nearest their category's median score; each shown by the image that drove the call "
+    "(highest-scoring for a positive call, lowest for a negative); ties by id"
 )
 NORMALISATION = (
     "ReLU, then divided by the map's maximum for each fold model; the fold models that scored the case "
@@ -127,15 +131,34 @@ def per_image(predictions: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def select_cases(predictions: pd.DataFrame, threshold: float, n_cases: int) -> tuple[pd.DataFrame, dict[str, Any]]:
+def per_patient(images: pd.DataFrame, threshold: float, aggregate: str) -> pd.DataFrame:
+    """One row per patient (:func:`per_image` rows combined as the study combines them): the
+    patient's ``score`` and ``predicted`` call, and the image that drove the call with its
+    ``image_score`` and ``fold``."""
+    grouped = images.groupby(PATIENT_ID, sort=True)
+    out = grouped.agg(label=("label", "first"), target=(TARGET, "first"), score=(SCORE, aggregate)).reset_index()
+    out["predicted"] = (out[SCORE] >= threshold).astype(int)
+    positive = out.set_index(PATIENT_ID)["predicted"]
+    ranked = images.assign(_call=images[PATIENT_ID].map(positive))
+    ranked = ranked.assign(_key=np.where(ranked["_call"] == 1, -ranked[SCORE], ranked[SCORE]))
+    shown = ranked.sort_values([PATIENT_ID, "_key", IMAGE_ID], kind="mergesort").groupby(PATIENT_ID).head(1)
+    shown = shown.set_index(PATIENT_ID)
+    out[IMAGE_ID] = out[PATIENT_ID].map(shown[IMAGE_ID])
+    out["image_score"] = out[PATIENT_ID].map(shown[SCORE])
+    out[FOLD] = out[PATIENT_ID].map(shown[FOLD])
+    return out.sort_values(IMAGE_ID, kind="mergesort").reset_index(drop=True)
+
+
+def select_cases(
+    predictions: pd.DataFrame, threshold: float, n_cases: int, aggregate: str = "mean"
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The cases to explain and the counts per category (see the module docstring for the rule).
 
     ``predictions``: per-image rows with image_id, patient_id, fold, label, score, target.
-    Returns (cases with the columns of :func:`per_image` plus ``predicted`` and ``category``, in
-    category order; ``{category: {"requested", "found", "available"}}``).
+    Returns (one row per chosen patient with the columns of :func:`per_patient` and ``category``,
+    in category order; ``{category: {"requested", "found", "available"}}``).
     """
-    df = per_image(predictions)
-    df["predicted"] = (df[SCORE] >= threshold).astype(int)
+    df = per_patient(per_image(predictions), threshold, aggregate)
     budget = split_budget(n_cases)
     pools = {
         "false_positive": (df[TARGET] == 0) & (df["predicted"] == 1),
@@ -341,8 +364,9 @@ def _explain_case(job: _Job, case: dict[str, Any], stem: str) -> dict[str, Any]:
     affine = np.asarray(image.affine, dtype=np.float64)
     world = affine[:3, :dims] @ np.asarray(peak, dtype=np.float64) + affine[:3, 3]
     title = (
-        f"{image_id} \u00b7 {case['category'].replace('_', ' ')} \u00b7 score {case[SCORE]:.3f} "
-        f"(threshold {job.threshold:.3f}) \u00b7 label {case['label']}" + (" \u00b7 zero map" if zero else "")
+        f"{image_id} \u00b7 {case['category'].replace('_', ' ')} \u00b7 patient score {case[SCORE]:.3f} "
+        f"(threshold {job.threshold:.3f}; this image {case['image_score']:.3f}) \u00b7 label {case['label']}"
+        + (" \u00b7 zero map" if zero else "")
     )
     png = explanation_figure(
         np.asarray(image.detach().cpu().numpy()[0]), cam, spacing=spacing_of(affine, dims), peak=peak, title=title
@@ -440,7 +464,9 @@ def _explain(
         record["skipped"] = "the run has no locked threshold (explanations are made for binary studies)"
         return record
     threshold = float(metrics["threshold"])
-    cases, counts = select_cases(_test_predictions(run_dir, cfg), threshold, cfg.report.explain.cases)
+    cases, counts = select_cases(
+        _test_predictions(run_dir, cfg), threshold, cfg.report.explain.cases, cfg.evaluation.aggregate
+    )
     record.update(
         selection=SELECTION_RULE,
         normalisation=NORMALISATION,

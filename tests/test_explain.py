@@ -361,3 +361,35 @@ def test_the_explained_layer_is_the_deepest_that_can_still_locate() -> None:
     assert choose_layer({**demo, "layer3": (4, 4, 4)}, "auto") == "layer3"
     assert choose_layer({"layer1": (2, 2), "layer2": (1, 1)}, "auto") == "layer1"  # none wide enough: the widest
     assert choose_layer(demo, "layer4") == "layer4"  # a named stage is used as it is
+
+
+def test_cases_are_patients_classified_as_the_study_classifies_them() -> None:
+    rows = [
+        # a true-negative patient whose second image alone would cross the threshold
+        ("q1", "Q", 0, 0.30, 0),
+        ("q2", "Q", 0, 0.55, 0),
+        # a false-positive patient: mean 0.6, shown by its highest-scoring image
+        ("r1", "R", 0, 0.50, 1),
+        ("r2", "R", 0, 0.70, 1),
+        # a true positive and a false negative with one image each
+        ("s1", "S", 1, 0.90, 0),
+        ("t1", "T", 1, 0.20, 1),
+    ]
+    df = pd.DataFrame(rows, columns=["image_id", "patient_id", "target", "score", "fold"])
+    df["label"] = df["target"].astype(str)
+    cases, counts = select_cases(df, threshold=0.5, n_cases=10, aggregate="mean")
+    by_patient = cases.set_index("patient_id")
+    assert by_patient.loc["R", "category"] == "false_positive"
+    assert by_patient.loc["R", "image_id"] == "r2"  # the image that drove the positive call
+    assert by_patient.loc["R", "score"] == pytest.approx(0.6)
+    assert by_patient.loc["R", "image_score"] == pytest.approx(0.7)
+    assert by_patient.loc["Q", "category"] != "false_positive"
+    assert by_patient.loc["Q", "predicted"] == 0
+    assert by_patient.loc["Q", "image_id"] == "q1"  # a negative call is shown by its lowest-scoring image
+    assert counts["false_positive"]["available"] == 1  # one patient, however many images
+    assert by_patient.loc["T", "category"] == "false_negative"
+    assert cases["patient_id"].is_unique
+    assert (
+        select_cases(df, threshold=0.5, n_cases=10, aggregate="max")[0].set_index("patient_id").loc["Q", "predicted"]
+        == 1
+    )  # with max, Q's second image makes the call

@@ -19,8 +19,9 @@ from pipeline.reporting import checklist, cohort
 
 @pytest.fixture
 def flow_run(tmp_path: Path, make_cohort: Callable[..., Path], make_workflow: Callable[..., Path]) -> Path:
-    """A k-fold study of 14 patients where the filter drops site B's, one image does not load and
-    cohortnet scan had excluded two series before the manifest."""
+    """A k-fold study where the filter drops site B's patients, one image does not load and
+    cohortnet scan had excluded two series (and skipped a file that is not an image) before the
+    manifest."""
     manifest = make_cohort(n_patients=20, second_scan=(1, 4))
     table = pd.read_csv(manifest)
     table["sex"] = np.where(table.index % 2, "F", "M")
@@ -29,7 +30,12 @@ def flow_run(tmp_path: Path, make_cohort: Callable[..., Path], make_workflow: Ca
     broken = table[(table["site"] == "A")].iloc[0]["image"]
     (manifest.parent / broken).write_bytes(b"not a nifti")
     pd.DataFrame(
-        {"source": ["x/1", "x/2"], "reason": ["missing_pixel_spacing", "not_an_image"], "message": ["", ""]}
+        {
+            "source": ["x/1", "x/2", "x/README"],
+            "verdict": ["excluded", "error", "skipped"],
+            "reason": ["missing_pixel_spacing", "nonfinite_voxels", "not_dicom"],
+            "message": ["", "", ""],
+        }
     ).to_csv(manifest.with_name("manifest.exclusions.csv"), index=False)
     wf = make_workflow(manifest, filter={"site": ["A"]}, report={"covariates": ["age", "sex"], "explain": {"cases": 0}})
     assert main(["run", str(wf), "--run-id", "r"]) == 0
@@ -47,7 +53,9 @@ def test_the_flow_accounts_for_every_image_and_patient(flow_run: Path) -> None:
     flow = sections["flow"]
     assert cohort.flow_problems(flow) == []
     assert flow["manifest"] == {"file": "manifest.csv", "images": len(manifest), "patients": 20}
-    assert flow["scan"]["by_reason"] == {"missing_pixel_spacing": 1, "not_an_image": 1}
+    assert flow["scan"]["by_reason"] == {"missing_pixel_spacing": 1, "nonfinite_voxels": 1}
+    assert flow["scan"]["excluded"] == 2  # a README is not an excluded scan
+    assert flow["scan"]["not_images"] == 1
     assert flow["filter"]["images"] == len(manifest) - len(site_a)
     assert flow["filter"]["patients"] == 20 - site_a["patient_id"].nunique()
     assert flow["loading"]["images"] == 1
@@ -151,8 +159,10 @@ def test_the_checklist_covers_both_guidelines_with_their_numbers(flow_run: Path)
     assert len(author) > 10
     html = (flow_run / "report.html").read_text()
     anchors = {w[1:] for w in table["where"] if w}
-    missing = [a for a in anchors if f'id="{a}"' not in html and a not in ("subgroups", "external", "explanations")]
-    assert not missing, missing
+    missing = [a for a in anchors if f'id="{a}"' not in html]
+    assert not missing, missing  # a link points only at a section this report has
+    claim33 = table[(table["guideline"] == "CLAIM 2024") & (table["item"] == "33")].iloc[0]
+    assert claim33["where"] == ""  # no external section in a study report
     assert 'id="checklist"' in html
 
 
@@ -164,3 +174,32 @@ def test_the_checklist_file_is_valid_yaml_with_titles_intact() -> None:
     titles = {(i["guideline"], i["item"]): i["title"] for i in data["items"]}
     assert titles[("TRIPOD+AI", "3b")] == "Intended population, place in the care pathway and users"
     assert titles[("CLAIM 2024", "20")] == "Level at which partitions are disjoint"
+
+
+def test_complete_separation_is_not_reported_as_balance() -> None:
+    separated = cohort._smd_categorical(pd.Series(["A"] * 10), pd.Series(["B"] * 10), ["A", "B"])
+    assert separated == float("inf")
+    assert cohort._smd_numeric(pd.Series([32.0] * 4), pd.Series([64.0] * 4)) == float("inf")
+    assert cohort._smd_numeric(pd.Series([32.0] * 4), pd.Series([32.0] * 4)) == 0.0
+    partly = cohort._smd_categorical(
+        pd.Series(["A"] * 5 + ["B"] * 5), pd.Series(["A"] * 5 + ["C"] * 5), ["A", "B", "C"]
+    )
+    assert 0 < partly < float("inf")  # different, not separated
+    patients = pd.DataFrame(
+        {
+            "patient_id": list("abcdef"),
+            "target": [0, 1, 0, 1, 0, 1],
+            "scanner": ["X", "X", "X", "Y", "Y", "Y"],
+            "sex": ["1", "0", "NA", "1", "0", "unknown"],  # codes with two spellings of missing
+            "age": ["50", "61", "72", "1250", "44", "39"],
+        }
+    )
+    part = pd.Series(["train"] * 3 + ["test"] * 3, index=patients["patient_id"])
+    _, rows = cohort.table_one(patients, part, ["scanner", "sex", "age"])
+    by_name = {r["characteristic"]: r for r in rows if not r.get("level")}
+    assert by_name["scanner, n (%)"]["smd"] == float("inf")
+    assert by_name["scanner, n (%)"]["large"]
+    assert "sex, n (%)" in by_name  # few integer codes are counted, not summarised by a median
+    missing = [r for r in rows if r["characteristic"] == "missing"]
+    assert missing[0]["values"] == [2, 1, 1]  # NA and unknown are missing
+    assert by_name["age, median [IQR]"]["values"] == ["55.5 [45.5, 69.2]", "61 [55.5, 66.5]", "44 [41.5, 647]"]

@@ -24,6 +24,10 @@ def run(args: argparse.Namespace) -> int:
     metrics = finalize_run(args.run_dir)
     print(f"per-patient AUC {metrics['auc']:.3f} [95% CI {metrics['auc_ci_low']:.3f}, {metrics['auc_ci_high']:.3f}]")
     print(f"report: {args.run_dir / REPORT_FILE}")
+    stale = args.run_dir / PDF_FILE
+    if not args.pdf and stale.is_file():  # it would no longer match the rebuilt report
+        stale.unlink()
+        print(f"removed {stale}, made from the previous report (add --pdf to print this one)")
     if args.pdf:
         from pipeline.reporting.pdf import write_pdf
 

@@ -4,7 +4,9 @@ exclusions from the run folder; writes ``roc.csv``, the figures and ``report.htm
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,7 +83,6 @@ def write_report(
     explained = load_explanations(run_dir)
     record = explained["record"] if explained else None
     checklist = fill_checklist(RunFacts(cfg, metrics, environment, cohort=sections, explanations=record))
-    artifacts.write_csv(run_dir / CHECKLIST_FILE, checklist[1])
     inputs = ReportInputs(
         study=cfg.study,
         run_id=run_dir.name,
@@ -102,7 +103,20 @@ def write_report(
         checklist=checklist,
         explanations=explained,
     )
-    artifacts.write_text(run_dir / REPORT_FILE, render_report(run_dir, inputs))
+    artifacts.write_text(run_dir / REPORT_FILE, render_linked(run_dir, inputs))
+
+
+def render_linked(run_dir: Path, inputs: ReportInputs) -> str:
+    """The report with the checklist pointing only at sections this report has (a run without
+    explanations or subgroups has no such section): rendered once to see, then for good."""
+    page = render_report(run_dir, inputs)
+    if inputs.checklist is None:
+        return page
+    present = set(re.findall(r'id="([^"]+)"', page))
+    header, table = inputs.checklist
+    table = table.assign(where=[w if w[1:] in present else "" for w in table["where"]])
+    artifacts.write_csv(run_dir / CHECKLIST_FILE, table)
+    return render_report(run_dir, dataclasses.replace(inputs, checklist=(header, table)))
 
 
 def cohort_sections(run_dir: Path, cfg: WorkflowConfig) -> dict[str, Any] | None:
@@ -128,6 +142,9 @@ def cohort_sections(run_dir: Path, cfg: WorkflowConfig) -> dict[str, Any] | None
     partition = cohort.patient_partition(splits)
     partition = partition[partition.index.isin(per_patient_images.index)]
     columns, rows = cohort.table_one(patients, partition, cfg.report.covariates, per_patient_images)
+    random_folds = cfg.validation.scheme == "kfold"
+    if random_folds:  # random folds differ by chance only: the differences are shown, not flagged
+        rows = [{**r, "large": False} for r in rows]
     artifacts.write_csv(run_dir / TABLE1_FILE, cohort.table_one_frame(columns, rows))
     return {
         "flow": flow,
@@ -136,6 +153,7 @@ def cohort_sections(run_dir: Path, cfg: WorkflowConfig) -> dict[str, Any] | None
         "table1_columns": columns,
         "table1_rows": rows,
         "large_smd": cohort.LARGE_SMD,
+        "random_partitions": random_folds,
     }
 
 

@@ -63,10 +63,12 @@ def _data_sources(f: RunFacts) -> Answer:
 
 
 def _centres(f: RunFacts) -> Answer:
+    if f.cohort is None:
+        return AUTHOR, "this run folder has no Table 1"
     sites = [c for c in ("site", "centre", "center", "hospital", "institution") if c in _table_names(f)]
     if sites:
-        return PARTIAL, f"images per {sites[0]} are in Table 1; the kind of setting is for the author"
-    return AUTHOR, "the manifest names no site column (add one as report.covariates to describe it)"
+        return PARTIAL, f"patients per {sites[0]} are in Table 1; the kind of setting is for the author"
+    return AUTHOR, "Table 1 describes no site (name the manifest's site column in report.covariates)"
 
 
 def _table_names(f: RunFacts) -> set[str]:
@@ -244,6 +246,11 @@ def _shift(f: RunFacts) -> Answer:
     rows = [r for r in (f.cohort or {}).get("table1_rows") or [] if r.get("large")]
     if f.cohort is None:
         return AUTHOR, "no Table 1 in this run"
+    if f.cohort.get("random_partitions"):
+        return PARTIAL, (
+            "internal cross-validation: the folds are random patient-grouped partitions of one cohort; "
+            "Table 1 shows them per fold; an external cohort is for the author (cohortnet predict)"
+        )
     names = ", ".join(str(r["characteristic"]).split(",")[0] for r in rows) or "none"
     return PARTIAL, f"standardised differences between partitions in Table 1 (large: {names})"
 
@@ -270,7 +277,12 @@ def _characteristics(f: RunFacts) -> Answer:
 
 def _analysis_counts(f: RunFacts) -> Answer:
     parts = _flow(f).get("partitions") or []
-    text = "; ".join(f"{p['name']}: {p['patients']} ({p['positives']} positive)" for p in parts)
+
+    def one(p: dict[str, Any]) -> str:
+        trained = f", trained on {p['train']} with {p['val']} validating" if "train" in p else ""
+        return f"{p['name']}: {p['patients']} tested ({p['positives']} positive){trained}"
+
+    text = "; ".join(one(p) for p in parts)
     return (FILLED, text) if text else (AUTHOR, "")
 
 
@@ -282,6 +294,8 @@ def _performance(f: RunFacts) -> Answer:
     m = f.metrics
     if m.get("auc") is None:
         return AUTHOR, ""
+    if m.get("auc_ci_low") is None or m.get("auc_ci_high") is None:
+        return PARTIAL, f"AUC {m['auc']:.3f} without a confidence interval (see the statistical warnings)"
     return (
         FILLED,
         f"AUC {m['auc']:.3f} [{m['auc_ci_low']:.3f}, {m['auc_ci_high']:.3f}] ({m.get('ci_method')}); "
@@ -313,6 +327,7 @@ def _subsets(f: RunFacts) -> Answer:
 def _deidentification(f: RunFacts) -> Answer:
     return PARTIAL, (
         "cohortnet keeps no identifying DICOM text in logs, reports or caches and can pseudonymise ids at scan; "
+        "the explanation figures show image slices (check them for burned-in text or facial features); "
         "the de-identification of the source data is for the author"
     )
 

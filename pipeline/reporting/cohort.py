@@ -28,15 +28,22 @@ ACQUISITION_COLUMNS = ("format", "modality", "manufacturer", "transfer_syntax") 
 
 def scan_exclusions(manifest: Path) -> dict[str, Any] | None:
     """Counts per reason code in ``cohortnet scan``'s exclusions table beside the manifest, if any
-    (only the counts: the table names sources and patients)."""
+    (only the counts: the table names sources and patients). Files skipped as not images at all
+    (``verdict`` skipped: a README, a DICOMDIR index) are counted apart: they were never scans."""
     path = manifest.with_name(manifest.stem + ".exclusions.csv")
     if not path.is_file():
         return None
     table = pd.read_csv(path, dtype=str, keep_default_na=False)
     if "reason" not in table.columns:
         return None
-    by_reason = table["reason"].replace("", "unknown").value_counts()
-    return {"file": path.name, "excluded": len(table), "by_reason": {str(k): int(v) for k, v in by_reason.items()}}
+    skipped = table["verdict"] == "skipped" if "verdict" in table.columns else pd.Series(False, index=table.index)
+    by_reason = table.loc[~skipped, "reason"].replace("", "unknown").value_counts()
+    return {
+        "file": path.name,
+        "excluded": int((~skipped).sum()),
+        "by_reason": {str(k): int(v) for k, v in by_reason.items()},
+        "not_images": int(skipped.sum()),
+    }
 
 
 def flow_source(
@@ -174,16 +181,34 @@ def patient_partition(splits: pd.DataFrame) -> pd.Series:
     return test.set_index(PATIENT_ID)[FOLD].map(lambda f: f"fold {f}")
 
 
+MISSING_WORDS = frozenset({"", "na", "n/a", "nan", "none", "null", "unknown", "missing", "?"})
+FEW_LEVELS = 5  # a numeric column with at most this many distinct integers (a code, a count) is shown as counts
+
+
+def _blank_missing(values: pd.Series) -> pd.Series:
+    """Text values with the usual spellings of "no value" (NA, unknown, ...) made empty."""
+    text = values.astype(str).str.strip()
+    return text.where(~text.str.lower().isin(MISSING_WORDS), "")
+
+
 def _numeric(values: pd.Series) -> pd.Series | None:
-    present = values[values.astype(str).str.strip() != ""]
+    """The values as numbers when every present one is a number and they are not a few integer
+    codes (sites 1/2/3, sex 0/1); None otherwise (the column is shown as counts)."""
+    present = values[values != ""]
     number = pd.to_numeric(present, errors="coerce")
-    return number if len(present) and number.notna().all() else None
+    if not len(present) or number.isna().any():
+        return None
+    few_codes = number.nunique() <= FEW_LEVELS and bool((number == number.round()).all())
+    return None if few_codes else number
 
 
 def _smd_numeric(a: pd.Series, b: pd.Series) -> float:
     """(mean_a - mean_b) / sqrt((var_a + var_b) / 2), as Austin (2009)."""
     pooled = np.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 2.0)
-    return float(abs(a.mean() - b.mean()) / pooled) if pooled > 0 else 0.0
+    diff = abs(a.mean() - b.mean())
+    if pooled > 0:
+        return float(diff / pooled)
+    return float("inf") if diff > 0 else 0.0  # constant within each, different between: fully separated
 
 
 def _smd_categorical(a: pd.Series, b: pd.Series, levels: Sequence[str]) -> float:
@@ -193,6 +218,14 @@ def _smd_categorical(a: pd.Series, b: pd.Series, levels: Sequence[str]) -> float
     pb = np.array([(b == lv).mean() for lv in levels[1:]])
     cov = (np.diag(pa) - np.outer(pa, pa) + np.diag(pb) - np.outer(pb, pb)) / 2.0
     diff = pa - pb
+    if not np.any(np.abs(diff) > 1e-12):
+        return 0.0
+    # a difference along a direction with no variance in either group (one level only in one
+    # group, none in the other) is a complete separation, which pinv would silently call 0
+    null = np.linalg.eigh(cov)
+    flat = null.eigenvectors[:, null.eigenvalues <= 1e-12 * max(1.0, float(null.eigenvalues.max(initial=0.0)))]
+    if flat.size and np.any(np.abs(flat.T @ diff) > 1e-9):
+        return float("inf")
     value = float(diff @ np.linalg.pinv(cov) @ diff)
     return float(np.sqrt(max(value, 0.0)))
 
@@ -204,7 +237,7 @@ def _max_smd(groups: dict[str, pd.Series], smd: Any) -> tuple[float | None, str]
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             value = smd(groups[a], groups[b])
-            if np.isfinite(value) and (best[0] is None or value > best[0]):
+            if not np.isnan(value) and (best[0] is None or value > best[0]):
                 best = (value, f"{a} vs {b}")
     return best
 
@@ -249,14 +282,14 @@ def table_one(
     extra = _derived(table)
     chosen = [c for c in dict.fromkeys([*covariates, *ACQUISITION_COLUMNS]) if c in table.columns]
     for col in [*chosen, *extra.columns]:
-        values = table[col] if col in table.columns else extra[col]
-        if (values.astype(str).str.strip() == "").all():
+        values = _blank_missing(table[col] if col in table.columns else extra[col])
+        if (values == "").all():
             continue
         number = _numeric(values)
-        if number is not None and values.astype(str).nunique() > 2:
+        if number is not None:
             rows += _numeric_rows(col, number.reindex(values.index), table["_part"], names)
         else:
-            rows += _categorical_rows(col, values.astype(str).str.strip(), table["_part"], names)
+            rows += _categorical_rows(col, values, table["_part"], names)
     return columns, rows
 
 
@@ -268,13 +301,18 @@ def _partition_order(name: str) -> tuple[int, Any]:
     return (1, int(tail)) if tail.isdigit() else (2, name)
 
 
+def _num(x: float) -> str:
+    """Three significant digits, never in exponent form (1250, not 1.25e+03)."""
+    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
 def _numeric_rows(name: str, values: pd.Series, part: pd.Series, names: Sequence[str]) -> list[dict[str, Any]]:
     def cell(v: pd.Series) -> str:
         v = v.dropna()
         if v.empty:
             return "–"
         q1, med, q3 = np.percentile(v, [25, 50, 75])
-        return f"{med:.3g} [{q1:.3g}, {q3:.3g}]"
+        return f"{_num(med)} [{_num(q1)}, {_num(q3)}]"
 
     groups = {n: values[part == n].dropna() for n in names}
     smd, pair = _max_smd(groups, _smd_numeric)

@@ -43,7 +43,8 @@ CASE_COLUMNS = (
     "image_id",
     "patient_id",
     "category",
-    "score",
+    "score",  # the patient's score, as the study combines its images (the call is made on it)
+    "image_score",  # the shown image's own score
     "label",
     "target",
     "predicted",

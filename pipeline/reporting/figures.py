@@ -136,8 +136,9 @@ def _flow_boxes(flow: dict[str, Any]) -> tuple[list[str], list[str | None]]:
     exclusions: list[str | None] = []
     man, scan, flt = flow.get("manifest"), flow.get("scan"), flow.get("filter")
     if man and scan:
-        mains.append(f"Export scanned (cohortnet scan)\n{man['images'] + scan['excluded']} series or files")
-        exclusions.append(f"Excluded at scan: {scan['excluded']}{_reasons(scan['by_reason'])}")
+        mains.append("Export scanned (cohortnet scan)")
+        others = f"\n({scan['not_images']} files that are not images skipped)" if scan.get("not_images") else ""
+        exclusions.append(f"Excluded at scan: {scan['excluded']} series or files{_reasons(scan['by_reason'])}{others}")
     if man and flt:
         mains.append(f"Manifest ({man['file']})\n{man['images']} images, {man['patients']} patients")
         exclusions.append(

@@ -198,6 +198,9 @@ def _cohort(sections: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     blank = {"smd": None, "smd_pair": "", "large": False, "level": False}
     rows = [{**blank, **r, "cells": [fmt(v) for v in r["values"]]} for r in sections["table1_rows"]]
+    for r in rows:
+        smd = r["smd"]
+        r["smd_text"] = "" if smd is None else "separated" if math.isinf(smd) else f"{smd:.2f}"
     return {**sections, "flow_png": _b64(sections["flow_png"]), "table1_rows": rows}
 
 
