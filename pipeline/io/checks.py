@@ -39,6 +39,7 @@ def nifti_qc(info: nifti.NiftiInfo) -> dict[str, Any]:
     return {
         "format": "nifti",
         "modality": "",
+        "manufacturer": "",
         "shape": _fmt(info.shape),
         "spacing": _fmt(spacing),
         "orientation": orientation_code(info.affine),
@@ -57,6 +58,7 @@ def dicom_qc(meta: dict[str, Any]) -> dict[str, Any]:
     return {
         "format": "dicom",
         "modality": meta["modality"],
+        "manufacturer": meta.get("manufacturer", ""),
         "shape": _fmt(meta["shape"]),
         "spacing": _fmt(meta["spacing"]),
         "orientation": meta["orientation"],

@@ -85,6 +85,7 @@ class DicomHeader:
     image_type: tuple[str, ...]
     planes: tuple[Plane, ...]
     description: str = ""
+    manufacturer: str = ""  # Manufacturer and ManufacturerModelName (equipment, not identifying; cleaned)
     series_number: str = ""
     acquisition: str = ""
     echo: str = ""
@@ -236,6 +237,9 @@ def _parse_header(ds: Dataset, path: Path, source: str) -> DicomHeader:
         image_type=image_type,
         planes=built.planes,
         description=clean_description(_text(ds, "SeriesDescription"), identifying),
+        manufacturer=clean_description(
+            " ".join(t for t in (_text(ds, "Manufacturer"), _text(ds, "ManufacturerModelName")) if t), identifying
+        ),
         series_number=_text(ds, "SeriesNumber"),
         acquisition=_text(ds, "AcquisitionNumber"),
         echo=_text(ds, "EchoNumbers"),

@@ -127,6 +127,7 @@ def dicom_meta(plan: StackPlan) -> dict[str, Any]:
     return {
         "format": "dicom",
         "modality": first.modality,
+        "manufacturer": first.manufacturer,
         "shape": shape,
         "spacing": g.spacing[: len(plan.spatial_shape)],
         "orientation": orientation_code(g.affine),

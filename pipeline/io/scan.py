@@ -41,6 +41,7 @@ log = logging.getLogger("pipeline.io.scan")
 QC_COLUMNS = (
     "format",
     "modality",
+    "manufacturer",
     "shape",
     "spacing",
     "orientation",

@@ -23,7 +23,14 @@ from pipeline.schema import IMAGE, LABEL, PATIENT_ID, SERIES_ID, STUDY_ID
 def _cohort(root: Path) -> dict[str, list[Path]]:
     """Two patients in nested, oddly named folders: P1 with a CT and a NIfTI, P2 with an MR."""
     study = generate_uid()
-    ct = write_series(root / "export" / "a b" / "1", PatientID="P1", StudyInstanceUID=study, AccessionNumber="A1")
+    ct = write_series(
+        root / "export" / "a b" / "1",
+        PatientID="P1",
+        StudyInstanceUID=study,
+        AccessionNumber="A1",
+        Manufacturer="ACME",
+        ManufacturerModelName="Scan 64",
+    )
     mr = write_series(
         root / "export" / "x" / "y" / "z",
         ramp((5, 6, 3)),
@@ -62,6 +69,8 @@ def test_manifest_rows_are_ready_for_run_and_load_back_exactly(tmp_path: Path) -
         "9",
     )
     assert row["transfer_syntax"] == "Explicit VR Little Endian"
+    assert row["manufacturer"] == "ACME Scan 64"  # the scanner make and model, for Table 1
+    assert manifest.loc[manifest["format"] == "nifti", "manufacturer"].tolist() == [""]
     assert not any("export" in p or "a b" in p for p in manifest[IMAGE]), "paths never come from the export"
     assert _read(summary.exclusions).empty
 
