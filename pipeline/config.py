@@ -155,6 +155,14 @@ class ReportConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    # MLflow tracking (the mlflow extra): "local" is a file store in <output_dir>/mlruns; any other
+    # value is a tracking URI (http://server:5000, file:/path, sqlite:///mlflow.db); none: off
+    mlflow: str | None = None
+    experiment: str | None = None  # MLflow experiment name (default: the study's name)
+
+
+@dataclass(frozen=True)
 class WorkflowConfig:
     study: str
     manifest: Path
@@ -165,6 +173,7 @@ class WorkflowConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     output_dir: Path = Path("reports")  # run folder: <output_dir>/<study>/<run_id>/
     # keep only manifest rows whose column has one of the listed values, e.g. {split: [train, val]}
     filter: dict[str, tuple[str, ...]] = field(default_factory=dict)

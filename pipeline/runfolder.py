@@ -36,7 +36,16 @@ from pipeline.schema import FOLD, FOLD_DONE_FILE, LOCK_FILE, PATIENT_ID, ROLE, S
 
 # keys that change how fast a run goes, never what it computes, and the manifest's path (its
 # content is sealed by hash): a resume may change them
-OPERATIONAL_KEYS = ("output_dir", "manifest", "data.workers", "data.cache", "train.num_threads", "train.device")
+OPERATIONAL_KEYS = (
+    "output_dir",
+    "manifest",
+    "data.workers",
+    "data.cache",
+    "train.num_threads",
+    "train.device",
+    "tracking.mlflow",
+    "tracking.experiment",
+)
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 

@@ -358,6 +358,7 @@ def _run_locked(cfg: WorkflowConfig, cohort: Cohort, run_dir: Path, ctx: Any, pr
         train_and_predict(cfg, cohort, splits, run, content_hashes=hashes)
         if ctx.is_main:
             metrics = finalize_run(run_dir, cfg, cohort)
+            _track(run_dir, cfg)
         barrier(ctx)
     except CohortnetError as exc:
         if handler is not None:  # the run log says why the run stopped (the CLI tells the console)
@@ -645,6 +646,14 @@ def finalize_run(run_dir: Path, cfg: WorkflowConfig | None = None, cohort: Cohor
         n_images=len(preds),
     )
     return metrics
+
+
+def _track(run_dir: Path, cfg: WorkflowConfig) -> None:
+    """The finished run copied to the workflow's MLflow store (tracking.mlflow), if any."""
+    if cfg.tracking.mlflow:
+        from pipeline.tracking import log_run
+
+        log_run(run_dir, cfg)
 
 
 def _explain(run_dir: Path, cfg: WorkflowConfig, cohort: Cohort) -> None:

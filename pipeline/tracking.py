@@ -1,0 +1,151 @@
+"""A finished study logged to MLflow (``tracking.mlflow``; the ``mlflow`` extra), where researchers
+already compare their runs: one parent run per study run with the resolved parameters, the final
+metrics and ``report.html`` / ``metrics.json`` as artifacts, and one nested run per fold with its
+per-epoch losses and validation AUC.
+
+Nothing identifying goes to the store: paths are reduced to file names (the manifest by its name
+and SHA-256), no patient id, table of patients or image is logged. The run folder stays the
+record; tracking is a copy. A store that cannot be reached is a warning, never a failed study,
+and ``tracking.json`` in the run folder names the MLflow run that was written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline.config import WorkflowConfig
+from pipeline.reporting import artifacts
+from pipeline.schema import ENVIRONMENT_FILE, FOLD_DONE_FILE, HISTORY_FILE, METRICS_FILE, REPORT_FILE
+
+log = logging.getLogger(__name__)
+
+TRACKING_FILE = "tracking.json"
+LOCAL = "local"
+_PATH_KEYS = ("manifest", "output_dir", "model.pretrained")  # logged by their file name only
+_HEADLINE = ("auc", "auc_ci_low", "auc_ci_high", "n_patients", "n_positive", "threshold")
+_AT_THRESHOLD = ("sensitivity", "specificity", "ppv", "npv", "accuracy", "balanced_accuracy", "f1")
+_EPOCH_COLUMNS = ("train_loss", "val_loss", "val_auc")
+
+
+def tracking_uri(cfg: WorkflowConfig) -> str | None:
+    """The store a run logs to: None (off), a file store under output_dir ("local"), or the URI."""
+    uri = cfg.tracking.mlflow
+    if not uri:
+        return None
+    if uri == LOCAL:
+        return (cfg.output_dir / "mlruns").resolve().as_uri()
+    return uri
+
+
+def params(cfg: WorkflowConfig, environment: dict[str, Any]) -> dict[str, str]:
+    """The resolved workflow as flat MLflow parameters (paths as their file names only)."""
+    flat: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+            return
+        key = prefix.rstrip(".")
+        if key in _PATH_KEYS:
+            node = Path(str(node)).name if node else node
+        elif key == "data.image_roots":
+            node = len(node or ())
+        flat[key] = str(node)[:500]  # MLflow's limit on a parameter value
+
+    walk({k: v for k, v in cfg.to_dict().items() if k != "tracking"}, "")  # where it logs is not a parameter
+    flat["manifest_sha256"] = str(environment.get("manifest_sha256", ""))
+    flat["git_commit"] = str(environment.get("git_commit") or "")
+    flat["cohortnet"] = str((environment.get("packages") or {}).get("cohortnet", ""))
+    return flat
+
+
+def final_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The figures worth comparing across runs, as numbers."""
+    out = {k: metrics[k] for k in (*_HEADLINE, *_AT_THRESHOLD) if isinstance(metrics.get(k), int | float)}
+    cal = metrics.get("calibration") or {}
+    for key in ("brier", "calibration_intercept", "calibration_slope", "ece"):
+        if isinstance(cal.get(key), int | float):
+            out[f"calibration_{key}" if not key.startswith("calibration") else key] = cal[key]
+    folds = metrics.get("folds") or {}
+    for key in ("auc_mean", "auc_sd"):
+        if isinstance(folds.get(key), int | float):
+            out[f"folds_{key}"] = folds[key]
+    return {k: float(v) for k, v in out.items()}
+
+
+def log_run(run_dir: Path, cfg: WorkflowConfig) -> dict[str, Any] | None:
+    """Log the finished run folder ``run_dir`` to the workflow's MLflow store; returns what
+    ``tracking.json`` records, or None when tracking is off. Never raises for the store."""
+    uri = tracking_uri(cfg)
+    if uri is None:
+        return None
+    try:
+        import mlflow
+    except ImportError:
+        log.warning("tracking.mlflow is set but MLflow is not installed: pip install 'cohortnet[mlflow]'")
+        return None
+    if uri.startswith("file:"):
+        # MLflow 3 keeps file stores in maintenance mode behind this switch; the workflow asked for one
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    try:
+        record = _log(mlflow, uri, run_dir, cfg)
+    except Exception as exc:  # the study stands whatever the store does
+        log.warning("MLflow tracking failed (%s: %s); the run folder is complete", type(exc).__name__, exc)
+        return None
+    artifacts.write_json(run_dir / TRACKING_FILE, record)
+    log.info("logged to MLflow %s: experiment %s, run %s", uri, record["experiment"], record["run_id"])
+    return record
+
+
+def _log(mlflow: Any, uri: str, run_dir: Path, cfg: WorkflowConfig) -> dict[str, Any]:
+    metrics = json.loads((run_dir / METRICS_FILE).read_text())
+    env_path = run_dir / ENVIRONMENT_FILE
+    environment = json.loads(env_path.read_text()) if env_path.is_file() else {}
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    name = cfg.tracking.experiment or cfg.study
+    found = client.get_experiment_by_name(name)
+    experiment = found.experiment_id if found is not None else client.create_experiment(name)
+    tags = {"cohortnet.run_id": run_dir.name, "cohortnet.study": cfg.study, "scheme": cfg.validation.scheme}
+    parent = client.create_run(experiment, run_name=run_dir.name, tags=tags)
+    rid = parent.info.run_id
+    for key, value in params(cfg, environment).items():
+        client.log_param(rid, key, value)
+    for key, number in final_metrics(metrics).items():
+        client.log_metric(rid, key, number)
+    for name_ in (REPORT_FILE, METRICS_FILE):
+        if (run_dir / name_).is_file():
+            client.log_artifact(rid, str(run_dir / name_))
+    folds = [_log_fold(client, experiment, rid, done) for done in sorted(run_dir.glob(f"fold_*/{FOLD_DONE_FILE}"))]
+    client.set_terminated(rid, "FINISHED")
+    return {"tracking_uri": uri, "experiment": name, "experiment_id": experiment, "run_id": rid, "fold_runs": folds}
+
+
+def _log_fold(client: Any, experiment: str, parent: str, done: Path) -> str:
+    """One nested run per fold: its best epoch and per-epoch curves (history.csv)."""
+    info = json.loads(done.read_text())
+    tags = {"mlflow.parentRunId": parent, "fold": str(info["fold"])}
+    run = client.create_run(experiment, run_name=f"fold {info['fold']}", tags=tags)
+    rid = run.info.run_id
+    client.log_param(rid, "fold", info["fold"])
+    client.log_param(rid, "precision", info.get("precision"))
+    for key in ("best_epoch", "best_val_auc", "seconds"):
+        if isinstance(info.get(key), int | float):
+            client.log_metric(rid, key, float(info[key]))
+    history = done.parent / HISTORY_FILE
+    if history.is_file():
+        table = pd.read_csv(history)
+        for row in table.itertuples(index=False):
+            step = int(getattr(row, "epoch", 0))
+            for column in _EPOCH_COLUMNS:
+                value = getattr(row, column, None)
+                if value is not None and pd.notna(value):
+                    client.log_metric(rid, column, float(value), step=step)
+    client.set_terminated(rid, "FINISHED")
+    return str(rid)

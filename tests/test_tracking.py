@@ -1,0 +1,90 @@
+"""A study logged to MLflow (tracking.mlflow), read back through MLflow's own client."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipeline.cli import main
+
+mlflow = pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+
+
+def test_a_study_is_logged_with_its_folds_and_nothing_identifying(
+    tmp_path: Path, make_cohort: Callable[..., Path], make_workflow: Callable[..., Path]
+) -> None:
+    store = tmp_path / "store"
+    manifest = make_cohort(n_patients=12)
+    wf = make_workflow(
+        manifest,
+        train={"epochs": 2},
+        tracking={"mlflow": store.as_uri(), "experiment": "tiny-exp"},
+        report={"explain": {"cases": 0}},
+    )
+    assert main(["run", str(wf), "--run-id", "r"]) == 0
+    run = tmp_path / "reports" / "tiny" / "r"
+    record = json.loads((run / "tracking.json").read_text())
+    client = mlflow.tracking.MlflowClient(tracking_uri=store.as_uri())
+    experiment = client.get_experiment_by_name("tiny-exp")
+    assert experiment is not None
+    runs = {r.info.run_id: r for r in client.search_runs([experiment.experiment_id])}
+    parent = runs[record["run_id"]]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert parent.info.run_name == "r"
+    assert parent.data.metrics["auc"] == pytest.approx(metrics["auc"])
+    assert parent.data.metrics["sensitivity"] == pytest.approx(metrics["sensitivity"])
+    assert parent.data.params["model.arch"] == "resnet10"
+    assert parent.data.params["train.epochs"] == "2"
+    assert parent.data.params["manifest"] == "manifest.csv"  # a name, not where it lives
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"report.html", "metrics.json"} <= artifacts
+    folds = [r for r in runs.values() if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.data.params["fold"] for r in folds) == ["0", "1"]
+    for fold in folds:
+        curve = client.get_metric_history(fold.info.run_id, "val_auc")
+        history = pd.read_csv(run / f"fold_{fold.data.params['fold']}" / "history.csv")
+        assert [m.step for m in curve] == history["epoch"].tolist()
+        assert [m.value for m in curve] == pytest.approx(history["val_auc"].tolist())
+    # nothing of the machine's paths or the cohort's patients in parameters or tags
+    patients = set(pd.read_csv(manifest, dtype=str)["patient_id"])
+    for r in runs.values():
+        values = [*r.data.params.values(), *r.data.tags.values()]
+        assert not any(str(tmp_path) in v for v in values)
+        assert not any(v in patients for v in values)
+
+
+def test_an_unreachable_store_is_a_warning_not_a_failed_study(
+    tmp_path: Path,
+    make_cohort: Callable[..., Path],
+    make_workflow: Callable[..., Path],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    wf = make_workflow(
+        make_cohort(n_patients=8),
+        tracking={"mlflow": "http://127.0.0.1:9"},  # nothing listens on the discard port
+        report={"explain": {"cases": 0}},
+    )
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    assert main(["run", str(wf), "--run-id", "r"]) == 0
+    run = tmp_path / "reports" / "tiny" / "r"
+    assert (run / "report.html").is_file()
+    assert not (run / "tracking.json").exists()
+    assert "MLflow tracking failed" in caplog.text
+
+
+def test_local_means_a_file_store_beside_the_run_folders(tmp_path: Path) -> None:
+    from pipeline.config import load_config
+    from pipeline.tracking import tracking_uri
+
+    (tmp_path / "m.csv").write_text("patient_id,image,label\n")
+    (tmp_path / "wf.yaml").write_text("study: s\nmanifest: m.csv\noutput_dir: out\ntracking: {mlflow: local}\n")
+    cfg = load_config(tmp_path / "wf.yaml", check_files=False)
+    assert tracking_uri(cfg) == (tmp_path / "out" / "mlruns").as_uri()
+    off = load_config(tmp_path / "wf.yaml", ["tracking.mlflow=null"], check_files=False)
+    assert tracking_uri(off) is None
