@@ -10,6 +10,7 @@ rebuilds everything downstream of the predictions without retraining.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -317,16 +318,25 @@ class StudyResult:
         return self.run_dir / REPORT_FILE
 
 
-def run_study(cfg: WorkflowConfig, cohort: Cohort, *, run_id: str | None = None, progress: bool = True) -> StudyResult:
+def run_study(
+    cfg: WorkflowConfig, cohort: Cohort, *, run_id: str | None = None, progress: bool = True, dask: str | None = None
+) -> StudyResult:
     """Run the whole study; returns the run folder and the metrics.
 
     Under torchrun every rank runs this function: rank 0 creates the run folder and writes every
-    file; the others train their share and return empty metrics.
+    file; the others train their share and return empty metrics. With ``dask`` (a scheduler
+    address, ``local`` or ``local:N``) the folds are tasks on that cluster (``pipeline.fanout``).
     """
     from pipeline.distributed import broadcast, init_from_env
 
     start = time.perf_counter()
     ctx = init_from_env(cfg.train.device)
+    if dask and ctx.enabled:
+        raise ValidationError(["--dask runs folds as cluster tasks: start it once, not under torchrun"], "command line")
+    if dask and cfg.data.cache == "device":
+        raise ValidationError(
+            ["--dask: data.cache device keeps tensors on the driver's GPU; use auto, memory or disk"], "workflow"
+        )
     if run_id is not None:
         runfolder.check_run_id(run_id)
     run_dir = broadcast(ctx, new_run_dir(cfg, run_id) if ctx.is_main else None)
@@ -334,11 +344,13 @@ def run_study(cfg: WorkflowConfig, cohort: Cohort, *, run_id: str | None = None,
     with runfolder.locked(run_dir) if ctx.is_main else contextlib.nullcontext():
         if ctx.is_main:
             artifacts.clean_stale_temporaries(run_dir)
-        metrics = _run_locked(cfg, cohort, run_dir, ctx, progress)
+        metrics = _run_locked(cfg, cohort, run_dir, ctx, progress, dask)
     return StudyResult(run_dir, metrics, time.perf_counter() - start)
 
 
-def _run_locked(cfg: WorkflowConfig, cohort: Cohort, run_dir: Path, ctx: Any, progress: bool) -> dict[str, Any]:
+def _run_locked(
+    cfg: WorkflowConfig, cohort: Cohort, run_dir: Path, ctx: Any, progress: bool, dask: str | None = None
+) -> dict[str, Any]:
     """The study inside its run folder, which this process holds (rank 0) or shares (other ranks)."""
     from pipeline.distributed import barrier, broadcast
 
@@ -355,6 +367,7 @@ def _run_locked(cfg: WorkflowConfig, cohort: Cohort, run_dir: Path, ctx: Any, pr
         summary = crossval.describe_splits(splits, cohort.patients)
         log.info("splits (%s):\n%s", cfg.validation.scheme, summary.to_string(index=False))
         run = resolve_run_context(cfg, ctx, run_dir, seal, progress=progress and ctx.is_main)
+        run = dataclasses.replace(run, dask=dask)
         train_and_predict(cfg, cohort, splits, run, content_hashes=hashes)
         if ctx.is_main:
             metrics = finalize_run(run_dir, cfg, cohort)
@@ -381,6 +394,7 @@ class RunContext:
     seal: str
     run_dir: Path
     progress: bool = True
+    dask: str | None = None  # folds as tasks on this dask.distributed scheduler (pipeline.fanout)
 
 
 def resolve_run_context(cfg: WorkflowConfig, ctx: Any, run_dir: Path, seal: str, *, progress: bool) -> RunContext:
@@ -413,12 +427,18 @@ def train_and_predict(
         roles = table[PATIENT_ID].map(dict(zip(part[PATIENT_ID], part[ROLE], strict=True)))
         fold_items[int(str(fold))] = {r: prepared.items(roles.index[roles == r].tolist()) for r in crossval.ROLES}
     _check_usable(fold_items, len(prepared.failures))
+    pending = {}
     for fold, items in fold_items.items():
-        fold_dir = run.run_dir / f"fold_{fold}"
-        if (fold_dir / FOLD_DONE_FILE).is_file():
+        if (run.run_dir / f"fold_{fold}" / FOLD_DONE_FILE).is_file():
             log.info("fold %s: already done, skipping", fold)
-            continue
-        _run_fold(cfg, run, fold, items, table, cohort.label, fold_dir)
+        else:
+            pending[fold] = items
+    if run.dask:
+        from pipeline.fanout import run_folds
+
+        run_folds(cfg, run.run_dir, run.seal, pending, table[[PATIENT_ID, cohort.label]], cohort.label, run.dask)
+    for fold, items in pending.items() if not run.dask else ():
+        run_fold(cfg, run, fold, items, table, cohort.label)
         barrier(run.ctx)
     if run.ctx.is_main:
         _pool_folds(run, splits)
@@ -434,7 +454,7 @@ def _preprocess(cfg: WorkflowConfig, cohort: Cohort, run: RunContext, content_ha
         cfg,
         cohort.table,
         content_hashes,
-        device=run.device,
+        device=None if run.dask else run.device,  # cluster tasks get host tensors or cache files
         progress=run.progress,
         ranks_per_node=run.ctx.local_world_size,
     )
@@ -477,16 +497,17 @@ def _check_usable(fold_items: dict[int, dict[str, list[dict[str, Any]]]], n_excl
         raise ValidationError(problems, "cohort after exclusions")
 
 
-def _run_fold(
+def run_fold(
     cfg: WorkflowConfig,
     run: RunContext,
     fold: int,
     items: dict[str, list[dict[str, Any]]],
     table: pd.DataFrame,
     label_col: str,
-    fold_dir: Path,
 ) -> None:
-    """Train one fold, then predict its test and validation images (rank 0 writes the files)."""
+    """Train one fold into ``fold_<k>/``, then predict its test and validation images (rank 0
+    writes the files)."""
+    fold_dir = run.run_dir / f"fold_{fold}"
     from pipeline.augment import make_augmentation
     from pipeline.models import build_model, count_parameters
     from pipeline.precision import choose_precision

@@ -148,3 +148,29 @@ def test_test_time_augmentation_scores_the_mean_of_the_views_and_reports_the_sin
     for image_id, row in folds.iterrows():
         assert predicted.loc[image_id, fold_cols[int(row["fold"])]] == pytest.approx(row["score"], abs=0.02)
     assert len(new) == len(predicted)
+
+
+@pytest.mark.timeout(600)
+def test_folds_on_a_local_dask_cluster_equal_the_sequential_run(
+    tmp_path: Path, make_cohort: Callable[..., Path], make_workflow: Callable[..., Path]
+) -> None:
+    pytest.importorskip("distributed", reason="the dask extra is not installed")
+    manifest = make_cohort(n_patients=12, second_scan=(2,))
+    deterministic = {"epochs": 2, "deterministic": True, "num_threads": 1, "amp": "off"}
+    wf = make_workflow(manifest, train=deterministic, report={"explain": {"cases": 0}})
+    assert main(["run", str(wf), "--run-id", "seq"]) == 0
+    assert main(["run", str(wf), "--run-id", "dask", "--dask", "local:2"]) == 0
+    runs = tmp_path / "reports" / "tiny"
+    seq = pd.read_csv(runs / "seq" / "predictions.csv").sort_values("image_id").reset_index(drop=True)
+    fanned = pd.read_csv(runs / "dask" / "predictions.csv").sort_values("image_id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(seq, fanned)
+    for fold in (0, 1):
+        done = json.loads((runs / "dask" / f"fold_{fold}" / "done.json").read_text())
+        assert done["seal"] == json.loads((runs / "dask" / "seal.json").read_text())["digest"]
+    assert json.loads((runs / "seq" / "metrics.json").read_text())["auc"] == pytest.approx(
+        json.loads((runs / "dask" / "metrics.json").read_text())["auc"]
+    )
+    # a rerun of the same command finds every fold done and trains nothing
+    models = {p: p.stat().st_mtime_ns for p in (runs / "dask").glob("fold_*/model.pt")}
+    assert main(["run", str(wf), "--run-id", "dask", "--dask", "local:2"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in models} == models

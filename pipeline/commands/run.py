@@ -20,6 +20,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "run folder of the same name is resumed, skipping finished folds",
     )
     parser.add_argument("--check", action="store_true", help="validate workflow and manifest, then stop")
+    parser.add_argument(
+        "--dask",
+        metavar="SCHEDULER",
+        help="train the folds as tasks on a dask.distributed cluster: local, local:N or a scheduler address",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     log.info("workflow %s is valid: %d images of %d patients", args.workflow, len(cohort.table), n_patients)
     if args.check:
         return 0
-    result = run_study(cfg, cohort, run_id=args.run_id)
+    result = run_study(cfg, cohort, run_id=args.run_id, dask=args.dask)
     if not result.metrics:  # a torchrun rank other than 0: rank 0 reports
         return 0
     m = result.metrics

@@ -1,0 +1,108 @@
+"""``cohortnet run WORKFLOW --dask SCHEDULER``: a study's folds as tasks on a dask.distributed cluster.
+
+The driver (the ``run`` process, which holds the run folder's lock) seals the folder, preprocesses
+once and checks the folds, exactly as a sequential run does; then each fold that has no
+``done.json`` yet is one task. A task trains its fold into ``fold_<k>/`` on a worker (every file
+written atomically, ``done.json`` last, with the run's seal) and nothing else; only the driver
+pools the folds, after checking every fold's seal. A task lost with its worker is retried by Dask
+(``RETRIES``) and the retry resumes from the fold's ``last.pt``; a rerun of the command skips the
+finished folds. ``local`` or ``local:N`` starts a ``LocalCluster`` of N single-threaded worker
+processes; any other value is a scheduler address (dask-jobqueue on SLURM, or dask-cuda's
+``LocalCUDACluster`` for one worker per GPU). ``torchrun`` remains the way to spread one fold
+over several GPUs.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline.config import WorkflowConfig, config_from_dict, dump_config, yaml_load
+from pipeline.errors import CohortnetError, ValidationError
+
+log = logging.getLogger(__name__)
+
+RETRIES = 2
+
+
+def fold_task(
+    config_text: str,
+    run_dir: str,
+    seal: str,
+    fold: int,
+    items: dict[str, list[dict[str, Any]]],
+    table: pd.DataFrame,
+    label: str,
+) -> int:
+    """One fold on a worker (arguments are plain values): train, predict, write ``fold_<k>/``."""
+    import torch
+
+    from pipeline.distributed import SINGLE
+    from pipeline.study import RunContext, resolve_run_context, run_fold
+
+    cfg = config_from_dict(yaml_load(config_text), base_dir=Path("."), source="config.yaml", check_files=False)
+    if not cfg.train.num_threads:
+        torch.set_num_threads(1)  # one worker per core: no oversubscription
+    base = resolve_run_context(cfg, SINGLE, Path(run_dir), seal, progress=False)
+    run = RunContext(base.ctx, base.device, seal, Path(run_dir), progress=False)
+    run_fold(cfg, run, fold, items, table, label)
+    return fold
+
+
+def client_for(scheduler: str) -> tuple[Any, Any]:
+    """A dask.distributed Client (and the LocalCluster it owns, if any)."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise CohortnetError("--dask needs the dask extra: pip install 'cohortnet[dask]'") from None
+    if scheduler == "local" or scheduler.startswith("local:"):
+        count = scheduler.partition(":")[2] or "2"
+        if not count.isdigit() or int(count) < 1:
+            raise ValidationError([f"--dask local:N needs a worker count, got {scheduler!r}"], "command line")
+        cluster = LocalCluster(n_workers=int(count), threads_per_worker=1, processes=True, dashboard_address=None)
+        return Client(cluster), cluster
+    return Client(scheduler), None
+
+
+def run_folds(
+    cfg: WorkflowConfig,
+    run_dir: Path,
+    seal: str,
+    pending: dict[int, dict[str, list[dict[str, Any]]]],
+    table: pd.DataFrame,
+    label: str,
+    scheduler: str,
+) -> None:
+    """Every pending fold as one task on the cluster; returns when all are done (raises the first
+    failure, after its retries)."""
+    if not pending:
+        return
+    client, cluster = client_for(scheduler)
+    try:
+        text = dump_config(cfg)
+        futures = [
+            client.submit(
+                fold_task,
+                text,
+                str(run_dir),
+                seal,
+                fold,
+                items,
+                table,
+                label,
+                key=f"cohortnet-fold-{run_dir.name}-{fold}",
+                retries=RETRIES,
+                pure=False,
+            )
+            for fold, items in pending.items()
+        ]
+        log.info("%d fold(s) submitted to %s", len(futures), scheduler)
+        for fold in client.gather(futures):
+            log.info("fold %d: done on the cluster", fold)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
