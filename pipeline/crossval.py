@@ -61,12 +61,13 @@ def leave_one_group_out_splits(
     """Split table holding out each value of ``patients[group]`` in turn (folds in sorted order of
     the values); the validation patients are carved from the other groups' patients. The
     ``group`` column of the table names each fold's held-out value."""
-    values = sorted(patients[group].astype(str).unique())
+    names = patients[group].astype(str).str.strip()
+    values = sorted(names.unique())
     if len(values) < 2:
         raise ValueError(f"leave-one-group-out needs at least 2 values of {group!r}, the cohort has {values}")
     rows = []
     for fold, value in enumerate(values):
-        held_out = patients[group].astype(str) == value
+        held_out = names == value
         train = patients[~held_out]
         val = _inner_val(train, inner_val_fraction, seed + 1000 + fold)
         for pid, out in zip(patients[PATIENT_ID], held_out, strict=True):

@@ -14,6 +14,7 @@ over several GPUs.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -36,20 +37,36 @@ def fold_task(
     items: dict[str, list[dict[str, Any]]],
     table: pd.DataFrame,
     label: str,
-) -> int:
-    """One fold on a worker (arguments are plain values): train, predict, write ``fold_<k>/``."""
+) -> tuple[int, CohortnetError | None]:
+    """One fold on a worker (arguments are plain values): train, predict, write ``fold_<k>/``
+    under the fold's own lock. Returns (fold, None), or (fold, the error) for a problem of the study
+    itself (NaN scores, say), which a retry would only repeat; anything else raises, and Dask
+    retries it (a lost worker, a full disk)."""
     import torch
 
+    from pipeline import runfolder
     from pipeline.distributed import SINGLE
     from pipeline.study import RunContext, resolve_run_context, run_fold
 
     cfg = config_from_dict(yaml_load(config_text), base_dir=Path("."), source="config.yaml", check_files=False)
-    if not cfg.train.num_threads:
-        torch.set_num_threads(1)  # one worker per core: no oversubscription
     base = resolve_run_context(cfg, SINGLE, Path(run_dir), seal, progress=False)
+    if base.device.type == "cpu" and not cfg.train.num_threads:
+        torch.set_num_threads(1)  # one worker per core: no oversubscription
     run = RunContext(base.ctx, base.device, seal, Path(run_dir), progress=False)
-    run_fold(cfg, run, fold, items, table, label)
-    return fold
+    fold_dir = Path(run_dir) / f"fold_{fold}"
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with runfolder.locked(fold_dir):  # a task left running by an interrupted driver keeps its fold
+            run_fold(cfg, run, fold, items, table, label)
+    except CohortnetError as exc:
+        return fold, exc
+    return fold, None
+
+
+def _task_id(run_dir: Path, seal: str) -> str:
+    """Names a run's tasks on a shared scheduler: the run folder's full path and its seal (two
+    studies with the same run id never share a key, so never each other's result)."""
+    return hashlib.sha256(f"{run_dir.resolve()}\n{seal}".encode()).hexdigest()[:16]
 
 
 def client_for(scheduler: str) -> tuple[Any, Any]:
@@ -93,15 +110,21 @@ def run_folds(
                 items,
                 table,
                 label,
-                key=f"cohortnet-fold-{run_dir.name}-{fold}",
+                key=f"cohortnet-fold-{_task_id(run_dir, seal)}-{fold}",
                 retries=RETRIES,
                 pure=False,
             )
             for fold, items in pending.items()
         ]
         log.info("%d fold(s) submitted to %s", len(futures), scheduler)
-        for fold in client.gather(futures):
-            log.info("fold %d: done on the cluster", fold)
+        failed: list[CohortnetError] = []
+        for fold, problem in client.gather(futures):
+            if problem is None:
+                log.info("fold %d: done on the cluster", fold)
+            else:
+                failed.append(problem)
+        if failed:  # the first, with its own exit code (5 for NaN scores); finished folds are kept
+            raise failed[0]
     finally:
         client.close()
         if cluster is not None:

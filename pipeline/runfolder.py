@@ -45,6 +45,13 @@ OPERATIONAL_KEYS = (
     "train.device",
     "tracking.mlflow",
     "tracking.experiment",
+    # what the report shows, never what is trained or scored
+    "report.covariates",
+    "report.explain.cases",
+    "report.explain.method",
+    "report.explain.layer",
+    "report.explain.nifti",
+    "report.explain.cpu_max_parameters",
 )
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 

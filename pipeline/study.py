@@ -31,6 +31,7 @@ from pipeline.reporting import artifacts
 from pipeline.reporting.cohort import flow_source
 from pipeline.resources import is_file
 from pipeline.schema import (
+    CHECKPOINT_FILE,
     DATA_HASHES_FILE,
     ENVIRONMENT_FILE,
     EXCLUDED_FILE,
@@ -157,7 +158,7 @@ def _cohort_vs_config(cfg: WorkflowConfig, cohort: Cohort) -> list[str]:
 
 def _patient_groups(cohort: Cohort, column: str) -> np.ndarray:
     """Each patient's value of ``column`` (aligned with ``cohort.patients``), as text."""
-    values = cohort.table.groupby(PATIENT_ID, sort=False)[column].first().astype(str)
+    values = cohort.table.groupby(PATIENT_ID, sort=False)[column].first().astype(str).str.strip()
     return cohort.patients[PATIENT_ID].map(values).to_numpy()
 
 
@@ -185,6 +186,14 @@ def _group_problems(cfg: WorkflowConfig, cohort: Cohort) -> list[str]:
         problems.append(
             f"validation.group: leave-one-group-out needs at least 2 values of {column}, found {len(per_group)}"
         )
+        return problems
+    classes = {str(v): set(t.astype(int)) for v, t in table[TARGET].groupby(values)}
+    for value in per_group.index:
+        rest: set[int] = set().union(*(classes[str(v)] for v in per_group.index if v != value))
+        if rest != {0, 1}:
+            problems.append(f"validation.group: without {column} {value!r} the other groups hold one class only")
+        elif classes[str(value)] != {0, 1}:
+            log.warning("%s %r holds one class only: its held-out AUC is undefined", column, value)
     return problems
 
 
@@ -337,6 +346,8 @@ def run_study(
         raise ValidationError(
             ["--dask: data.cache device keeps tensors on the driver's GPU; use auto, memory or disk"], "workflow"
         )
+    if dask and cfg.data.cache == "auto":  # tasks read cache files, rather than each getting a copy of the cohort
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache="disk"))
     if run_id is not None:
         runfolder.check_run_id(run_id)
     run_dir = broadcast(ctx, new_run_dir(cfg, run_id) if ctx.is_main else None)
@@ -557,6 +568,7 @@ def run_fold(
         **runfolder.fold_record(seal, predictions),
     }
     artifacts.write_json(fold_dir / FOLD_DONE_FILE, {**done, "seconds": time.perf_counter() - start})
+    (fold_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
 
 
 def _predict_roles(
@@ -576,7 +588,7 @@ def _predict_roles(
     tta = cfg.evaluation.tta
     for role in ("test", "val"):
         ids = [it[IMAGE_ID] for it in items[role]]
-        batch = cfg.train.batch_size * 2 if tta == "none" else max(1, cfg.train.batch_size // 2)
+        batch = cfg.train.batch_size * 2  # the views of a batch run one after another
         scores, single = predict_scores_tta(
             model,
             items[role],

@@ -11,9 +11,11 @@ and ``tracking.json`` in the run folder names the MLflow run that was written.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,11 @@ _PATH_KEYS = ("manifest", "output_dir", "model.pretrained")  # logged by their f
 _HEADLINE = ("auc", "auc_ci_low", "auc_ci_high", "n_patients", "n_positive", "threshold")
 _AT_THRESHOLD = ("sensitivity", "specificity", "ppv", "npv", "accuracy", "balanced_accuracy", "f1")
 _EPOCH_COLUMNS = ("train_loss", "val_loss", "val_auc")
+_BATCH = 900
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
 
 
 def tracking_uri(cfg: WorkflowConfig) -> str | None:
@@ -53,7 +60,9 @@ def params(cfg: WorkflowConfig, environment: dict[str, Any]) -> dict[str, str]:
                 walk(value, f"{prefix}{key}.")
             return
         key = prefix.rstrip(".")
-        if key in _PATH_KEYS:
+        if key.startswith("filter."):  # the kept values may name patients or hospitals: a digest only
+            node = hashlib.sha256(json.dumps(node, default=str).encode()).hexdigest()[:16]
+        elif key in _PATH_KEYS:
             node = Path(str(node)).name if node else node
         elif key == "data.image_roots":
             node = len(node or ())
@@ -86,16 +95,23 @@ def log_run(run_dir: Path, cfg: WorkflowConfig) -> dict[str, Any] | None:
     uri = tracking_uri(cfg)
     if uri is None:
         return None
-    try:
-        import mlflow
-    except ImportError:
-        log.warning("tracking.mlflow is set but MLflow is not installed: pip install 'cohortnet[mlflow]'")
+    done = run_dir / TRACKING_FILE
+    if done.is_file() and json.loads(done.read_text()).get("tracking_uri") == uri:
+        log.info("already logged to MLflow (%s names the run)", TRACKING_FILE)
         return None
     if uri.startswith("file:"):
         # MLflow 3 keeps file stores in maintenance mode behind this switch; the workflow asked for one
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    # a server that does not answer costs seconds, not MLflow's default minutes of retries
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     try:
+        import mlflow
+
         record = _log(mlflow, uri, run_dir, cfg)
+    except ImportError:
+        log.warning("tracking.mlflow is set but MLflow is not installed: pip install 'cohortnet[mlflow]'")
+        return None
     except Exception as exc:  # the study stands whatever the store does
         log.warning("MLflow tracking failed (%s: %s); the run folder is complete", type(exc).__name__, exc)
         return None
@@ -105,6 +121,8 @@ def log_run(run_dir: Path, cfg: WorkflowConfig) -> dict[str, Any] | None:
 
 
 def _log(mlflow: Any, uri: str, run_dir: Path, cfg: WorkflowConfig) -> dict[str, Any]:
+    from mlflow.entities import Metric, Param
+
     metrics = json.loads((run_dir / METRICS_FILE).read_text())
     env_path = run_dir / ENVIRONMENT_FILE
     environment = json.loads(env_path.read_text()) if env_path.is_file() else {}
@@ -115,29 +133,35 @@ def _log(mlflow: Any, uri: str, run_dir: Path, cfg: WorkflowConfig) -> dict[str,
     tags = {"cohortnet.run_id": run_dir.name, "cohortnet.study": cfg.study, "scheme": cfg.validation.scheme}
     parent = client.create_run(experiment, run_name=run_dir.name, tags=tags)
     rid = parent.info.run_id
-    for key, value in params(cfg, environment).items():
-        client.log_param(rid, key, value)
-    for key, number in final_metrics(metrics).items():
-        client.log_metric(rid, key, number)
-    for name_ in (REPORT_FILE, METRICS_FILE):
-        if (run_dir / name_).is_file():
-            client.log_artifact(rid, str(run_dir / name_))
-    folds = [_log_fold(client, experiment, rid, done) for done in sorted(run_dir.glob(f"fold_*/{FOLD_DONE_FILE}"))]
+    try:
+        client.log_batch(
+            rid,
+            params=[Param(k, v) for k, v in params(cfg, environment).items()],
+            metrics=[Metric(k, v, _now(), 0) for k, v in final_metrics(metrics).items()],
+        )
+        for name_ in (REPORT_FILE, METRICS_FILE):
+            if (run_dir / name_).is_file():
+                client.log_artifact(rid, str(run_dir / name_))
+        dones = sorted(run_dir.glob(f"fold_*/{FOLD_DONE_FILE}"))
+        folds = [_log_fold(client, experiment, rid, d, (Metric, Param)) for d in dones]
+    except Exception:
+        client.set_terminated(rid, "FAILED")  # a half-logged run is marked, not left running
+        raise
     client.set_terminated(rid, "FINISHED")
     return {"tracking_uri": uri, "experiment": name, "experiment_id": experiment, "run_id": rid, "fold_runs": folds}
 
 
-def _log_fold(client: Any, experiment: str, parent: str, done: Path) -> str:
-    """One nested run per fold: its best epoch and per-epoch curves (history.csv)."""
+def _log_fold(client: Any, experiment: str, parent: str, done: Path, entities: tuple[Any, Any]) -> str:
+    """One nested run per fold: its best epoch and per-epoch curves (history.csv); ``entities``:
+    MLflow's Metric and Param classes."""
+    Metric, Param = entities
     info = json.loads(done.read_text())
     tags = {"mlflow.parentRunId": parent, "fold": str(info["fold"])}
     run = client.create_run(experiment, run_name=f"fold {info['fold']}", tags=tags)
     rid = run.info.run_id
-    client.log_param(rid, "fold", info["fold"])
-    client.log_param(rid, "precision", info.get("precision"))
-    for key in ("best_epoch", "best_val_auc", "seconds"):
-        if isinstance(info.get(key), int | float):
-            client.log_metric(rid, key, float(info[key]))
+    now = _now()
+    values = [Metric(k, float(info[k]), now, 0) for k in ("best_epoch", "best_val_auc", "seconds")
+              if isinstance(info.get(k), int | float)]  # fmt: skip
     history = done.parent / HISTORY_FILE
     if history.is_file():
         table = pd.read_csv(history)
@@ -146,6 +170,9 @@ def _log_fold(client: Any, experiment: str, parent: str, done: Path) -> str:
             for column in _EPOCH_COLUMNS:
                 value = getattr(row, column, None)
                 if value is not None and pd.notna(value):
-                    client.log_metric(rid, column, float(value), step=step)
+                    values.append(Metric(column, float(value), now, step))
+    fold_params = [Param("fold", str(info["fold"])), Param("precision", str(info.get("precision")))]
+    for start in range(0, max(len(values), 1), _BATCH):  # MLflow takes at most 1000 metrics a call
+        client.log_batch(rid, params=fold_params if start == 0 else [], metrics=values[start : start + _BATCH])
     client.set_terminated(rid, "FINISHED")
     return str(rid)

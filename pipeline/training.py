@@ -293,7 +293,8 @@ def train_fold(
     ``cfg.select`` picks the criterion: ``auc`` (ties go to the lower loss) or ``loss`` (the
     lower validation BCE, ties to the higher AUC). The best state is written to
     ``spec.checkpoint`` (a state_dict) and loaded into ``model`` before returning. The resumable
-    training state lives beside it in ``last.pt`` and is removed once the fold is complete.
+    training state lives beside it in ``last.pt``, which the caller removes once the fold's
+    predictions and ``done.json`` are written (a crash while predicting resumes without retraining).
     The caller seeds once (``seed_everything``) before it builds the model, whose initial weights
     depend on that seed; every epoch is then seeded from (``spec.seed``, epoch) alone.
     """
@@ -317,8 +318,7 @@ def train_fold(
             log.info("%sno better validation score for %d epochs: stopping", spec.label, cfg.patience)
     model.load_state_dict(best_state)
     if ctx.is_main:
-        save_state_dict(best_state, spec.checkpoint)
-        last.unlink(missing_ok=True)
+        save_state_dict(best_state, spec.checkpoint)  # last.pt stays until the fold's done.json is written
     barrier(ctx)
     best_row = state.history[state.best_epoch - 1] if state.best_epoch else {}
     return FoldResult(state.best_epoch, best_row.get("val_auc"), pd.DataFrame(state.history))

@@ -90,6 +90,7 @@ def make_workflow(tmp_path: Path) -> Callable[..., Path]:
             "train": {"epochs": 1, "batch_size": 4, "lr": 0.001, "seed": 0},
             "validation": {"scheme": "kfold", "folds": 2},
             "evaluation": {"aggregate": "mean", "n_bootstrap": 200},
+            "report": {"explain": {"cases": 0}},  # Grad-CAM is tested where a test asks for it
             "output_dir": "reports",
         }
         for key, value in sections.items():

@@ -174,3 +174,12 @@ def test_folds_on_a_local_dask_cluster_equal_the_sequential_run(
     models = {p: p.stat().st_mtime_ns for p in (runs / "dask").glob("fold_*/model.pt")}
     assert main(["run", str(wf), "--run-id", "dask", "--dask", "local:2"]) == 0
     assert {p: p.stat().st_mtime_ns for p in models} == models
+
+
+def test_cluster_tasks_of_two_studies_never_share_a_key(tmp_path: Path) -> None:
+    from pipeline.fanout import _task_id
+
+    a, b = tmp_path / "a" / "tiny" / "r", tmp_path / "b" / "tiny" / "r"  # the same run id
+    assert _task_id(a, "seal") != _task_id(b, "seal")
+    assert _task_id(a, "seal") != _task_id(a, "other seal")
+    assert _task_id(a, "seal") == _task_id(a, "seal")

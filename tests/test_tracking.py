@@ -24,6 +24,7 @@ def test_a_study_is_logged_with_its_folds_and_nothing_identifying(
         train={"epochs": 2},
         tracking={"mlflow": store.as_uri(), "experiment": "tiny-exp"},
         report={"explain": {"cases": 0}},
+        filter={"site": ["A", "B"]},
     )
     assert main(["run", str(wf), "--run-id", "r"]) == 0
     run = tmp_path / "reports" / "tiny" / "r"
@@ -40,6 +41,8 @@ def test_a_study_is_logged_with_its_folds_and_nothing_identifying(
     assert parent.data.params["model.arch"] == "resnet10"
     assert parent.data.params["train.epochs"] == "2"
     assert parent.data.params["manifest"] == "manifest.csv"  # a name, not where it lives
+    assert parent.data.params["filter.site"] not in ("['A', 'B']", "A", "B")  # a digest of the kept values
+    assert len(parent.data.params["filter.site"]) == 16
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"report.html", "metrics.json"} <= artifacts
     folds = [r for r in runs.values() if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
@@ -49,6 +52,12 @@ def test_a_study_is_logged_with_its_folds_and_nothing_identifying(
         history = pd.read_csv(run / f"fold_{fold.data.params['fold']}" / "history.csv")
         assert [m.step for m in curve] == history["epoch"].tolist()
         assert [m.value for m in curve] == pytest.approx(history["val_auc"].tolist())
+    # logging the same run folder again writes no second run
+    from pipeline.config import load_config
+    from pipeline.tracking import log_run
+
+    assert log_run(run, load_config(run / "config.yaml", check_files=False)) is None
+    assert len(client.search_runs([experiment.experiment_id])) == len(runs)
     # nothing of the machine's paths or the cohort's patients in parameters or tags
     patients = set(pd.read_csv(manifest, dtype=str)["patient_id"])
     for r in runs.values():

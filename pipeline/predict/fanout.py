@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
 
-from pipeline.errors import CohortnetError
+from pipeline.fanout import client_for
 from pipeline.predict.merge import merge_shards
 from pipeline.predict.run import PredictOptions, PredictResult
 
@@ -38,23 +37,11 @@ def predict_share(source: str, manifest: str, out: str, options: PredictOptions)
     return out
 
 
-def _client(scheduler: str) -> tuple[Any, Any]:
-    try:
-        from distributed import Client, LocalCluster
-    except ImportError:
-        raise CohortnetError("--dask needs the dask extra: pip install 'cohortnet[dask]'") from None
-    if scheduler == "local" or scheduler.startswith("local:"):
-        n = int(scheduler.partition(":")[2] or 2)
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
-        return Client(cluster), cluster
-    return Client(scheduler), None
-
-
 def dask_predict(
     source: Path, manifest: Path, out: Path, options: PredictOptions, scheduler: str, n_shards: int | None = None
 ) -> PredictResult:
     """Fan the shares out over the cluster, wait for all, merge (see the module docstring)."""
-    client, cluster = _client(scheduler)
+    client, cluster = client_for(scheduler)
     try:
         n = n_shards or max(1, 2 * len(client.scheduler_info()["workers"]))
         futures = []

@@ -237,7 +237,7 @@ def _score_all(model: StudyModel, cohort: Cohort, ledger: Ledger, folds: list[in
     from pipeline.inference import mirror_views
 
     views = mirror_views(cfg.model.spatial_dims, cfg.evaluation.tta)
-    scorer = _Scorer(nets, device, max(1, cfg.train.batch_size * 2 // len(views)), views)
+    scorer = _Scorer(nets, device, cfg.train.batch_size * 2, views)
     bar = tqdm(total=len(items), desc="predict", unit="img", disable=not options.progress)
     pending: list[tuple[_Item, Any]] = []
     for k, prepared in enumerate(loader):

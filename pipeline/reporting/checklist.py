@@ -176,7 +176,7 @@ def _model(f: RunFacts) -> Answer:
 def _model_training(f: RunFacts) -> Answer:
     t, a = f.cfg.train, f.cfg.data.augment
     aug = [k for k in ("flip", "rotate90", "affine", "intensity", "noise") if getattr(a, k)]
-    n_models = {"kfold": str(f.cfg.validation.folds), "holdout": "1"}.get(f.cfg.validation.scheme, "one per group,")
+    n_models = {"kfold": str(f.cfg.validation.folds), "holdout": "1"}.get(f.cfg.validation.scheme, "one per group:")
     text = (
         f"AdamW lr {t.lr}, weight decay {t.weight_decay}, {t.epochs} epochs (warm-up {t.warmup_epochs}), batch "
         f"{t.batch_size}, train.amp {t.amp} (each fold's precision is in its done.json), "
@@ -368,13 +368,18 @@ def _model_selection(f: RunFacts) -> Answer:
 
 
 def _ensembling(f: RunFacts) -> Answer:
+    tta = (
+        "; test-time augmentation: the mean over every mirrored view (evaluation.tta: flips)"
+        if f.cfg.evaluation.tta == "flips"
+        else ""
+    )
     if f.cfg.validation.scheme != "holdout":
         return (
             FILLED,
             "none in the evaluation (each patient is scored by one fold model); "
-            "`cohortnet predict` averages the fold models",
+            f"`cohortnet predict` averages the fold models{tta}",
         )
-    return NOT_DONE, "a single model"
+    return (FILLED, f"a single model{tta}") if tta else (NOT_DONE, "a single model")
 
 
 def _uncertainty(f: RunFacts) -> Answer:
