@@ -555,8 +555,15 @@ def run_fold(
     )
     result = train_fold(model, items["train"], items["val"], spec)
     predictions = _predict_roles(cfg, run, fold, model, precision, items, table, label_col)
-    if not ctx.is_main:
-        return
+    if ctx.is_main:
+        _write_fold(fold_dir, fold, result, precision, predictions, seal, time.perf_counter() - start)
+
+
+def _write_fold(
+    fold_dir: Path, fold: int, result: Any, precision: Any, predictions: pd.DataFrame, seal: str, seconds: float
+) -> None:
+    """A trained fold's history, predictions and ``done.json`` (last, with the seal); then its
+    resumable state goes."""
     artifacts.write_csv(fold_dir / HISTORY_FILE, result.history)
     artifacts.write_csv(fold_dir / PREDICTIONS_FILE, predictions)
     done = {
@@ -567,7 +574,7 @@ def run_fold(
         "fp32_layers": list(precision.fp32_layers),
         **runfolder.fold_record(seal, predictions),
     }
-    artifacts.write_json(fold_dir / FOLD_DONE_FILE, {**done, "seconds": time.perf_counter() - start})
+    artifacts.write_json(fold_dir / FOLD_DONE_FILE, {**done, "seconds": seconds})
     (fold_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
 
 
