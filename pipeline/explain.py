@@ -135,8 +135,10 @@ def per_patient(images: pd.DataFrame, threshold: float, aggregate: str) -> pd.Da
     """One row per patient (:func:`per_image` rows combined as the study combines them): the
     patient's ``score`` and ``predicted`` call, and the image that drove the call with its
     ``image_score`` and ``fold``."""
-    grouped = images.groupby(PATIENT_ID, sort=True)
-    out = grouped.agg(label=("label", "first"), target=(TARGET, "first"), score=(SCORE, aggregate)).reset_index()
+    from pipeline.evaluation.table import aggregate_by_patient  # the study's own combination
+
+    out = aggregate_by_patient(images[[PATIENT_ID, "label", TARGET, SCORE]], PATIENT_ID, [SCORE], aggregate)
+    out = out[[PATIENT_ID, "label", TARGET, SCORE]]
     out["predicted"] = (out[SCORE] >= threshold).astype(int)
     positive = out.set_index(PATIENT_ID)["predicted"]
     ranked = images.assign(_call=images[PATIENT_ID].map(positive))

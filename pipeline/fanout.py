@@ -46,13 +46,12 @@ def fold_task(
 
     from pipeline import runfolder
     from pipeline.distributed import SINGLE
-    from pipeline.study import RunContext, resolve_run_context, run_fold
+    from pipeline.study import resolve_run_context, run_fold
 
     cfg = config_from_dict(yaml_load(config_text), base_dir=Path("."), source="config.yaml", check_files=False)
-    base = resolve_run_context(cfg, SINGLE, Path(run_dir), seal, progress=False)
-    if base.device.type == "cpu" and not cfg.train.num_threads:
+    run = resolve_run_context(cfg, SINGLE, Path(run_dir), seal, progress=False)
+    if run.device.type == "cpu" and not cfg.train.num_threads:
         torch.set_num_threads(1)  # one worker per core: no oversubscription
-    run = RunContext(base.ctx, base.device, seal, Path(run_dir), progress=False)
     fold_dir = Path(run_dir) / f"fold_{fold}"
     fold_dir.mkdir(parents=True, exist_ok=True)
     try:

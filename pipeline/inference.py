@@ -66,12 +66,6 @@ def predict_logits(
     return columns[0] if width == 1 else np.stack(columns, axis=1)
 
 
-def predict_scores(model: nn.Module, items: list[dict[str, Any]], **kwargs: Any) -> np.ndarray:
-    """Probability of the positive class, shape (len(items),) float64 in [0, 1]."""
-    logits = predict_logits(model, items, **kwargs).astype(np.float64)
-    return 1.0 / (1.0 + np.exp(-logits))
-
-
 def predict_scores_tta(
     model: nn.Module, items: list[dict[str, Any]], *, spatial_dims: int, tta: str, **kwargs: Any
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -75,9 +75,9 @@ def write_report(
     if figs.calibration is not None:
         artifacts.write_bytes(run_dir / CALIBRATION_FIGURE_FILE, figs.calibration)
     histories, training = _fold_records(run_dir)
-    excluded = pd.read_csv(run_dir / EXCLUDED_FILE) if (run_dir / EXCLUDED_FILE).is_file() else pd.DataFrame()
+    excluded = _excluded(run_dir)
     text = study_text(cfg)
-    sections = cohort_sections(run_dir, cfg)
+    sections = cohort_sections(run_dir, cfg, excluded)
     env_path = run_dir / ENVIRONMENT_FILE
     environment = json.loads(env_path.read_text()) if env_path.is_file() else {}
     explained = load_explanations(run_dir)
@@ -119,26 +119,29 @@ def render_linked(run_dir: Path, inputs: ReportInputs) -> str:
     return render_report(run_dir, dataclasses.replace(inputs, checklist=(header, table)))
 
 
-def cohort_sections(run_dir: Path, cfg: WorkflowConfig) -> dict[str, Any] | None:
+def _excluded(run_dir: Path) -> pd.DataFrame:
+    path = run_dir / EXCLUDED_FILE
+    if path.is_file():
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    return pd.DataFrame(columns=[IMAGE_ID, "reason", "message"])
+
+
+def cohort_sections(run_dir: Path, cfg: WorkflowConfig, excluded: pd.DataFrame | None = None) -> dict[str, Any] | None:
     """The patient flow (``flow.svg``, embedded as PNG) and Table 1 (``table1.csv``) of a run
-    folder, or None for a folder from before ``patients.csv``."""
+    folder (``excluded``: its excluded.csv, read when not given), or None for a folder from
+    before ``patients.csv``."""
     needed = (SPLITS_FILE, PATIENTS_FILE, DATA_HASHES_FILE)
     if not all((run_dir / name).is_file() for name in needed):
         return None
+    excluded = _excluded(run_dir) if excluded is None else excluded
     source = json.loads((run_dir / FLOW_FILE).read_text()) if (run_dir / FLOW_FILE).is_file() else None
-    excluded = (
-        pd.read_csv(run_dir / EXCLUDED_FILE, dtype=str)
-        if (run_dir / EXCLUDED_FILE).is_file()
-        else pd.DataFrame(columns=[IMAGE_ID, "reason"])
-    )
     images = pd.read_csv(run_dir / DATA_HASHES_FILE, dtype=str)[IMAGE_ID]
     patients = pd.read_csv(run_dir / PATIENTS_FILE, dtype=str, keep_default_na=False)
     splits = pd.read_csv(run_dir / SPLITS_FILE, dtype={PATIENT_ID: str})
     flow = cohort.flow_counts(source, images.tolist(), excluded, patients, splits)
     png, svg = figures.flow_figure(flow)
     artifacts.write_bytes(run_dir / FLOW_FIGURE_FILE, svg)
-    usable = images[~images.isin(set(excluded[IMAGE_ID].astype(str)))]
-    per_patient_images = usable.str.rsplit("#", n=1).str[0].value_counts()
+    per_patient_images = cohort.usable_images(images.tolist(), excluded)[1][PATIENT_ID].value_counts()
     partition = cohort.patient_partition(splits)
     partition = partition[partition.index.isin(per_patient_images.index)]
     columns, rows = cohort.table_one(patients, partition, cfg.report.covariates, per_patient_images)

@@ -65,9 +65,13 @@ def flow_source(
     }
 
 
-def _patient_of(image_ids: pd.Series) -> pd.Series:
-    """The patient of an image id (``<patient_id>#<n>``, the manifest's contract)."""
-    return image_ids.astype(str).str.rsplit("#", n=1).str[0]
+def usable_images(image_ids: Sequence[str], excluded: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(every eligible image, those not in ``excluded``), each with image_id and patient_id (the
+    patient of an image id ``<patient_id>#<n>``, the manifest's contract)."""
+    images = pd.DataFrame({IMAGE_ID: [str(i) for i in image_ids]})
+    images[PATIENT_ID] = images[IMAGE_ID].str.rsplit("#", n=1).str[0]
+    failed = set(excluded[IMAGE_ID].astype(str)) if IMAGE_ID in excluded.columns else set()
+    return images, images[~images[IMAGE_ID].isin(failed)]
 
 
 def flow_counts(
@@ -79,13 +83,10 @@ def flow_counts(
 ) -> dict[str, Any]:
     """Every box of the flow diagram. ``image_ids``: the eligible images (data_hashes.csv);
     ``patients``: patient_id and target of the eligible patients; ``splits``: fold, patient_id, role."""
-    images = pd.DataFrame({IMAGE_ID: list(image_ids)})
-    images[PATIENT_ID] = _patient_of(images[IMAGE_ID])
-    failed = set(excluded[IMAGE_ID].astype(str)) if IMAGE_ID in excluded.columns else set()
-    usable = images[~images[IMAGE_ID].isin(failed)]
+    images, usable = usable_images(image_ids, excluded)
     included = set(usable[PATIENT_ID])
     eligible_patients = set(patients[PATIENT_ID].astype(str))
-    reasons = excluded["reason"].value_counts() if len(failed) else pd.Series(dtype=int)
+    reasons = excluded["reason"].value_counts() if len(usable) < len(images) else pd.Series(dtype=int)
     target = patients.set_index(patients[PATIENT_ID].astype(str))[TARGET].astype(int)
     inc_target = target[target.index.isin(included)]
     out: dict[str, Any] = dict(source or {})
