@@ -29,6 +29,9 @@ from pipeline.resources import is_file, physical_memory
 ARCHS = opt.ARCHS
 
 
+REPEATABLE_SCHEMES = ("kfold",)
+
+
 @dataclass(frozen=True)
 class TaskConfig:
     label: str = "label"  # manifest column holding the class
@@ -98,6 +101,9 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_epochs: int = 0
     seed: int = 0
+    # several training seeds: the study is run once per seed (members), each on the same splits, and
+    # the members are averaged (evaluation.ensemble) with their spread reported; () = [seed]
+    seeds: tuple[int, ...] = ()
     class_balance: opt.ClassBalance = "weighted_loss"
     amp: opt.Amp = "auto"  # auto: bf16 on CUDA and on CPUs with native bf16
     device: opt.Device = "auto"
@@ -119,6 +125,8 @@ class ValidationConfig:
     inner_val_fraction: float = 0.2
     # leave_one_group_out: the manifest column (site, scanner...) whose values are held out in turn
     group: str | None = None
+    # repeated k-fold: new patient-grouped splits per repeat (repeat r splits with seed train.seed + 7919 r)
+    repeats: int = 1
 
 
 @dataclass(frozen=True)
@@ -131,6 +139,9 @@ class EvaluationConfig:
     # test-time augmentation: flips averages the probabilities of every mirrored view (2^d views);
     # the single-view scores are kept beside them and compared (paired DeLong) in the report
     tta: opt.Tta = "none"
+    # several members (train.seeds, validation.repeats): mean averages their scores per image (the
+    # study's figure), none reports the first member and gives the others as the spread
+    ensemble: opt.Ensemble = "mean"
 
 
 @dataclass(frozen=True)
@@ -440,6 +451,7 @@ def _number_problems(cfg: WorkflowConfig) -> list[str]:
         problems.append(f"validation.folds must be >= 2 for scheme kfold, got {cfg.validation.folds}")
     if cfg.validation.scheme == "leave_one_group_out" and not cfg.validation.group:
         problems.append("validation.group must name a manifest column (site, scanner...) for leave_one_group_out")
+    problems += _member_problems(cfg)
     if not 0 < cfg.validation.inner_val_fraction < 1:
         problems.append(
             f"validation.inner_val_fraction must be between 0 and 1, got {cfg.validation.inner_val_fraction}"
@@ -447,6 +459,33 @@ def _number_problems(cfg: WorkflowConfig) -> list[str]:
     if not 0 <= cfg.model.dropout < 1:
         problems.append(f"model.dropout must be in [0, 1), got {cfg.model.dropout}")
     return problems
+
+
+def _member_problems(cfg: WorkflowConfig) -> list[str]:
+    """Repeats draw new k-fold splits; seeds are distinct."""
+    problems: list[str] = []
+    repeats = cfg.validation.repeats
+    if repeats < 1:
+        problems.append(f"validation.repeats must be >= 1, got {repeats}")
+    elif repeats > 1 and cfg.validation.scheme not in REPEATABLE_SCHEMES:
+        problems.append(
+            f"validation.repeats draws new k-fold splits; scheme {cfg.validation.scheme} has fixed test sets "
+            "(use train.seeds to repeat its training)"
+        )
+    if len(set(cfg.train.seeds)) != len(cfg.train.seeds):
+        problems.append(f"train.seeds must be distinct, got {list(cfg.train.seeds)}")
+    return problems
+
+
+def study_members(cfg: WorkflowConfig) -> list[tuple[int, int]]:
+    """(repeat, training seed) of every member of the study, the first one being the plain run."""
+    seeds = cfg.train.seeds or (cfg.train.seed,)
+    return [(r, s) for r in range(max(1, cfg.validation.repeats)) for s in seeds]
+
+
+def split_seed(cfg: WorkflowConfig, repeat: int) -> int:
+    """The seed of repeat ``repeat``'s splits (repeat 0: train.seed, the plain run's splits)."""
+    return cfg.train.seed + 7919 * repeat
 
 
 def _rule_problems(cfg: WorkflowConfig) -> list[str]:

@@ -15,7 +15,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from pipeline.errors import LeakageError
-from pipeline.schema import FOLD, GROUP, PATIENT_ID, ROLE, SPLIT, TARGET
+from pipeline.schema import FOLD, GROUP, MEMBER_COLUMNS, PATIENT_ID, ROLE, SPLIT, TARGET
 
 ROLES = ("train", "val", "test")
 
@@ -81,12 +81,48 @@ def holdout_splits(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({FOLD: 0, PATIENT_ID: per_patient.index, ROLE: per_patient.to_numpy()})
 
 
+def stack_members(parts: list[tuple[int, int, pd.DataFrame]]) -> pd.DataFrame:
+    """One split table for a study with several members ((repeat, seed, its split table)): the folds
+    numbered on across members (member m's fold k is ``m * K + k``), with ``repeat`` and ``seed``
+    columns naming each fold's member."""
+    frames, offset = [], 0
+    for repeat, seed, part in parts:
+        folds = sorted(part[FOLD].unique())
+        renumber = {f: offset + i for i, f in enumerate(folds)}
+        member = part.assign(**{FOLD: part[FOLD].map(renumber)})
+        member[MEMBER_COLUMNS[0]], member[MEMBER_COLUMNS[1]] = repeat, seed
+        frames.append(member)
+        offset += len(folds)
+    return pd.concat(frames, ignore_index=True)
+
+
+def has_members(splits: pd.DataFrame) -> bool:
+    return all(c in splits.columns for c in MEMBER_COLUMNS)
+
+
+def primary_member(splits: pd.DataFrame) -> pd.DataFrame:
+    """The first member's folds (the plain run's splits), or the table itself without members."""
+    if not has_members(splits):
+        return splits
+    first = splits[list(MEMBER_COLUMNS)].iloc[0]
+    keep = (splits[MEMBER_COLUMNS[0]] == first.iloc[0]) & (splits[MEMBER_COLUMNS[1]] == first.iloc[1])
+    return splits[keep].drop(columns=list(MEMBER_COLUMNS))
+
+
 def check_splits(splits: pd.DataFrame, scheme: str) -> None:
     """Raise LeakageError if any patient is on two sides of a split.
 
     Checks: each (fold, patient) has one role; with k-fold, each patient is ``test`` in exactly
-    one fold; every fold has train, val and test patients.
+    one fold (of each member, when the table has members); every fold has train, val and test
+    patients.
     """
+    if has_members(splits):
+        for (repeat, seed), part in splits.groupby(list(MEMBER_COLUMNS), sort=False):
+            try:
+                check_splits(part.drop(columns=list(MEMBER_COLUMNS)), scheme)
+            except LeakageError as exc:
+                raise LeakageError(f"repeat {repeat}, seed {seed}: {exc}") from None
+        return
     problems = []
     unknown = sorted(set(splits[ROLE]) - set(ROLES))
     if unknown:

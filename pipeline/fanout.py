@@ -37,6 +37,7 @@ def fold_task(
     items: dict[str, list[dict[str, Any]]],
     table: pd.DataFrame,
     label: str,
+    seed: int,
 ) -> tuple[int, CohortnetError | None]:
     """One fold on a worker (arguments are plain values): train, predict, write ``fold_<k>/``
     under the fold's own lock. Returns (fold, None), or (fold, the error) for a problem of the study
@@ -56,7 +57,7 @@ def fold_task(
     fold_dir.mkdir(parents=True, exist_ok=True)
     try:
         with runfolder.locked(fold_dir):  # a task left running by an interrupted driver keeps its fold
-            run_fold(cfg, run, fold, items, table, label)
+            run_fold(cfg, run, fold, items, table, label, seed=seed)
     except CohortnetError as exc:
         return fold, exc
     return fold, None
@@ -85,17 +86,17 @@ def client_for(scheduler: str) -> tuple[Any, Any]:
 
 def run_folds(
     cfg: WorkflowConfig,
-    run_dir: Path,
-    seal: str,
+    run: Any,
     pending: dict[int, dict[str, list[dict[str, Any]]]],
     table: pd.DataFrame,
     label: str,
-    scheduler: str,
+    seeds: dict[int, int],
 ) -> None:
-    """Every pending fold as one task on the cluster; returns when all are done (raises the first
-    failure, after its retries)."""
+    """Every pending fold (of every member) as one task on ``run.dask``'s cluster, trained with its
+    seed from ``seeds``; returns when all are done (raises the first failure, after its retries)."""
     if not pending:
         return
+    run_dir, seal, scheduler = run.run_dir, run.seal, run.dask
     client, cluster = client_for(scheduler)
     try:
         text = dump_config(cfg)
@@ -109,6 +110,7 @@ def run_folds(
                 items,
                 table,
                 label,
+                seeds[fold],
                 key=f"cohortnet-fold-{_task_id(run_dir, seal)}-{fold}",
                 retries=RETRIES,
                 pure=False,

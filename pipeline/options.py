@@ -25,6 +25,7 @@ Scheme = Literal["kfold", "holdout", "leave_one_group_out"]
 Aggregate = Literal["mean", "max", "median"]
 CiMethod = Literal["delong", "delong_wald", "bootstrap", "bootstrap_percentile"]
 Tta = Literal["none", "flips"]
+Ensemble = Literal["mean", "none"]
 ExplainMethod = Literal["gradcam", "gradcampp"]
 ExplainLayer = Literal["auto", "layer1", "layer2", "layer3", "layer4"]
 

@@ -22,7 +22,15 @@ import numpy as np
 import pandas as pd
 
 from pipeline import crossval, runfolder
-from pipeline.config import WorkflowConfig, config_from_dict, dump_config, load_config, read_workflow
+from pipeline.config import (
+    WorkflowConfig,
+    config_from_dict,
+    dump_config,
+    load_config,
+    read_workflow,
+    split_seed,
+    study_members,
+)
 from pipeline.errors import CohortnetError, NonFiniteError, ValidationError
 from pipeline.logs import add_run_log
 from pipeline.manifest import Cohort, load_manifest
@@ -40,17 +48,22 @@ from pipeline.schema import (
     FOLD_DONE_FILE,
     HISTORY_FILE,
     IMAGE_ID,
+    MEMBER_COLUMNS,
+    MEMBER_PREDICTIONS_FILE,
     METRICS_FILE,
     MODEL_FILE,
     PATIENT_ID,
     PATIENTS_FILE,
     PER_PATIENT_FILE,
     PREDICTIONS_FILE,
+    REPEAT,
     REPORT_FILE,
     RESOLVED_CONFIG_FILE,
     ROLE,
     SCORE,
     SCORE_SINGLE,
+    SCORE_SINGLE_MODEL,
+    SEED,
     SPLITS_FILE,
     TARGET,
     VAL_PREDICTIONS_FILE,
@@ -295,22 +308,44 @@ class RunCohort:
 
 
 def make_splits(cfg: WorkflowConfig, cohort: Cohort) -> pd.DataFrame:
+    """The study's split table, checked for leakage. With several members (train.seeds,
+    validation.repeats) it stacks one table per member: the seeds of a repeat share its splits."""
+    members = study_members(cfg)
+    if len(members) == 1:
+        splits = _scheme_splits(cfg, cohort, cfg.train.seed)
+    else:
+        per_repeat = {r: _scheme_splits(cfg, cohort, split_seed(cfg, r)) for r in {r for r, _ in members}}
+        splits = crossval.stack_members([(r, seed, per_repeat[r]) for r, seed in members])
+    crossval.check_splits(splits, cfg.validation.scheme)
+    return splits
+
+
+def _scheme_splits(cfg: WorkflowConfig, cohort: Cohort, seed: int) -> pd.DataFrame:
     if cfg.validation.scheme == "holdout":
-        splits = crossval.holdout_splits(cohort.table)
-    elif cfg.validation.scheme == "leave_one_group_out":
+        return crossval.holdout_splits(cohort.table)
+    if cfg.validation.scheme == "leave_one_group_out":
         assert cfg.validation.group is not None  # checked with the workflow
-        splits = crossval.leave_one_group_out_splits(
+        return crossval.leave_one_group_out_splits(
             cohort.patients.assign(**{cfg.validation.group: _patient_groups(cohort, cfg.validation.group)}),
             cfg.validation.group,
             cfg.validation.inner_val_fraction,
-            cfg.train.seed,
+            seed,
         )
-    else:
-        splits = crossval.kfold_splits(
-            cohort.patients, cfg.validation.folds, cfg.validation.inner_val_fraction, cfg.train.seed
-        )
-    crossval.check_splits(splits, cfg.validation.scheme)
-    return splits
+    return crossval.kfold_splits(cohort.patients, cfg.validation.folds, cfg.validation.inner_val_fraction, seed)
+
+
+def fold_seeds(cfg: WorkflowConfig, splits: pd.DataFrame) -> dict[int, int]:
+    """Each fold's training seed: train.seed + k for fold k, or, with members, the member's seed + k
+    for its k-th fold (so the first member with seed train.seed trains exactly the plain run)."""
+    folds = sorted(int(str(f)) for f in splits[FOLD].unique())
+    if not crossval.has_members(splits):
+        return {f: cfg.train.seed + f for f in folds}
+    per_fold = splits.groupby(FOLD)[[REPEAT, SEED]].first()
+    out = {}
+    for (_, seed), part in per_fold.groupby([REPEAT, SEED], sort=False):
+        for k, fold in enumerate(sorted(int(str(f)) for f in part.index)):
+            out[fold] = int(str(seed)) + k
+    return out
 
 
 # --------------------------------------------------------------------------- the study
@@ -438,6 +473,7 @@ def train_and_predict(
         roles = table[PATIENT_ID].map(dict(zip(part[PATIENT_ID], part[ROLE], strict=True)))
         fold_items[int(str(fold))] = {r: prepared.items(roles.index[roles == r].tolist()) for r in crossval.ROLES}
     _check_usable(fold_items, len(prepared.failures))
+    seeds = fold_seeds(cfg, splits)
     pending = {}
     for fold, items in fold_items.items():
         if (run.run_dir / f"fold_{fold}" / FOLD_DONE_FILE).is_file():
@@ -447,12 +483,12 @@ def train_and_predict(
     if run.dask:
         from pipeline.fanout import run_folds
 
-        run_folds(cfg, run.run_dir, run.seal, pending, table[[PATIENT_ID, cohort.label]], cohort.label, run.dask)
+        run_folds(cfg, run, pending, table[[PATIENT_ID, cohort.label]], cohort.label, seeds)
     for fold, items in pending.items() if not run.dask else ():
-        run_fold(cfg, run, fold, items, table, cohort.label)
+        run_fold(cfg, run, fold, items, table, cohort.label, seed=seeds[fold])
         barrier(run.ctx)
     if run.ctx.is_main:
-        _pool_folds(run, splits)
+        _pool_folds(run, splits, cfg.evaluation.ensemble)
     barrier(run.ctx)
 
 
@@ -481,15 +517,52 @@ def _preprocess(cfg: WorkflowConfig, cohort: Cohort, run: RunContext, content_ha
     return prepared
 
 
-def _pool_folds(run: RunContext, splits: pd.DataFrame) -> None:
+def _pool_folds(run: RunContext, splits: pd.DataFrame, ensemble: str) -> None:
     """The folds' predictions pooled into the run's tables, after checking that every fold was made
-    from the sealed inputs (folds made from other inputs are never pooled)."""
+    from the sealed inputs (folds made from other inputs are never pooled). With members, every
+    member's rows are kept in ``member_predictions.csv`` and combined (``combine_members``)."""
     folds = sorted(int(str(f)) for f in splits[FOLD].unique())
     runfolder.check_fold_records(run.run_dir, folds, run.seal)
     parts = [run.run_dir / f"fold_{f}" / PREDICTIONS_FILE for f in folds]
     pooled = pd.concat([pd.read_csv(p, dtype={PATIENT_ID: str, IMAGE_ID: str}) for p in parts], ignore_index=True)
-    artifacts.write_csv(run.run_dir / PREDICTIONS_FILE, pooled[pooled[ROLE] == "test"].drop(columns=ROLE))
-    artifacts.write_csv(run.run_dir / VAL_PREDICTIONS_FILE, pooled[pooled[ROLE] == "val"].drop(columns=ROLE))
+    if crossval.has_members(splits):
+        pooled = pooled.join(splits.groupby(FOLD)[[REPEAT, SEED]].first(), on=FOLD)
+        artifacts.write_csv(run.run_dir / MEMBER_PREDICTIONS_FILE, pooled)
+        test, val = combine_members(pooled, ensemble)
+    else:
+        test, val = pooled[pooled[ROLE] == "test"], pooled[pooled[ROLE] == "val"]
+    artifacts.write_csv(run.run_dir / PREDICTIONS_FILE, test.drop(columns=ROLE))
+    artifacts.write_csv(run.run_dir / VAL_PREDICTIONS_FILE, val.drop(columns=ROLE))
+
+
+def combine_members(pooled: pd.DataFrame, ensemble: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(test, val) rows of a study with members, from every member's rows (with repeat and seed).
+
+    ``none``: the first member's rows. ``mean``: each test image's scores averaged over the members,
+    with the first member's score kept as ``score_single_model`` and its fold (explanations and
+    fold tables follow that member). Validation rows are averaged the same way when every member
+    validated the same images (seeds of a holdout, so the threshold is locked on the ensemble's
+    own validation scores); otherwise (repeats) every member's (fold, patient) rows are kept and
+    the threshold is locked on them."""
+    first = pooled[list(MEMBER_COLUMNS)].iloc[0]
+    is_first = (pooled[REPEAT] == first.iloc[0]) & (pooled[SEED] == first.iloc[1])
+    head = pooled[is_first].drop(columns=list(MEMBER_COLUMNS))
+    if ensemble == "none":
+        return head[head[ROLE] == "test"], head[head[ROLE] == "val"]
+    scores = [c for c in (SCORE, SCORE_SINGLE) if c in pooled.columns]
+    out = []
+    for role in ("test", "val"):
+        rows, own = pooled[pooled[ROLE] == role], head[head[ROLE] == role]
+        per_member = rows.groupby(list(MEMBER_COLUMNS))[IMAGE_ID].agg(frozenset)
+        if role == "val" and per_member.nunique() > 1:
+            out.append(rows.drop(columns=list(MEMBER_COLUMNS)))
+            continue
+        mean = rows.groupby(IMAGE_ID)[scores].mean()
+        combined = own.assign(**{SCORE_SINGLE_MODEL: own[SCORE].to_numpy()})
+        for c in scores:
+            combined[c] = combined[IMAGE_ID].map(mean[c]).to_numpy()
+        out.append(combined)
+    return out[0], out[1]
 
 
 def _check_usable(fold_items: dict[int, dict[str, list[dict[str, Any]]]], n_excluded: int) -> None:
@@ -515,9 +588,11 @@ def run_fold(
     items: dict[str, list[dict[str, Any]]],
     table: pd.DataFrame,
     label_col: str,
+    *,
+    seed: int | None = None,
 ) -> None:
-    """Train one fold into ``fold_<k>/``, then predict its test and validation images (rank 0
-    writes the files)."""
+    """Train one fold into ``fold_<k>/`` with its training seed (``fold_seeds``; default
+    train.seed + fold), then predict its test and validation images (rank 0 writes the files)."""
     fold_dir = run.run_dir / f"fold_{fold}"
     from pipeline.augment import make_augmentation
     from pipeline.models import build_model, count_parameters
@@ -525,7 +600,8 @@ def run_fold(
     from pipeline.training import FoldSpec, recorded_precision, seed_everything, train_fold
 
     ctx, device, seal = run.ctx, run.device, run.seal
-    seed_everything(cfg.train.seed + fold, cfg.train.deterministic)  # the initial weights depend on the seed only
+    seed = cfg.train.seed + fold if seed is None else seed
+    seed_everything(seed, cfg.train.deterministic)  # the initial weights depend on the seed only
     model = build_model(cfg.model).to(device)
     checkpoint = fold_dir / MODEL_FILE
     precision = recorded_precision(checkpoint, model) or choose_precision(cfg, model, device)
@@ -547,7 +623,7 @@ def run_fold(
         make_augmentation(cfg.data, cfg.model.spatial_dims),
         device,
         checkpoint,
-        seed=cfg.train.seed + fold,
+        seed=seed,
         precision=precision,
         spatial_dims=cfg.model.spatial_dims,
         label=f"fold {fold}: ",
@@ -653,7 +729,7 @@ def finalize_run(run_dir: Path, cfg: WorkflowConfig | None = None, cohort: Cohor
     preds = pd.read_csv(run_dir / PREDICTIONS_FILE, dtype={PATIENT_ID: str, IMAGE_ID: str})
     val = pd.read_csv(run_dir / VAL_PREDICTIONS_FILE, dtype={PATIENT_ID: str, IMAGE_ID: str})
     splits = pd.read_csv(run_dir / SPLITS_FILE, dtype={PATIENT_ID: str})
-    runfolder.check_predictions_complete(run_dir, preds, val, splits)
+    members = _read_members(run_dir, preds, val, splits)
     for frame in (preds, val):
         frame[label] = frame[label].astype(str)
     extra = known.patients.drop(columns=[TARGET])
@@ -673,6 +749,8 @@ def finalize_run(run_dir: Path, cfg: WorkflowConfig | None = None, cohort: Cohor
         compare=compare,
     )
     metrics = evaluate_predictions(images, columns, _evaluation_options(cfg), threshold_df=val if len(val) else None)
+    if members is not None:
+        metrics["members"] = _members_section(members, preds, columns, cfg)
     artifacts.write_json(run_dir / METRICS_FILE, metrics)
     if cohort is not None:  # a rebuilt report (no cohort, perhaps no images) keeps the explanations it has
         _explain(run_dir, cfg, cohort)
@@ -681,11 +759,43 @@ def finalize_run(run_dir: Path, cfg: WorkflowConfig | None = None, cohort: Cohor
         cfg,
         metrics,
         pp,
-        crossval.describe_splits(splits, known.patients),
+        crossval.describe_splits(crossval.primary_member(splits), known.patients),
         ClassColumn(label, str(known.positive)),
         n_images=len(preds),
     )
     return metrics
+
+
+def _read_members(run_dir: Path, preds: pd.DataFrame, val: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame | None:
+    """Every member's rows (None for a study of one member), after checking the saved predictions
+    against what the folds recorded: per fold in member_predictions.csv when the study has members."""
+    path = run_dir / MEMBER_PREDICTIONS_FILE
+    if not crossval.has_members(splits) or not path.is_file():
+        runfolder.check_predictions_complete(run_dir, preds, val, splits)
+        return None
+    members = pd.read_csv(path, dtype={PATIENT_ID: str, IMAGE_ID: str})
+    by_role = [members[members[ROLE] == r].drop(columns=ROLE) for r in ("test", "val")]
+    runfolder.check_predictions_complete(run_dir, by_role[0], by_role[1], splits)
+    return members
+
+
+def _members_section(members: pd.DataFrame, preds: pd.DataFrame, columns: Any, cfg: WorkflowConfig) -> dict[str, Any]:
+    """metrics.json's ``members``: each member's figures, their spread, and the ensemble against the
+    first member (paired) when the study averages them."""
+    from pipeline.evaluation.members import members_summary
+
+    label = columns.label
+    rows = members.assign(**{label: members[label].astype(str)})
+    summary = members_summary(
+        rows,
+        columns,
+        _evaluation_options(cfg),
+        member_cols=MEMBER_COLUMNS,
+        role_col=ROLE,
+        ensemble=preds if cfg.evaluation.ensemble == "mean" else None,
+        single_col=SCORE_SINGLE_MODEL,
+    )
+    return {"ensemble": cfg.evaluation.ensemble, **summary}
 
 
 def _track(run_dir: Path, cfg: WorkflowConfig) -> None:

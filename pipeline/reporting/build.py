@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline import crossval
 from pipeline.config import WorkflowConfig
 from pipeline.evaluation import pr_table, roc_table
 from pipeline.evaluation.table import binary_target
@@ -137,7 +138,8 @@ def cohort_sections(run_dir: Path, cfg: WorkflowConfig, excluded: pd.DataFrame |
     source = json.loads((run_dir / FLOW_FILE).read_text()) if (run_dir / FLOW_FILE).is_file() else None
     images = pd.read_csv(run_dir / DATA_HASHES_FILE, dtype=str)[IMAGE_ID]
     patients = pd.read_csv(run_dir / PATIENTS_FILE, dtype=str, keep_default_na=False)
-    splits = pd.read_csv(run_dir / SPLITS_FILE, dtype={PATIENT_ID: str})
+    # with members (seeds, repeats) the flow and Table 1 show the first member's partitions
+    splits = crossval.primary_member(pd.read_csv(run_dir / SPLITS_FILE, dtype={PATIENT_ID: str}))
     flow = cohort.flow_counts(source, images.tolist(), excluded, patients, splits)
     png, svg = figures.flow_figure(flow)
     artifacts.write_bytes(run_dir / FLOW_FIGURE_FILE, svg)

@@ -97,6 +97,16 @@ def _tta(metrics: dict[str, Any]) -> dict[str, Any] | None:
     return comp
 
 
+def _members(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """Repeats and seeds: each member's figures, their spread, and the ensemble against one member."""
+    block = metrics.get("members")
+    if not block:
+        return None
+    comp = block.get("comparison") or {}
+    usable = comp.get("auc1") is not None and comp.get("auc2") is not None
+    return {**block, "comparison": comp if usable else None}
+
+
 def _heterogeneity_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """Cochran's Q and I^2 across the values of each subgroup column that has them."""
     rows = []
@@ -215,6 +225,7 @@ def _tables(inputs: ReportInputs) -> dict[str, Any]:
         "subgroup_rows": _subgroup_rows(inputs.metrics),
         "heterogeneity_rows": _heterogeneity_rows(inputs.metrics),
         "tta": _tta(inputs.metrics),
+        "members": _members(inputs.metrics),
         "split_rows": inputs.split_summary.to_dict("records"),
         "excluded_rows": inputs.excluded.to_dict("records"),
         "patient_columns": list(pp.columns),

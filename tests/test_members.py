@@ -1,0 +1,112 @@
+"""Studies with several members: training seeds (an ensemble for holdout studies) and repeated
+k-fold cross-validation, with the spread across members and the ensemble against one model."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipeline.cli import main
+
+
+def _run(wf: Path, run_id: str = "r") -> Path:
+    assert main(["run", str(wf), "--run-id", run_id]) == 0
+    return wf.parent / "reports" / "tiny" / run_id
+
+
+def test_holdout_seed_ensemble_averages_the_seed_models_and_compares_with_one(
+    tmp_path: Path, make_cohort: Callable[..., Path], make_workflow: Callable[..., Path]
+) -> None:
+    manifest = make_cohort(n_patients=18, second_scan=(2,), split=True)
+    wf = make_workflow(
+        manifest,
+        train={"seeds": [0, 1, 2], "deterministic": True},
+        validation={"scheme": "holdout"},
+        evaluation={"ensemble": "mean"},
+    )
+    run = _run(wf)
+    splits = pd.read_csv(run / "splits.csv", dtype={"patient_id": str})
+    assert sorted(splits["fold"].unique()) == [0, 1, 2]
+    assert splits.groupby("fold")["seed"].first().tolist() == [0, 1, 2]
+    roles = splits.pivot(index="patient_id", columns="fold", values="role")
+    assert (roles.nunique(axis=1) == 1).all()  # every seed on the same holdout partition
+    members = pd.read_csv(run / "member_predictions.csv", dtype={"patient_id": str, "image_id": str})
+    preds = pd.read_csv(run / "predictions.csv", dtype={"patient_id": str, "image_id": str})
+    val = pd.read_csv(run / "val_predictions.csv", dtype={"patient_id": str, "image_id": str})
+    for table, role in ((preds, "test"), (val, "val")):
+        mean = members[members["role"] == role].groupby("image_id")["score"].mean()
+        assert table["image_id"].is_unique
+        assert table["score"].to_numpy() == pytest.approx(table["image_id"].map(mean).to_numpy())
+        first = members[(members["role"] == role) & (members["seed"] == 0)].set_index("image_id")["score"]
+        assert table["score_single_model"].to_numpy() == pytest.approx(table["image_id"].map(first).to_numpy())
+    metrics = json.loads((run / "metrics.json").read_text())
+    block = metrics["members"]
+    assert block["n_members"] == 3
+    assert block["seeds"] == [0, 1, 2]
+    assert block["repeats"] == 1
+    aucs = [m["auc"] for m in block["per_member"]]
+    assert block["auc"]["mean"] == pytest.approx(sum(aucs) / 3)
+    assert block["auc"]["min"] == min(aucs)
+    assert block["auc"]["max"] == max(aucs)
+    assert block["auc"]["sd"] == pytest.approx(pd.Series(aucs).std(ddof=1))
+    comp = block["comparison"]
+    assert comp["auc1"] == pytest.approx(metrics["auc"])
+    assert comp["auc2"] == pytest.approx(aucs[0])
+    assert 0.0 <= comp["p_value"] <= 1.0
+    html = (run / "report.html").read_text()
+    assert 'id="members-table"' in html
+    assert 'id="ensemble-table"' in html
+    assert "members averaged (the study" in html
+    # the first member is the plain single-seed run, model for model
+    single = _run(
+        make_workflow(manifest, name="one.yaml", train={"deterministic": True}, validation={"scheme": "holdout"}), "one"
+    )
+    plain = pd.read_csv(single / "predictions.csv", dtype={"patient_id": str, "image_id": str}).set_index("image_id")
+    assert preds.set_index("image_id")["score_single_model"].to_numpy() == pytest.approx(
+        plain.loc[preds["image_id"], "score"].to_numpy(), abs=1e-6
+    )
+
+
+def test_repeated_kfold_draws_new_splits_per_repeat_and_keeps_every_members_predictions(
+    tmp_path: Path, make_cohort: Callable[..., Path], make_workflow: Callable[..., Path]
+) -> None:
+    manifest = make_cohort(n_patients=12, second_scan=(3,))
+    wf = make_workflow(
+        manifest, validation={"scheme": "kfold", "folds": 2, "repeats": 2}, evaluation={"ensemble": "none"}
+    )
+    run = _run(wf)
+    splits = pd.read_csv(run / "splits.csv", dtype={"patient_id": str})
+    assert sorted(splits["fold"].unique()) == [0, 1, 2, 3]
+    assert splits.groupby("fold")["repeat"].first().tolist() == [0, 0, 1, 1]
+    tests = splits[splits["role"] == "test"]
+    per_repeat = tests.groupby(["repeat", "patient_id"]).size()
+    assert (per_repeat == 1).all()
+    assert len(per_repeat) == 24
+    test_sets = [frozenset(tests.loc[tests["fold"] == f, "patient_id"]) for f in range(4)]
+    assert {test_sets[0], test_sets[1]} != {test_sets[2], test_sets[3]}  # a new partition
+    members = pd.read_csv(run / "member_predictions.csv", dtype={"patient_id": str})
+    assert set(members["repeat"]) == {0, 1}
+    preds = pd.read_csv(run / "predictions.csv", dtype={"patient_id": str})
+    assert set(preds["fold"]) == {0, 1}  # ensemble none: the first member's figures
+    block = json.loads((run / "metrics.json").read_text())["members"]
+    assert [(m["repeat"], m["seed"]) for m in block["per_member"]] == [(0, 0), (1, 0)]
+    assert "comparison" not in block
+    assert "Repeats and seeds" in (run / "report.html").read_text()
+
+
+def test_member_settings_are_checked(
+    tmp_path: Path,
+    make_cohort: Callable[..., Path],
+    make_workflow: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    manifest = make_cohort(n_patients=12, split=True)
+    wf = make_workflow(manifest, validation={"scheme": "holdout", "repeats": 3}, train={"seeds": [1, 1]})
+    assert main(["run", str(wf), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert "validation.repeats draws new k-fold splits; scheme holdout has fixed test sets" in err
+    assert "train.seeds must be distinct, got [1, 1]" in err
