@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import math
 import re
 import types
@@ -30,6 +31,8 @@ ARCHS = opt.ARCHS
 
 
 REPEATABLE_SCHEMES = ("kfold",)
+SEARCH_SECTIONS = ("model", "data", "train")  # what a search point may change
+MAX_SEARCH_POINTS = 64
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,9 @@ class ValidationConfig:
     inner_val_fraction: float = 0.2
     # leave_one_group_out: the manifest column (site, scanner...) whose values are held out in turn
     group: str | None = None
+    # nested: the inner folds (of each outer fold's training patients) that choose the search
+    # point, the epoch and the threshold
+    inner_folds: int = 3
     # repeated k-fold: new patient-grouped splits per repeat (repeat r splits with seed train.seed + 7919 r)
     repeats: int = 1
 
@@ -188,6 +194,9 @@ class WorkflowConfig:
     output_dir: Path = Path("reports")  # run folder: <output_dir>/<study>/<run_id>/
     # keep only manifest rows whose column has one of the listed values, e.g. {split: [train, val]}
     filter: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # nested cross-validation's search space: dotted model/data/train keys and the values to try,
+    # e.g. {train.lr: [0.001, 0.0003], model.arch: [resnet10, resnet18]} (every combination)
+    search: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML-ready dict of the resolved config (paths as strings, tuples as lists)."""
@@ -452,6 +461,7 @@ def _number_problems(cfg: WorkflowConfig) -> list[str]:
     if cfg.validation.scheme == "leave_one_group_out" and not cfg.validation.group:
         problems.append("validation.group must name a manifest column (site, scanner...) for leave_one_group_out")
     problems += _member_problems(cfg)
+    problems += _search_problems(cfg)
     if not 0 < cfg.validation.inner_val_fraction < 1:
         problems.append(
             f"validation.inner_val_fraction must be between 0 and 1, got {cfg.validation.inner_val_fraction}"
@@ -472,9 +482,65 @@ def _member_problems(cfg: WorkflowConfig) -> list[str]:
             f"validation.repeats draws new k-fold splits; scheme {cfg.validation.scheme} has fixed test sets "
             "(use train.seeds to repeat its training)"
         )
+    if cfg.validation.scheme == "nested" and len(cfg.train.seeds) > 1:
+        problems.append("train.seeds: nested cross-validation trains one seed (repeat it as separate runs)")
     if len(set(cfg.train.seeds)) != len(cfg.train.seeds):
         problems.append(f"train.seeds must be distinct, got {list(cfg.train.seeds)}")
     return problems
+
+
+def _search_problems(cfg: WorkflowConfig) -> list[str]:
+    """The search space: nested CV only, model/data/train keys, every point a valid workflow."""
+    v = cfg.validation
+    problems: list[str] = []
+    if v.scheme == "nested":
+        if v.folds < 2 or v.inner_folds < 2:
+            problems.append(
+                f"nested cross-validation needs folds and inner_folds >= 2, got {v.folds} and {v.inner_folds}"
+            )
+    elif cfg.search:
+        return ["search: a search space needs validation.scheme nested (inner folds choose the point)"]
+    for key, values in cfg.search.items():
+        section = key.split(".")[0]
+        if section not in SEARCH_SECTIONS or "." not in key:
+            problems.append(f"search: {key!r} is not a {'/'.join(SEARCH_SECTIONS)} key (e.g. train.lr)")
+        elif key in ("train.seeds", "train.seed", "train.device", "train.num_threads", "data.cache", "data.workers"):
+            problems.append(f"search: {key} is not a modelling choice and cannot be searched")
+        if not values:
+            problems.append(f"search: {key} lists no values")
+    n_points = math.prod(len(v) for v in cfg.search.values()) if cfg.search else 1
+    if n_points > MAX_SEARCH_POINTS:
+        problems.append(f"search: {n_points} points (the product of the value counts); at most {MAX_SEARCH_POINTS}")
+    if problems or not cfg.search:
+        return problems
+    for point in search_grid(cfg):
+        try:
+            point_config(cfg, point)
+        except ValidationError as exc:
+            problems += [f"search point {point}: {p}" for p in exc.problems]
+    return problems
+
+
+def search_grid(cfg: WorkflowConfig) -> list[dict[str, Any]]:
+    """Every point of the search space (dotted key -> value), in the workflow's order; [{}] without one."""
+    keys = list(cfg.search)
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(cfg.search[k] for k in keys))]
+
+
+def point_config(cfg: WorkflowConfig, point: Mapping[str, Any]) -> WorkflowConfig:
+    """The workflow with one search point's values set (and no search space of its own)."""
+    raw = {k: v for k, v in cfg.to_dict().items() if k != "search"}
+    for key, value in point.items():
+        node = raw
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValidationError([f"{key}: {part} is a value, not a section"], "search")
+        if last not in node:
+            raise ValidationError([f"{key} is not a workflow key"], "search")
+        node[last] = _plain(value)
+    return config_from_dict(raw, base_dir=Path("."), source="search point", check_files=False)
 
 
 def study_members(cfg: WorkflowConfig) -> list[tuple[int, int]]:

@@ -15,7 +15,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from pipeline.errors import LeakageError
-from pipeline.schema import FOLD, GROUP, MEMBER_COLUMNS, PATIENT_ID, ROLE, SPLIT, TARGET
+from pipeline.schema import FOLD, GROUP, INNER, MEMBER_COLUMNS, PATIENT_ID, ROLE, SPLIT, TARGET
 
 ROLES = ("train", "val", "test")
 
@@ -75,6 +75,49 @@ def leave_one_group_out_splits(
     return pd.DataFrame(rows, columns=[FOLD, PATIENT_ID, ROLE, GROUP])
 
 
+def nested_splits(patients: pd.DataFrame, folds: int, inner_folds: int, seed: int) -> pd.DataFrame:
+    """Split table for nested cross-validation. Outer rows (``inner`` = -1): fold k's test patients
+    are those of ``kfold_splits`` with the same seed (so plain and nested CV are compared on the
+    same test folds), every other patient trains the refitted model (role train). Inner rows
+    (``inner`` = i): the outer fold's training patients split again by patient and label, role
+    val for inner fold i's held-out patients (they choose the point, the epoch and the threshold)
+    and train for the rest; an outer test patient is never in an inner row."""
+    if len(patients) < folds:
+        raise ValueError(f"{len(patients)} patients cannot be split into {folds} folds")
+    rows = []
+    for fold, test_idx in enumerate(_grouped_split(patients, folds, seed)):
+        test = set(patients[PATIENT_ID].iloc[test_idx])
+        rows += [(fold, pid, "test" if pid in test else "train", -1) for pid in patients[PATIENT_ID]]
+        train = patients[~patients[PATIENT_ID].isin(test)].reset_index(drop=True)
+        for inner, val_idx in enumerate(_grouped_split(train, inner_folds, seed + 1000 + fold)):
+            val = set(train[PATIENT_ID].iloc[val_idx])
+            rows += [(fold, pid, "val" if pid in val else "train", inner) for pid in train[PATIENT_ID]]
+    return pd.DataFrame(rows, columns=[FOLD, PATIENT_ID, ROLE, INNER])
+
+
+def outer_level(splits: pd.DataFrame) -> pd.DataFrame:
+    """A nested table's outer rows (the folds that give the estimate), or the table itself."""
+    if INNER not in splits.columns:
+        return splits
+    return splits[splits[INNER].astype(int) < 0].drop(columns=INNER)
+
+
+def _check_nested(splits: pd.DataFrame) -> list[str]:
+    """Leakage at both levels: outer test once per patient; inner rows only of the fold's training
+    patients, each of them validating exactly one inner fold."""
+    outer = outer_level(splits)
+    problems = _roles_and_tests(outer, every_fold_needs=("train", "test"))
+    inner = splits[splits[INNER].astype(int) >= 0]
+    for fold, part in inner.groupby(FOLD):
+        training = set(outer.loc[(outer[FOLD] == fold) & (outer[ROLE] == "train"), PATIENT_ID])
+        leaked = set(part[PATIENT_ID]) - training
+        if leaked:
+            problems.append(f"fold {fold}: {len(leaked)} outer test patient(s) in its inner folds")
+        per_inner = part.rename(columns={FOLD: "outer"}).rename(columns={INNER: FOLD}).drop(columns="outer")
+        problems += [f"fold {fold}, inner {p}" for p in _roles_and_tests(per_inner, ("train", "val"), tested="val")]
+    return problems
+
+
 def holdout_splits(table: pd.DataFrame) -> pd.DataFrame:
     """Split table for the holdout scheme: the manifest's split column, one fold (0)."""
     per_patient = table.groupby(PATIENT_ID, sort=False)[SPLIT].first()
@@ -109,6 +152,12 @@ def primary_member(splits: pd.DataFrame) -> pd.DataFrame:
     return splits[keep].drop(columns=list(MEMBER_COLUMNS))
 
 
+def primary_splits(splits: pd.DataFrame) -> pd.DataFrame:
+    """The partitions the study's figures come from: the first member's folds, the outer level of
+    a nested cross-validation (for the flow diagram, Table 1 and the split summary)."""
+    return outer_level(primary_member(splits))
+
+
 def check_splits(splits: pd.DataFrame, scheme: str) -> None:
     """Raise LeakageError if any patient is on two sides of a split.
 
@@ -123,6 +172,17 @@ def check_splits(splits: pd.DataFrame, scheme: str) -> None:
             except LeakageError as exc:
                 raise LeakageError(f"repeat {repeat}, seed {seed}: {exc}") from None
         return
+    problems = _check_nested(splits) if INNER in splits.columns else _roles_and_tests(splits, ROLES, scheme=scheme)
+    if problems:
+        shown = "; ".join(problems[:10]) + (f"; ... and {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise LeakageError(f"split check failed: {shown}")
+
+
+def _roles_and_tests(
+    splits: pd.DataFrame, every_fold_needs: tuple[str, ...], *, scheme: str = "kfold", tested: str = "test"
+) -> list[str]:
+    """One role per (fold, patient); with k-fold-like schemes each patient in the ``tested`` role
+    of exactly one fold; every fold has each role of ``every_fold_needs``."""
     problems = []
     unknown = sorted(set(splits[ROLE]) - set(ROLES))
     if unknown:
@@ -130,20 +190,18 @@ def check_splits(splits: pd.DataFrame, scheme: str) -> None:
     roles_per = splits.groupby([FOLD, PATIENT_ID])[ROLE].nunique().reset_index()
     for fold, pid, n in roles_per[roles_per[ROLE] > 1].itertuples(index=False):
         problems.append(f"fold {fold}: patient {pid} has {n} roles")
-    if scheme in ("kfold", "leave_one_group_out"):
-        test_count = splits[splits[ROLE] == "test"].groupby(PATIENT_ID)[FOLD].nunique()
+    if scheme != "holdout":
+        test_count = splits[splits[ROLE] == tested].groupby(PATIENT_ID)[FOLD].nunique()
         every = splits[PATIENT_ID].unique()
         test_count = test_count.reindex(every, fill_value=0)
         for pid, n in test_count[test_count != 1].items():
-            problems.append(f"patient {pid} is in the test set of {n} folds (expected exactly 1)")
+            problems.append(f"patient {pid} is in the {tested} set of {n} folds (expected exactly 1)")
     for fold in sorted(splits[FOLD].unique()):
         present = set(splits.loc[splits[FOLD] == fold, ROLE])
-        missing = [r for r in ROLES if r not in present]
+        missing = [r for r in every_fold_needs if r not in present]
         if missing:
             problems.append(f"fold {fold} has no {'/'.join(missing)} patients")
-    if problems:
-        shown = "; ".join(problems[:10]) + (f"; ... and {len(problems) - 10} more" if len(problems) > 10 else "")
-        raise LeakageError(f"split check failed: {shown}")
+    return problems
 
 
 def describe_splits(splits: pd.DataFrame, patients: pd.DataFrame) -> pd.DataFrame:

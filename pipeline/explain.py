@@ -50,6 +50,7 @@ from torch import nn
 
 from pipeline.config import WorkflowConfig, load_config
 from pipeline.manifest import Cohort, load_manifest
+from pipeline.nested import chosen_config
 from pipeline.privacy import redact
 from pipeline.reporting import artifacts
 from pipeline.reporting.explanations import (
@@ -569,7 +570,14 @@ def explain_run(
     record: dict[str, Any] = {"version": FORMAT_VERSION, "device": dev.type, "skipped": None}
     try:
         cfg = cfg if cfg is not None else load_config(run_dir / RESOLVED_CONFIG_FILE, check_files=False)
-        record = _explain(run_dir, cfg, cohort, dev, staging)
+        chosen = chosen_config(run_dir, cfg)
+        if chosen is None:
+            record["skipped"] = (
+                "nested cross-validation: the outer folds chose different search points, so their models "
+                "do not share one architecture and input; explain a study of the chosen point instead"
+            )
+        else:
+            record = _explain(run_dir, chosen, cohort, dev, staging)
     except Exception as exc:  # explanations are an extra: a failure is recorded, the run stands
         log.warning("explanations skipped: %s", safe_error(exc), exc_info=log.isEnabledFor(logging.DEBUG))
         record["skipped"] = f"explanations failed: {safe_error(exc)}"

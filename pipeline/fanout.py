@@ -33,16 +33,15 @@ def fold_task(
     config_text: str,
     run_dir: str,
     seal: str,
-    fold: int,
+    job: Any,
     items: dict[str, list[dict[str, Any]]],
     table: pd.DataFrame,
     label: str,
-    seed: int,
-) -> tuple[int, CohortnetError | None]:
-    """One fold on a worker (arguments are plain values): train, predict, write ``fold_<k>/``
-    under the fold's own lock. Returns (fold, None), or (fold, the error) for a problem of the study
-    itself (NaN scores, say), which a retry would only repeat; anything else raises, and Dask
-    retries it (a lost worker, a full disk)."""
+) -> tuple[str, CohortnetError | None]:
+    """One job on a worker (``pipeline.study.FoldJob`` and plain values): train, predict, write its
+    folder under the folder's own lock. Returns (folder, None), or (folder, the error) for a
+    problem of the study itself (NaN scores, say), which a retry would only repeat; anything else
+    raises, and Dask retries it (a lost worker, a full disk)."""
     import torch
 
     from pipeline import runfolder
@@ -53,14 +52,14 @@ def fold_task(
     run = resolve_run_context(cfg, SINGLE, Path(run_dir), seal, progress=False)
     if run.device.type == "cpu" and not cfg.train.num_threads:
         torch.set_num_threads(1)  # one worker per core: no oversubscription
-    fold_dir = Path(run_dir) / f"fold_{fold}"
+    fold_dir = Path(run_dir) / job.folder
     fold_dir.mkdir(parents=True, exist_ok=True)
     try:
         with runfolder.locked(fold_dir):  # a task left running by an interrupted driver keeps its fold
-            run_fold(cfg, run, fold, items, table, label, seed=seed)
+            run_fold(cfg, run, job, items, table, label)
     except CohortnetError as exc:
-        return fold, exc
-    return fold, None
+        return job.folder, exc
+    return job.folder, None
 
 
 def _task_id(run_dir: Path, seal: str) -> str:
@@ -87,13 +86,12 @@ def client_for(scheduler: str) -> tuple[Any, Any]:
 def run_folds(
     cfg: WorkflowConfig,
     run: Any,
-    pending: dict[int, dict[str, list[dict[str, Any]]]],
+    pending: list[tuple[Any, dict[str, list[dict[str, Any]]]]],
     table: pd.DataFrame,
     label: str,
-    seeds: dict[int, int],
 ) -> None:
-    """Every pending fold (of every member) as one task on ``run.dask``'s cluster, trained with its
-    seed from ``seeds``; returns when all are done (raises the first failure, after its retries)."""
+    """Every pending job (a fold of a member, an inner fold of a search point) as one task on
+    ``run.dask``'s cluster; returns when all are done (raises the first failure, after its retries)."""
     if not pending:
         return
     run_dir, seal, scheduler = run.run_dir, run.seal, run.dask
@@ -106,22 +104,21 @@ def run_folds(
                 text,
                 str(run_dir),
                 seal,
-                fold,
+                job,
                 items,
                 table,
                 label,
-                seeds[fold],
-                key=f"cohortnet-fold-{_task_id(run_dir, seal)}-{fold}",
+                key=f"cohortnet-fold-{_task_id(run_dir, seal)}-{job.folder.replace('/', '-')}",
                 retries=RETRIES,
                 pure=False,
             )
-            for fold, items in pending.items()
+            for job, items in pending
         ]
-        log.info("%d fold(s) submitted to %s", len(futures), scheduler)
+        log.info("%d job(s) submitted to %s", len(futures), scheduler)
         failed: list[CohortnetError] = []
-        for fold, problem in client.gather(futures):
+        for folder, problem in client.gather(futures):
             if problem is None:
-                log.info("fold %d: done on the cluster", fold)
+                log.info("%s: done on the cluster", folder)
             else:
                 failed.append(problem)
         if failed:  # the first, with its own exit code (5 for NaN scores); finished folds are kept

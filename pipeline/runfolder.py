@@ -32,7 +32,7 @@ import pandas as pd
 from pipeline import __version__
 from pipeline.errors import CohortnetError, ValidationError
 from pipeline.reporting import artifacts
-from pipeline.schema import FOLD, FOLD_DONE_FILE, LOCK_FILE, PATIENT_ID, ROLE, SEAL_FILE
+from pipeline.schema import FOLD, FOLD_DONE_FILE, INNER, LOCK_FILE, PATIENT_ID, ROLE, SEAL_FILE
 
 # keys that change how fast a run goes, never what it computes, and the manifest's path (its
 # content is sealed by hash): a resume may change them
@@ -86,7 +86,8 @@ def fingerprint(
 ) -> dict[str, Any]:
     """What the run's results depend on, in a form that can be compared and diffed."""
     flat = {k: v for k, v in _flatten(config).items() if k not in OPERATIONAL_KEYS}
-    split_rows = sorted(splits[[FOLD, PATIENT_ID, ROLE]].astype(str).itertuples(index=False, name=None))
+    columns = [FOLD, PATIENT_ID, ROLE, *([INNER] if INNER in splits.columns else [])]  # nested: both levels
+    split_rows = sorted(splits[columns].astype(str).itertuples(index=False, name=None))
     seal = {
         "config": flat,
         "manifest_sha256": manifest_sha256,
@@ -174,6 +175,16 @@ def check_fold_records(run_dir: Path, folds: list[int], seal_digest: str | None 
     if problems:
         raise ValidationError(problems, f"run folder {run_dir}")
     return records
+
+
+def job_record(done: Path, seal_digest: str) -> dict[str, Any]:
+    """A finished job's ``done.json`` (an inner fold of nested CV), made under this run's seal."""
+    if not done.is_file():
+        raise ValidationError([f"{done.parent.name} is not finished ({done.name} missing)"], str(done.parent.parent))
+    record: dict[str, Any] = json.loads(done.read_text(encoding="utf-8"))
+    if record.get("seal") != seal_digest:
+        raise ValidationError([f"{done.parent.name} was made from other inputs than this run's seal"], str(done.parent))
+    return record
 
 
 def check_predictions_complete(run_dir: Path, test: pd.DataFrame, val: pd.DataFrame, splits: pd.DataFrame) -> None:

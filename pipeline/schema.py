@@ -27,6 +27,8 @@ SCORE_SINGLE_MODEL = "score_single_model"  # an ensemble of members: the first m
 REPEAT = "repeat"  # splits.csv and member_predictions.csv of a study with members: the repeat ...
 SEED = "seed"  # ... and the training seed of the member a fold belongs to
 MEMBER_COLUMNS = (REPEAT, SEED)
+NESTED_FILE = "nested.json"  # nested CV: the inner AUCs of every search point, each outer fold's choice
+INNER = "inner"  # splits.csv of a nested cross-validation: -1 for outer rows, else the inner fold
 ROLE = "role"  # which set a prediction belongs to: "test" (held out) or "val" (model selection)
 N_IMAGES = "n_images"
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ from pipeline.schema import (
     MEMBER_PREDICTIONS_FILE,
     METRICS_FILE,
     MODEL_FILE,
+    NESTED_FILE,
     PATIENT_ID,
     PATIENTS_FILE,
     PER_PATIENT_FILE,
@@ -149,7 +151,7 @@ def _pretrained_problems(cfg: WorkflowConfig) -> list[str]:
 def _cohort_vs_config(cfg: WorkflowConfig, cohort: Cohort) -> list[str]:
     problems = []
     patients = cohort.patients
-    if cfg.validation.scheme == "kfold":
+    if cfg.validation.scheme in ("kfold", "nested"):
         per_class = patients[TARGET].value_counts()
         if per_class.min() < cfg.validation.folds:
             problems.append(
@@ -331,6 +333,9 @@ def _scheme_splits(cfg: WorkflowConfig, cohort: Cohort, seed: int) -> pd.DataFra
             cfg.validation.inner_val_fraction,
             seed,
         )
+    if cfg.validation.scheme == "nested":
+        v = cfg.validation
+        return crossval.nested_splits(cohort.patients, v.folds, v.inner_folds, seed)
     return crossval.kfold_splits(cohort.patients, cfg.validation.folds, cfg.validation.inner_val_fraction, seed)
 
 
@@ -410,7 +415,7 @@ def _run_locked(
         recorded = broadcast(ctx, _record_inputs(run_dir, cfg, cohort, splits) if ctx.is_main else None)
         assert recorded is not None
         hashes, seal = recorded
-        summary = crossval.describe_splits(splits, cohort.patients)
+        summary = crossval.describe_splits(crossval.primary_splits(splits), cohort.patients)
         log.info("splits (%s):\n%s", cfg.validation.scheme, summary.to_string(index=False))
         run = resolve_run_context(cfg, ctx, run_dir, seal, progress=progress and ctx.is_main)
         run = dataclasses.replace(run, dask=dask)
@@ -455,6 +460,51 @@ def resolve_run_context(cfg: WorkflowConfig, ctx: Any, run_dir: Path, seal: str,
     return RunContext(ctx, device_for(ctx, resolve_device(cfg.train.device)), seal, run_dir, progress)
 
 
+@dataclass(frozen=True)
+class FoldJob:
+    """One training job: the fold its predictions belong to, its folder in the run folder, its
+    training seed and, for nested cross-validation, a search point's config, a fixed number of
+    epochs without validation (the refit) and the inner folders whose validation rows it adopts."""
+
+    fold: int
+    folder: str
+    seed: int
+    cfg: WorkflowConfig | None = None
+    stop_after: int | None = None
+    adopt_val: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return f"fold {self.fold}" if self.folder == f"fold_{self.fold}" else self.folder.replace("/", " ")
+
+
+def run_jobs(cfg: WorkflowConfig, run: RunContext, jobs: list[tuple[FoldJob, dict[str, Any]]], cohort: Cohort) -> None:
+    """Every job without a ``done.json`` yet, one after another, or as tasks on ``run.dask``."""
+    from pipeline.distributed import barrier
+
+    table = cohort.table.set_index(IMAGE_ID)
+    pending = []
+    for job, items in jobs:
+        if (run.run_dir / job.folder / FOLD_DONE_FILE).is_file():
+            log.info("%s: already done, skipping", job.label)
+        else:
+            pending.append((job, items))
+    if run.dask:
+        from pipeline.fanout import run_folds
+
+        run_folds(cfg, run, pending, table[[PATIENT_ID, cohort.label]], cohort.label)
+        return
+    for job, items in pending:
+        run_fold(cfg, run, job, items, table, cohort.label)
+        barrier(run.ctx)
+
+
+def role_items(prepared: Any, table: pd.DataFrame, part: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:
+    """The prepared images of each role of one fold's split rows (patient_id, role)."""
+    roles = table[PATIENT_ID].map(dict(zip(part[PATIENT_ID], part[ROLE], strict=True)))
+    return {r: prepared.items(roles.index[roles == r].tolist()) for r in crossval.ROLES}
+
+
 def train_and_predict(
     cfg: WorkflowConfig, cohort: Cohort, splits: pd.DataFrame, run: RunContext, *, content_hashes: dict[str, str]
 ) -> None:
@@ -463,30 +513,22 @@ def train_and_predict(
     Writes ``excluded.csv``, ``fold_<k>/{model.pt,history.csv,predictions.csv,done.json}`` and the
     pooled ``predictions.csv`` (role test) and ``val_predictions.csv`` (role val). A fold whose
     ``done.json`` exists is not trained again, so a rerun into the same run folder resumes.
+    Nested cross-validation runs its two levels in ``pipeline.nested``.
     """
     from pipeline.distributed import barrier
 
-    prepared = _preprocess(cfg, cohort, run, content_hashes)
-    table = cohort.table.set_index(IMAGE_ID)
-    fold_items = {}
-    for fold, part in splits.groupby(FOLD, sort=True):
-        roles = table[PATIENT_ID].map(dict(zip(part[PATIENT_ID], part[ROLE], strict=True)))
-        fold_items[int(str(fold))] = {r: prepared.items(roles.index[roles == r].tolist()) for r in crossval.ROLES}
-    _check_usable(fold_items, len(prepared.failures))
-    seeds = fold_seeds(cfg, splits)
-    pending = {}
-    for fold, items in fold_items.items():
-        if (run.run_dir / f"fold_{fold}" / FOLD_DONE_FILE).is_file():
-            log.info("fold %s: already done, skipping", fold)
-        else:
-            pending[fold] = items
-    if run.dask:
-        from pipeline.fanout import run_folds
+    if cfg.validation.scheme == "nested":
+        from pipeline.nested import run_nested
 
-        run_folds(cfg, run, pending, table[[PATIENT_ID, cohort.label]], cohort.label, seeds)
-    for fold, items in pending.items() if not run.dask else ():
-        run_fold(cfg, run, fold, items, table, cohort.label, seed=seeds[fold])
-        barrier(run.ctx)
+        run_nested(cfg, cohort, splits, run, content_hashes)
+    else:
+        prepared = _preprocess(cfg, cohort, run, content_hashes)
+        table = cohort.table.set_index(IMAGE_ID)
+        fold_items = {int(str(f)): role_items(prepared, table, part) for f, part in splits.groupby(FOLD, sort=True)}
+        _check_usable(fold_items, len(prepared.failures))
+        seeds = fold_seeds(cfg, splits)
+        jobs = [(FoldJob(fold, f"fold_{fold}", seeds[fold]), items) for fold, items in fold_items.items()]
+        run_jobs(cfg, run, jobs, cohort)
     if run.ctx.is_main:
         _pool_folds(run, splits, cfg.evaluation.ensemble)
     barrier(run.ctx)
@@ -584,30 +626,28 @@ def _check_usable(fold_items: dict[int, dict[str, list[dict[str, Any]]]], n_excl
 def run_fold(
     cfg: WorkflowConfig,
     run: RunContext,
-    fold: int,
+    job: FoldJob,
     items: dict[str, list[dict[str, Any]]],
     table: pd.DataFrame,
     label_col: str,
-    *,
-    seed: int | None = None,
 ) -> None:
-    """Train one fold into ``fold_<k>/`` with its training seed (``fold_seeds``; default
-    train.seed + fold), then predict its test and validation images (rank 0 writes the files)."""
-    fold_dir = run.run_dir / f"fold_{fold}"
+    """Train one job into its folder (``fold_<k>/``) with its seed and config, then predict its
+    test and validation images (rank 0 writes the files)."""
     from pipeline.augment import make_augmentation
     from pipeline.models import build_model, count_parameters
     from pipeline.precision import choose_precision
     from pipeline.training import FoldSpec, recorded_precision, seed_everything, train_fold
 
-    ctx, device, seal = run.ctx, run.device, run.seal
-    seed = cfg.train.seed + fold if seed is None else seed
-    seed_everything(seed, cfg.train.deterministic)  # the initial weights depend on the seed only
+    cfg = job.cfg or cfg
+    fold_dir = run.run_dir / job.folder
+    ctx, device = run.ctx, run.device
+    seed_everything(job.seed, cfg.train.deterministic)  # the initial weights depend on the seed only
     model = build_model(cfg.model).to(device)
     checkpoint = fold_dir / MODEL_FILE
     precision = recorded_precision(checkpoint, model) or choose_precision(cfg, model, device)
     log.info(
-        "fold %d: %d train / %d val / %d test images on %s%s (%s), %s (%.1fM parameters)",
-        fold,
+        "%s: %d train / %d val / %d test images on %s%s (%s), %s (%.1fM parameters)",
+        job.label,
         len(items["train"]),
         len(items["val"]),
         len(items["test"]),
@@ -623,16 +663,23 @@ def run_fold(
         make_augmentation(cfg.data, cfg.model.spatial_dims),
         device,
         checkpoint,
-        seed=seed,
+        seed=job.seed,
         precision=precision,
         spatial_dims=cfg.model.spatial_dims,
-        label=f"fold {fold}: ",
+        label=f"{job.label}: ",
         ctx=ctx,
+        stop_after=job.stop_after,
     )
     result = train_fold(model, items["train"], items["val"], spec)
-    predictions = _predict_roles(cfg, run, fold, model, precision, items, table, label_col)
+    predictions = _predict_roles(cfg, run, job.fold, model, precision, items, table, label_col)
+    if job.adopt_val:  # nested refit: the inner folds' validation rows of the chosen point
+        adopted = [
+            pd.read_csv(run.run_dir / f / PREDICTIONS_FILE, dtype={PATIENT_ID: str, IMAGE_ID: str})
+            for f in job.adopt_val
+        ]
+        predictions = pd.concat([predictions, *(a[a[ROLE] == "val"] for a in adopted)], ignore_index=True)
     if ctx.is_main:
-        _write_fold(fold_dir, fold, result, precision, predictions, seal, time.perf_counter() - start)
+        _write_fold(fold_dir, job.fold, result, precision, predictions, run.seal, time.perf_counter() - start)
 
 
 def _write_fold(
@@ -670,6 +717,8 @@ def _predict_roles(
     frames = []
     tta = cfg.evaluation.tta
     for role in ("test", "val"):
+        if not items[role]:  # an inner fold of nested CV has no test images; its refit, no val
+            continue
         ids = [it[IMAGE_ID] for it in items[role]]
         batch = cfg.train.batch_size * 2  # the views of a batch run one after another
         scores, single = predict_scores_tta(
@@ -751,6 +800,8 @@ def finalize_run(run_dir: Path, cfg: WorkflowConfig | None = None, cohort: Cohor
     metrics = evaluate_predictions(images, columns, _evaluation_options(cfg), threshold_df=val if len(val) else None)
     if members is not None:
         metrics["members"] = _members_section(members, preds, columns, cfg)
+    if (run_dir / NESTED_FILE).is_file():  # nested CV: each outer fold's choice and its stability
+        metrics["nested"] = json.loads((run_dir / NESTED_FILE).read_text())
     artifacts.write_json(run_dir / METRICS_FILE, metrics)
     if cohort is not None:  # a rebuilt report (no cohort, perhaps no images) keeps the explanations it has
         _explain(run_dir, cfg, cohort)
@@ -759,7 +810,7 @@ def finalize_run(run_dir: Path, cfg: WorkflowConfig | None = None, cohort: Cohor
         cfg,
         metrics,
         pp,
-        crossval.describe_splits(crossval.primary_member(splits), known.patients),
+        crossval.describe_splits(crossval.primary_splits(splits), known.patients),
         ClassColumn(label, str(known.positive)),
         n_images=len(preds),
     )

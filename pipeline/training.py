@@ -273,6 +273,9 @@ class FoldSpec:
     spatial_dims: int
     label: str = ""  # log prefix, e.g. "fold 2: "
     ctx: DistContext = SINGLE
+    # nested CV's refit: train exactly this many epochs of the cfg.epochs schedule, without
+    # validation, and keep the last (the epoch the inner folds chose)
+    stop_after: int | None = None
 
 
 @dataclass
@@ -306,8 +309,8 @@ def train_fold(
     if last.is_file():
         state, best_state = _load_training_state(last, model, tr.step.optimizer, tr.step.scheduler)
         log.info("%sresuming after epoch %d", spec.label, state.epoch)
-    for epoch in range(state.epoch + 1, cfg.epochs + 1):
-        if cfg.patience and state.stale >= cfg.patience:
+    for epoch in range(state.epoch + 1, (spec.stop_after or cfg.epochs) + 1):
+        if cfg.patience and state.stale >= cfg.patience and spec.stop_after is None:
             break
         if _one_epoch(model, val_items, spec, tr, state, epoch):
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -365,13 +368,17 @@ def _one_epoch(
     if stats.first_nonfinite_step is not None:
         what = f"the training loss or gradient became NaN or Inf at step {stats.first_nonfinite_step}"
         raise _stopped(spec.label, epoch, precision, what)
-    try:
-        val_loss, val_auc = validation_metrics(model, val_items, spec.device, precision.bf16, cfg.batch_size * 2, ctx)
-    except NonFiniteError as exc:
-        raise _stopped(spec.label, epoch, precision, str(exc)) from None
+    val_loss, val_auc = math.nan, None
+    if val_items:
+        try:
+            val_loss, val_auc = validation_metrics(
+                model, val_items, spec.device, precision.bf16, cfg.batch_size * 2, ctx
+            )
+        except NonFiniteError as exc:
+            raise _stopped(spec.label, epoch, precision, str(exc)) from None
     auc_key = val_auc if val_auc is not None else 0.0
     score = (auc_key, -val_loss) if cfg.select == "auc" else (-val_loss, auc_key)
-    improved = score > state.best_score
+    improved = score > state.best_score or not val_items  # no validation (a refit): the last epoch
     if improved:
         state.best_score, state.best_epoch, state.stale = score, epoch, 0
     else:
@@ -394,7 +401,7 @@ def _one_epoch(
         "%sepoch %d/%d  train loss %.4f  val loss %.4f  val AUC %s%s  (%.1fs, %.0f samples/s)",
         spec.label,
         epoch,
-        cfg.epochs,
+        spec.stop_after or cfg.epochs,
         stats.loss,
         val_loss,
         auc_text,

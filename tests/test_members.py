@@ -110,3 +110,53 @@ def test_member_settings_are_checked(
     err = capsys.readouterr().err
     assert "validation.repeats draws new k-fold splits; scheme holdout has fixed test sets" in err
     assert "train.seeds must be distinct, got [1, 1]" in err
+
+
+def test_nested_cross_validation_chooses_per_outer_fold_on_inner_folds_only(
+    tmp_path: Path, make_cohort: Callable[..., Path], make_workflow: Callable[..., Path]
+) -> None:
+    manifest = make_cohort(n_patients=16, second_scan=(3,))
+    wf = make_workflow(
+        manifest,
+        train={"epochs": 2, "batch_size": 4, "lr": 0.001, "seed": 0},
+        validation={"scheme": "nested", "folds": 2, "inner_folds": 2},
+        search={"train.lr": [0.001, 0.01], "model.widen_factor": [0.5]},
+    )
+    run = _run(wf)
+    splits = pd.read_csv(run / "splits.csv", dtype={"patient_id": str})
+    outer = splits[splits["inner"] == -1]
+    inner = splits[splits["inner"] >= 0]
+    plain = make_workflow(manifest, name="plain.yaml", train={"epochs": 2, "batch_size": 4, "lr": 0.001, "seed": 0})
+    assert main(["run", str(plain), "--check"]) == 0
+    from pipeline.study import make_splits, validate_workflow
+
+    kfold = make_splits(*validate_workflow(plain))
+    same_tests = {f: set(p.loc[p["role"] == "test", "patient_id"]) for f, p in kfold.groupby("fold")}
+    assert {f: set(p.loc[p["role"] == "test", "patient_id"]) for f, p in outer.groupby("fold")} == same_tests
+    for fold, part in inner.groupby("fold"):
+        assert not set(part["patient_id"]) & same_tests[fold]  # no outer test patient at the inner level
+        assert (part[part["role"] == "val"].groupby("patient_id").size() == 1).all()
+    record = json.loads((run / "nested.json").read_text())
+    assert record["points"] == [
+        {"train.lr": 0.001, "model.widen_factor": 0.5},
+        {"train.lr": 0.01, "model.widen_factor": 0.5},
+    ]
+    for fold in record["folds"]:
+        aucs = [p["inner_auc"] for p in fold["points"]]
+        assert fold["point"] == max(range(2), key=lambda p: (aucs[p], -p))
+        epochs = fold["points"][fold["point"]]["best_epochs"]
+        assert len(epochs) == 2
+        history = pd.read_csv(run / f"fold_{fold['fold']}" / "history.csv")
+        assert len(history) == fold["epoch"]  # refitted for the chosen number of epochs, no validation
+        assert (run / f"fold_{fold['fold']}" / "inner_1_point_1" / "done.json").is_file()
+    assert sum(c["folds"] for c in record["chosen_counts"]) == 2
+    val = pd.read_csv(run / "val_predictions.csv", dtype={"patient_id": str})
+    assert set(val["patient_id"]) <= set(inner["patient_id"])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["nested"]["stability"] in (0.5, 1.0)
+    assert metrics["threshold_source"] == "validation"
+    assert metrics["n_patients"] == 16
+    html = (run / "report.html").read_text()
+    assert 'id="nested-table"' in html
+    assert "inner AUC: train.lr = 0.01, model.widen_factor = 0.5" in html
+    assert "nested cross-validation (2 outer × 2 inner" in html

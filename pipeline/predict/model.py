@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from pipeline import runfolder
-from pipeline.config import WorkflowConfig, config_from_dict, yaml_load
+from pipeline.config import WorkflowConfig, config_from_dict, dump_config, yaml_load
 from pipeline.errors import CohortnetError
 from pipeline.schema import (
     DATA_HASHES_FILE,
@@ -58,12 +58,28 @@ def model_files(run_dir: Path) -> dict[str, bytes]:
     splits = pd.read_csv(run_dir / SPLITS_FILE, dtype={PATIENT_ID: str})
     folds = sorted(int(f) for f in splits["fold"].unique())
     records = runfolder.check_fold_records(run_dir, folds)
-    files = {RESOLVED_CONFIG_FILE: (run_dir / RESOLVED_CONFIG_FILE).read_bytes()}
+    files = {RESOLVED_CONFIG_FILE: _trained_config(run_dir)}
     for fold in folds:
         files[f"fold_{fold}/{MODEL_FILE}"] = (run_dir / f"fold_{fold}" / MODEL_FILE).read_bytes()
     files[MODEL_INFO_FILE] = _json(_model_info(run_dir, records))
     files[LEAKAGE_FILE] = _json(_study_members(run_dir, splits))
     return files
+
+
+def _trained_config(run_dir: Path) -> bytes:
+    """The config the fold models were trained with: the run's, or a nested CV's chosen point."""
+    from pipeline.nested import chosen_config
+
+    text = (run_dir / RESOLVED_CONFIG_FILE).read_bytes()
+    cfg = config_from_dict(yaml_load(text.decode()), base_dir=Path("."), source=RESOLVED_CONFIG_FILE, check_files=False)
+    chosen = chosen_config(run_dir, cfg)
+    if chosen is None:
+        raise CohortnetError(
+            f"{run_dir}: the outer folds of this nested cross-validation chose different search points, so its "
+            "models do not form one ensemble; it estimates performance. To deploy, run the chosen point as a "
+            "kfold study"
+        )
+    return text if chosen is cfg else dump_config(chosen).encode()
 
 
 def _study_members(run_dir: Path, splits: pd.DataFrame) -> dict[str, list[str]]:

@@ -139,7 +139,7 @@ def cohort_sections(run_dir: Path, cfg: WorkflowConfig, excluded: pd.DataFrame |
     images = pd.read_csv(run_dir / DATA_HASHES_FILE, dtype=str)[IMAGE_ID]
     patients = pd.read_csv(run_dir / PATIENTS_FILE, dtype=str, keep_default_na=False)
     # with members (seeds, repeats) the flow and Table 1 show the first member's partitions
-    splits = crossval.primary_member(pd.read_csv(run_dir / SPLITS_FILE, dtype={PATIENT_ID: str}))
+    splits = crossval.primary_splits(pd.read_csv(run_dir / SPLITS_FILE, dtype={PATIENT_ID: str}))
     flow = cohort.flow_counts(source, images.tolist(), excluded, patients, splits)
     png, svg = figures.flow_figure(flow)
     artifacts.write_bytes(run_dir / FLOW_FIGURE_FILE, svg)
@@ -169,8 +169,11 @@ def study_text(cfg: WorkflowConfig) -> dict[str, str]:
         "kfold": f"{v.folds}-fold patient-grouped cross-validation",
         "holdout": "holdout (manifest split: train / val / test)",
         "leave_one_group_out": f"leave-one-{v.group}-out cross-validation (each {v.group} held out in turn)",
+        "nested": f"nested cross-validation ({v.folds} outer × {v.inner_folds} inner patient-grouped folds)",
     }
     scheme = schemes[v.scheme]
+    if v.repeats > 1 or len(cfg.train.seeds) > 1:
+        scheme += f", {v.repeats} repeat(s) × {len(cfg.train.seeds) or 1} seed(s)"
     size = "x".join(map(str, cfg.data.spatial_size))
     return {"name": cfg.study, "scheme": scheme, "model": f"{cfg.model.arch} {cfg.model.spatial_dims}D, input {size}"}
 

@@ -144,6 +144,13 @@ def _partitioning(f: RunFacts) -> Answer:
             f"{v.inner_val_fraction:.0%} of the training patients choose the epoch and threshold (splits.csv, "
             "with the held-out group per fold)"
         )
+    elif v.scheme == "nested":
+        text = (
+            f"nested cross-validation: {v.folds} outer folds stratified by label and grouped by patient give the "
+            f"estimate; in each, {v.inner_folds} inner folds of its training patients choose the search point, "
+            "the epoch and the threshold, then the model is refitted on all its training patients (splits.csv, "
+            "both levels; nested.json)"
+        )
     elif v.scheme == "kfold":
         text = (
             f"{v.folds}-fold cross-validation stratified by label and grouped by patient (StratifiedGroupKFold, "

@@ -107,6 +107,30 @@ def _members(metrics: dict[str, Any]) -> dict[str, Any] | None:
     return {**block, "comparison": comp if usable else None}
 
 
+def _point_text(point: dict[str, Any]) -> str:
+    return ", ".join(f"{k} = {v}" for k, v in point.items()) or "the workflow as written"
+
+
+def _nested(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """Nested CV: each outer fold's inner AUC per search point, its choice and refit epochs."""
+    block = metrics.get("nested")
+    if not block:
+        return None
+    points = [_point_text(p) for p in block["points"]]
+    folds = [
+        {
+            "fold": f["fold"],
+            "chosen": points[f["point"]],
+            "epoch": f["epoch"],
+            "aucs": [q["inner_auc"] for q in f["points"]],
+            "point": f["point"],
+        }
+        for f in block["folds"]
+    ]
+    counts = [(points[c["point"]], c["folds"]) for c in block["chosen_counts"]]
+    return {**block, "point_names": points, "fold_rows": folds, "counts": counts}
+
+
 def _heterogeneity_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """Cochran's Q and I^2 across the values of each subgroup column that has them."""
     rows = []
@@ -226,6 +250,7 @@ def _tables(inputs: ReportInputs) -> dict[str, Any]:
         "heterogeneity_rows": _heterogeneity_rows(inputs.metrics),
         "tta": _tta(inputs.metrics),
         "members": _members(inputs.metrics),
+        "nested": _nested(inputs.metrics),
         "split_rows": inputs.split_summary.to_dict("records"),
         "excluded_rows": inputs.excluded.to_dict("records"),
         "patient_columns": list(pp.columns),
