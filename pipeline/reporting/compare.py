@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from pipeline import __version__
+from pipeline import __version__, crossval
 from pipeline.errors import ValidationError
 from pipeline.evaluation import bootstrap_paired_test, delong_ci, delong_paired_test, roc_table
 from pipeline.reporting import artifacts
@@ -169,7 +169,8 @@ def load_run(folder: Path, key: str) -> RunResults:
     desc = _description(folder, kind)
     splits = None
     if kind == "study":
-        splits = pd.read_csv(folder / SPLITS_FILE, dtype=str)[[FOLD, PATIENT_ID, ROLE]]
+        # the partitions the figures come from (a seed ensemble's first member, a nested CV's outer folds)
+        splits = crossval.primary_splits(pd.read_csv(folder / SPLITS_FILE, dtype=str))[[FOLD, PATIENT_ID, ROLE]]
     threshold = metrics.get("threshold")
     return RunResults(
         key=key,
@@ -231,12 +232,16 @@ def _pair_problems(ref: RunResults, run: RunResults) -> list[str]:
 
 
 def _split_difference(ref: pd.DataFrame, run: pd.DataFrame) -> int:
-    """How many patients have a different fold/role assignment in two splits.csv tables (0: same)."""
+    """How many patients are tested in another fold (or tested in one run only) in two splits.csv
+    tables (0: the same test folds). How each fold's training patients were used (a validation
+    share, inner folds) is part of the method being compared, so it is not checked."""
 
-    def assignment(splits: pd.DataFrame) -> dict[str, set[tuple[str, str]]]:
-        out: dict[str, set[tuple[str, str]]] = {}
+    def assignment(splits: pd.DataFrame) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
         for pid, fold, role in splits[[PATIENT_ID, FOLD, ROLE]].itertuples(index=False):
-            out.setdefault(str(pid), set()).add((str(fold), str(role)))
+            out.setdefault(str(pid), set())
+            if role == "test":
+                out[str(pid)].add(str(fold))
         return out
 
     a, b = assignment(ref), assignment(run)
@@ -257,12 +262,12 @@ def check_comparable(runs: Sequence[RunResults], allow_different_splits: bool = 
             checks.append(_check(f"same splits {ref.key}-{run.key}", True, "not applicable: a prediction folder"))
             continue
         n = _split_difference(ref.splits, run.splits)
-        detail = f"{n} patient(s) have a different fold/role assignment in {run.key} than in {ref.key}"
+        detail = f"{n} patient(s) are tested in another fold in {run.key} than in {ref.key}"
         if n and not allow_different_splits:
             problems.append(f"{run.key} ({run.name}) against {ref.key} ({ref.name}): splits differ: {detail}")
         elif n:
             warnings.append(f"splits differ ({detail}); compared anyway (--allow-different-splits)")
-        checks.append(_check(f"same splits {ref.key}-{run.key}", n == 0, detail if n else "identical splits.csv"))
+        checks.append(_check(f"same splits {ref.key}-{run.key}", n == 0, detail if n else "the same test folds"))
     if problems:
         raise ValidationError([*problems, "the runs are not comparable"], f"comparison of {names}")
     return {"checks": checks, "warnings": warnings}
