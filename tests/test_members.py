@@ -160,3 +160,69 @@ def test_nested_cross_validation_chooses_per_outer_fold_on_inner_folds_only(
     assert 'id="nested-table"' in html
     assert "inner AUC: train.lr = 0.01, model.widen_factor = 0.5" in html
     assert "nested cross-validation (2 outer × 2 inner" in html
+    # the outer models are one ensemble only when every fold chose the same point
+    other = make_cohort(n_patients=4, seed=7, folder="new")
+    table = pd.read_csv(other, dtype=str)
+    table.assign(patient_id="N" + table["patient_id"]).to_csv(other, index=False)
+    code = main(["predict", str(run), str(other), "--out", str(tmp_path / "pred"), "--no-progress"])
+    if len({f["point"] for f in record["folds"]}) == 1:
+        assert code == 0
+        scored = pd.read_csv(tmp_path / "pred" / "predictions.csv")
+        assert scored["score"].between(0, 1).all()
+    else:
+        assert code != 0
+
+
+def test_search_spaces_are_checked_point_by_point(
+    tmp_path: Path,
+    make_cohort: Callable[..., Path],
+    make_workflow: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    manifest = make_cohort(n_patients=12)
+    not_nested = make_workflow(manifest, name="a.yaml", search={"train.lr": [0.1]})
+    assert main(["run", str(not_nested), "--check"]) == 2
+    assert "search: a search space needs validation.scheme nested" in capsys.readouterr().err
+    bad = make_workflow(
+        manifest,
+        name="b.yaml",
+        validation={"scheme": "nested", "folds": 2, "inner_folds": 2},
+        search={"train.lr": [0.001, -1.0], "evaluation.tta": ["flips"], "model.arch": ["resnet7"], "train.seed": [1]},
+    )
+    assert main(["run", str(bad), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert "search: 'evaluation.tta' is not a model/data/train key" in err
+    assert "search: train.seed is not a modelling choice" in err
+    good = make_workflow(
+        manifest,
+        name="c.yaml",
+        validation={"scheme": "nested", "folds": 2, "inner_folds": 2},
+        search={"train.lr": [0.001, -1.0], "model.arch": ["resnet10", "resnet7"]},
+    )
+    assert main(["run", str(good), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert "search point {'train.lr': -1.0, 'model.arch': 'resnet10'}" in err
+    assert "train.lr must be > 0, got -1.0" in err
+    assert "model.arch: must be one of" in err
+
+
+def test_a_nested_run_whose_folds_agree_predicts_and_explains_with_the_chosen_point(
+    tmp_path: Path, make_cohort: Callable[..., Path], make_workflow: Callable[..., Path]
+) -> None:
+    manifest = make_cohort(n_patients=12)
+    wf = make_workflow(
+        manifest,
+        validation={"scheme": "nested", "folds": 2, "inner_folds": 2},
+        search={"model.widen_factor": [0.5]},  # one point: every fold chooses it
+        report={"explain": {"cases": 2}},
+    )
+    run = _run(wf)
+    assert json.loads((run / "nested.json").read_text())["stability"] == 1.0
+    explained = json.loads((run / "explanations" / "explanations.json").read_text())
+    assert explained["skipped"] is None
+    assert explained["n_cases"] >= 1
+    other = make_cohort(n_patients=4, seed=7, folder="new")
+    table = pd.read_csv(other, dtype=str)
+    table.assign(patient_id="N" + table["patient_id"]).to_csv(other, index=False)
+    assert main(["predict", str(run), str(other), "--out", str(tmp_path / "pred"), "--no-progress"]) == 0
+    assert len(pd.read_csv(tmp_path / "pred" / "predictions.csv")) == 4
