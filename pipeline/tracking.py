@@ -23,7 +23,18 @@ import pandas as pd
 
 from pipeline.config import WorkflowConfig
 from pipeline.reporting import artifacts
-from pipeline.schema import ENVIRONMENT_FILE, FOLD_DONE_FILE, HISTORY_FILE, METRICS_FILE, REPORT_FILE
+from pipeline.schema import (
+    ENVIRONMENT_FILE,
+    FOLD,
+    FOLD_DONE_FILE,
+    HISTORY_FILE,
+    METRICS_FILE,
+    NESTED_FILE,
+    REPEAT,
+    REPORT_FILE,
+    SEED,
+    SPLITS_FILE,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +97,12 @@ def final_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     for key in ("auc_mean", "auc_sd"):
         if isinstance(folds.get(key), int | float):
             out[f"folds_{key}"] = folds[key]
+    members = metrics.get("members") or {}  # seeds and repeats: the spread of the members' AUCs
+    for key in ("mean", "sd", "min", "max"):
+        if isinstance((members.get("auc") or {}).get(key), int | float):
+            out[f"members_auc_{key}"] = members["auc"][key]
+    if isinstance((metrics.get("nested") or {}).get("stability"), int | float):
+        out["nested_stability"] = metrics["nested"]["stability"]
     return {k: float(v) for k, v in out.items()}
 
 
@@ -142,8 +159,9 @@ def _log(mlflow: Any, uri: str, run_dir: Path, cfg: WorkflowConfig) -> dict[str,
         for name_ in (REPORT_FILE, METRICS_FILE):
             if (run_dir / name_).is_file():
                 client.log_artifact(rid, str(run_dir / name_))
-        dones = sorted(run_dir.glob(f"fold_*/{FOLD_DONE_FILE}"))
-        folds = [_log_fold(client, experiment, rid, d, (Metric, Param)) for d in dones]
+        dones = sorted([*run_dir.glob(f"fold_*/{FOLD_DONE_FILE}"), *run_dir.glob(f"fold_*/inner_*/{FOLD_DONE_FILE}")])
+        describe = _job_descriptions(run_dir)
+        folds = [_log_fold(client, experiment, rid, d, (Metric, Param), describe(d)) for d in dones]
     except Exception:
         client.set_terminated(rid, "FAILED")  # a half-logged run is marked, not left running
         raise
@@ -151,13 +169,42 @@ def _log(mlflow: Any, uri: str, run_dir: Path, cfg: WorkflowConfig) -> dict[str,
     return {"tracking_uri": uri, "experiment": name, "experiment_id": experiment, "run_id": rid, "fold_runs": folds}
 
 
-def _log_fold(client: Any, experiment: str, parent: str, done: Path, entities: tuple[Any, Any]) -> str:
-    """One nested run per fold: its best epoch and per-epoch curves (history.csv); ``entities``:
-    MLflow's Metric and Param classes."""
+def _job_descriptions(run_dir: Path) -> Any:
+    """done.json path -> (run name, extra params) of its job: a member's repeat and seed, an inner
+    job's search point (model settings only: nothing identifying)."""
+    splits = pd.read_csv(run_dir / SPLITS_FILE) if (run_dir / SPLITS_FILE).is_file() else pd.DataFrame()
+    members = {}
+    if {REPEAT, SEED} <= set(splits.columns):
+        members = {int(f): (int(r), int(s)) for f, r, s in splits.groupby(FOLD)[[REPEAT, SEED]].first().itertuples()}
+    nested = run_dir / NESTED_FILE
+    points = json.loads(nested.read_text())["points"] if nested.is_file() else []
+
+    def describe(done: Path) -> tuple[str, dict[str, str]]:
+        folder = done.parent.relative_to(run_dir)
+        fold = int(folder.parts[0].removeprefix("fold_"))
+        extra: dict[str, str] = {}
+        if fold in members:
+            extra.update(repeat=str(members[fold][0]), seed=str(members[fold][1]))
+        if len(folder.parts) > 1:  # fold_<k>/inner_<i>_point_<p>
+            _, inner, _, point = folder.parts[1].split("_")
+            extra.update(inner_fold=inner, point=point)
+            extra.update({f"point.{k}": str(v) for k, v in (points[int(point)] if points else {}).items()})
+        return str(folder).replace("_", " ").replace("/", " "), extra
+
+    return describe
+
+
+def _log_fold(
+    client: Any, experiment: str, parent: str, done: Path, entities: tuple[Any, Any], job: tuple[str, dict[str, str]]
+) -> str:
+    """One nested run per job (fold, member's fold, inner fold of a search point): its best epoch
+    and per-epoch curves (history.csv); ``entities``: MLflow's Metric and Param classes; ``job``:
+    its run name and extra params (``_job_descriptions``)."""
     Metric, Param = entities
     info = json.loads(done.read_text())
-    tags = {"mlflow.parentRunId": parent, "fold": str(info["fold"])}
-    run = client.create_run(experiment, run_name=f"fold {info['fold']}", tags=tags)
+    name, extra = job
+    tags = {"mlflow.parentRunId": parent, "fold": str(info["fold"]), **{k: v for k, v in extra.items() if "." not in k}}
+    run = client.create_run(experiment, run_name=name, tags=tags)
     rid = run.info.run_id
     now = _now()
     values = [Metric(k, float(info[k]), now, 0) for k in ("best_epoch", "best_val_auc", "seconds")
@@ -172,6 +219,7 @@ def _log_fold(client: Any, experiment: str, parent: str, done: Path, entities: t
                 if value is not None and pd.notna(value):
                     values.append(Metric(column, float(value), now, step))
     fold_params = [Param("fold", str(info["fold"])), Param("precision", str(info.get("precision")))]
+    fold_params += [Param(k, v) for k, v in extra.items()]
     for start in range(0, max(len(values), 1), _BATCH):  # MLflow takes at most 1000 metrics a call
         client.log_batch(rid, params=fold_params if start == 0 else [], metrics=values[start : start + _BATCH])
     client.set_terminated(rid, "FINISHED")

@@ -75,9 +75,9 @@ def test_repeated_kfold_draws_new_splits_per_repeat_and_keeps_every_members_pred
     tmp_path: Path, make_cohort: Callable[..., Path], make_workflow: Callable[..., Path]
 ) -> None:
     manifest = make_cohort(n_patients=12, second_scan=(3,))
-    wf = make_workflow(
-        manifest, validation={"scheme": "kfold", "folds": 2, "repeats": 2}, evaluation={"ensemble": "none"}
-    )
+    tracking = {"mlflow": (tmp_path / "store").as_uri()}
+    validation = {"scheme": "kfold", "folds": 2, "repeats": 2}
+    wf = make_workflow(manifest, validation=validation, evaluation={"ensemble": "none"}, tracking=tracking)
     run = _run(wf)
     splits = pd.read_csv(run / "splits.csv", dtype={"patient_id": str})
     assert sorted(splits["fold"].unique()) == [0, 1, 2, 3]
@@ -96,6 +96,12 @@ def test_repeated_kfold_draws_new_splits_per_repeat_and_keeps_every_members_pred
     assert [(m["repeat"], m["seed"]) for m in block["per_member"]] == [(0, 0), (1, 0)]
     assert "comparison" not in block
     assert "Repeats and seeds" in (run / "report.html").read_text()
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(tracking_uri=tracking["mlflow"])
+    logged = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("tiny").experiment_id])}
+    assert logged["r"].data.metrics["members_auc_mean"] == pytest.approx(block["auc"]["mean"])
+    assert logged["fold 3"].data.params["repeat"] == "1"
 
 
 def test_member_settings_are_checked(
@@ -215,8 +221,16 @@ def test_a_nested_run_whose_folds_agree_predicts_and_explains_with_the_chosen_po
         validation={"scheme": "nested", "folds": 2, "inner_folds": 2},
         search={"model.widen_factor": [0.5]},  # one point: every fold chooses it
         report={"explain": {"cases": 2}},
+        tracking={"mlflow": (tmp_path / "store").as_uri()},
     )
     run = _run(wf)
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(tracking_uri=(tmp_path / "store").as_uri())
+    jobs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("tiny").experiment_id])}
+    assert {"fold 0", "fold 1", "fold 0 inner 0 point 0", "fold 1 inner 1 point 0"} <= set(jobs)
+    assert jobs["fold 1 inner 1 point 0"].data.params["point.model.widen_factor"] == "0.5"
+    assert jobs["r"].data.metrics["nested_stability"] == 1.0
     assert json.loads((run / "nested.json").read_text())["stability"] == 1.0
     explained = json.loads((run / "explanations" / "explanations.json").read_text())
     assert explained["skipped"] is None
