@@ -102,6 +102,13 @@ def test_repeated_kfold_draws_new_splits_per_repeat_and_keeps_every_members_pred
     logged = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("tiny").experiment_id])}
     assert logged["r"].data.metrics["members_auc_mean"] == pytest.approx(block["auc"]["mean"])
     assert logged["fold 3"].data.params["repeat"] == "1"
+    # ensemble none: the study's model is its first member's folds
+    other = make_cohort(n_patients=4, seed=7, folder="new")
+    table = pd.read_csv(other, dtype=str)
+    table.assign(patient_id="N" + table["patient_id"]).to_csv(other, index=False)
+    assert main(["predict", str(run), str(other), "--out", str(tmp_path / "pred"), "--no-progress"]) == 0
+    scored = pd.read_csv(tmp_path / "pred" / "predictions.csv")
+    assert sorted(c for c in scored.columns if c.startswith("score_fold_")) == ["score_fold_0", "score_fold_1"]
 
 
 def test_member_settings_are_checked(

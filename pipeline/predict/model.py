@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from pipeline import runfolder
+from pipeline import crossval, runfolder
 from pipeline.config import WorkflowConfig, config_from_dict, dump_config, yaml_load
 from pipeline.errors import CohortnetError
 from pipeline.schema import (
@@ -56,9 +56,16 @@ def model_files(run_dir: Path) -> dict[str, bytes]:
         if not (run_dir / name).is_file():
             raise CohortnetError(f"{run_dir} is not a finished run: {name} is missing")
     splits = pd.read_csv(run_dir / SPLITS_FILE, dtype={PATIENT_ID: str})
-    folds = sorted(int(f) for f in splits["fold"].unique())
+    config = _trained_config(run_dir)
+    cfg = config_from_dict(
+        yaml_load(config.decode()), base_dir=Path("."), source=RESOLVED_CONFIG_FILE, check_files=False
+    )
+    # a study of several members reports their mean (its models are the ensemble) or, with
+    # evaluation.ensemble none, its first member (whose folds are then the model)
+    used = crossval.primary_member(splits) if cfg.evaluation.ensemble == "none" else splits
+    folds = sorted(int(f) for f in used["fold"].unique())
     records = runfolder.check_fold_records(run_dir, folds)
-    files = {RESOLVED_CONFIG_FILE: _trained_config(run_dir)}
+    files = {RESOLVED_CONFIG_FILE: config}
     for fold in folds:
         files[f"fold_{fold}/{MODEL_FILE}"] = (run_dir / f"fold_{fold}" / MODEL_FILE).read_bytes()
     files[MODEL_INFO_FILE] = _json(_model_info(run_dir, records))
