@@ -573,8 +573,8 @@ def explain_run(
         chosen = chosen_config(run_dir, cfg)
         if chosen is None:
             record["skipped"] = (
-                "nested cross-validation: the outer folds chose different search points, so their models "
-                "do not share one architecture and input; explain a study of the chosen point instead"
+                "nested cross-validation: the outer folds chose search points with different model or data "
+                "settings, so their models do not share one architecture and input"
             )
         else:
             record = _explain(run_dir, chosen, cohort, dev, staging)

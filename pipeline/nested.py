@@ -195,14 +195,16 @@ def nested_record(cfg: WorkflowConfig, choices: dict[int, dict[str, Any]]) -> di
 
 
 def chosen_config(run_dir: Path, cfg: WorkflowConfig) -> WorkflowConfig | None:
-    """The config the fold models were trained with: the study's, or for nested CV the search point
-    every outer fold chose (None when the folds chose different points)."""
+    """The model and input the outer fold models share: the study's config, or for nested CV its
+    config with the model/data values of the points the folds chose (None when the folds chose
+    points that differ in model or data: their models do not form one ensemble). Points that
+    differ only in train.* keys still give models of one kind."""
     path = run_dir / NESTED_FILE
     if cfg.validation.scheme != "nested" or not path.is_file():
         return cfg
     record = json.loads(path.read_text())
-    chosen = {f["point"] for f in record["folds"]}
-    if len(chosen) != 1:
+    chosen = [record["points"][f["point"]] for f in record["folds"]]
+    kinds = [{k: v for k, v in p.items() if not k.startswith("train.")} for p in chosen]
+    if any(k != kinds[0] for k in kinds):
         return None
-    point = record["points"][chosen.pop()]
-    return point_config(cfg, point) if point else cfg
+    return point_config(cfg, kinds[0]) if kinds[0] else cfg

@@ -82,9 +82,9 @@ def _trained_config(run_dir: Path) -> bytes:
     chosen = chosen_config(run_dir, cfg)
     if chosen is None:
         raise CohortnetError(
-            f"{run_dir}: the outer folds of this nested cross-validation chose different search points, so its "
-            "models do not form one ensemble; it estimates performance. To deploy, run the chosen point as a "
-            "kfold study"
+            f"{run_dir}: the outer folds of this nested cross-validation chose search points with different "
+            "model or data settings, so its models do not form one ensemble; it estimates performance. To "
+            "deploy, run the chosen point as a kfold study"
         )
     return text if chosen is cfg else dump_config(chosen).encode()
 
