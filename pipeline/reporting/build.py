@@ -147,7 +147,7 @@ def cohort_sections(run_dir: Path, cfg: WorkflowConfig, excluded: pd.DataFrame |
     partition = cohort.patient_partition(splits)
     partition = partition[partition.index.isin(per_patient_images.index)]
     columns, rows = cohort.table_one(patients, partition, cfg.report.covariates, per_patient_images)
-    random_folds = cfg.validation.scheme == "kfold"
+    random_folds = cfg.validation.scheme in ("kfold", "nested")
     if random_folds:  # random folds differ by chance only: the differences are shown, not flagged
         rows = [{**r, "large": False} for r in rows]
     artifacts.write_csv(run_dir / TABLE1_FILE, cohort.table_one_frame(columns, rows))

@@ -159,6 +159,12 @@ def _partitioning(f: RunFacts) -> Answer:
         )
     else:
         text = "the manifest's split column: train, val (epoch and threshold) and test (splits.csv)"
+    if v.repeats > 1 or len(f.cfg.train.seeds) > 1:
+        text += (
+            f"; run {v.repeats} time(s) with new splits × {len(f.cfg.train.seeds) or 1} training seed(s), "
+            f"combined by {f.cfg.evaluation.ensemble}, with every member's figures and their spread "
+            "(member_predictions.csv)"
+        )
     return FILLED, text
 
 
