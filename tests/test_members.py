@@ -18,6 +18,14 @@ def _run(wf: Path, run_id: str = "r") -> Path:
     return wf.parent / "reports" / "tiny" / run_id
 
 
+def _other_cohort(make_cohort: Callable[..., Path]) -> Path:
+    """Four new patients (other ids, other images) of the same kind, to predict."""
+    other = make_cohort(n_patients=4, seed=7, folder="new")
+    table = pd.read_csv(other, dtype=str)
+    table.assign(patient_id="N" + table["patient_id"]).to_csv(other, index=False)
+    return other
+
+
 def test_holdout_seed_ensemble_averages_the_seed_models_and_compares_with_one(
     tmp_path: Path, make_cohort: Callable[..., Path], make_workflow: Callable[..., Path]
 ) -> None:
@@ -103,9 +111,7 @@ def test_repeated_kfold_draws_new_splits_per_repeat_and_keeps_every_members_pred
     assert logged["r"].data.metrics["members_auc_mean"] == pytest.approx(block["auc"]["mean"])
     assert logged["fold 3"].data.params["repeat"] == "1"
     # ensemble none: the study's model is its first member's folds
-    other = make_cohort(n_patients=4, seed=7, folder="new")
-    table = pd.read_csv(other, dtype=str)
-    table.assign(patient_id="N" + table["patient_id"]).to_csv(other, index=False)
+    other = _other_cohort(make_cohort)
     assert main(["predict", str(run), str(other), "--out", str(tmp_path / "pred"), "--no-progress"]) == 0
     scored = pd.read_csv(tmp_path / "pred" / "predictions.csv")
     assert sorted(c for c in scored.columns if c.startswith("score_fold_")) == ["score_fold_0", "score_fold_1"]
@@ -174,9 +180,7 @@ def test_nested_cross_validation_chooses_per_outer_fold_on_inner_folds_only(
     assert "inner AUC: train.lr = 0.01, model.widen_factor = 0.5" in html
     assert "nested cross-validation (2 outer × 2 inner" in html
     # the points differ in train.lr only: the outer models are of one kind and predict as an ensemble
-    other = make_cohort(n_patients=4, seed=7, folder="new")
-    table = pd.read_csv(other, dtype=str)
-    table.assign(patient_id="N" + table["patient_id"]).to_csv(other, index=False)
+    other = _other_cohort(make_cohort)
     assert main(["predict", str(run), str(other), "--out", str(tmp_path / "pred"), "--no-progress"]) == 0
     assert pd.read_csv(tmp_path / "pred" / "predictions.csv")["score"].between(0, 1).all()
 
@@ -237,9 +241,7 @@ def test_a_nested_run_whose_folds_agree_predicts_and_explains_with_the_chosen_po
     explained = json.loads((run / "explanations" / "explanations.json").read_text())
     assert explained["skipped"] is None
     assert explained["n_cases"] >= 1
-    other = make_cohort(n_patients=4, seed=7, folder="new")
-    table = pd.read_csv(other, dtype=str)
-    table.assign(patient_id="N" + table["patient_id"]).to_csv(other, index=False)
+    other = _other_cohort(make_cohort)
     assert main(["predict", str(run), str(other), "--out", str(tmp_path / "pred"), "--no-progress"]) == 0
     assert len(pd.read_csv(tmp_path / "pred" / "predictions.csv")) == 4
 
