@@ -140,6 +140,8 @@ def test_nested_cross_validation_chooses_per_outer_fold_on_inner_folds_only(
         train={"epochs": 2, "batch_size": 4, "lr": 0.001, "seed": 0},
         validation={"scheme": "nested", "folds": 2, "inner_folds": 2},
         search={"train.lr": [0.001, 0.01], "model.widen_factor": [0.5]},
+        report={"explain": {"cases": 2}},
+        tracking={"mlflow": (tmp_path / "store").as_uri()},
     )
     run = _run(wf)
     splits = pd.read_csv(run / "splits.csv", dtype={"patient_id": str})
@@ -179,10 +181,20 @@ def test_nested_cross_validation_chooses_per_outer_fold_on_inner_folds_only(
     assert 'id="nested-table"' in html
     assert "inner AUC: train.lr = 0.01, model.widen_factor = 0.5" in html
     assert "nested cross-validation (2 outer × 2 inner" in html
-    # the points differ in train.lr only: the outer models are of one kind and predict as an ensemble
+    # the points differ in train.lr only: the outer models are of one kind, explained and predicting as one
+    explained = json.loads((run / "explanations" / "explanations.json").read_text())
+    assert explained["skipped"] is None
+    assert explained["n_cases"] >= 1
     other = _other_cohort(make_cohort)
     assert main(["predict", str(run), str(other), "--out", str(tmp_path / "pred"), "--no-progress"]) == 0
     assert pd.read_csv(tmp_path / "pred" / "predictions.csv")["score"].between(0, 1).all()
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(tracking_uri=(tmp_path / "store").as_uri())
+    jobs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("tiny").experiment_id])}
+    assert {"fold 0", "fold 1", "fold 0 inner 0 point 0", "fold 1 inner 1 point 1"} <= set(jobs)
+    assert jobs["fold 1 inner 1 point 1"].data.params["point.train.lr"] == "0.01"
+    assert jobs["r"].data.metrics["nested_stability"] == metrics["nested"]["stability"]
 
 
 def test_search_spaces_are_checked_point_by_point(
@@ -216,34 +228,6 @@ def test_search_spaces_are_checked_point_by_point(
     assert "search point {'train.lr': -1.0, 'model.arch': 'resnet10'}" in err
     assert "train.lr must be > 0, got -1.0" in err
     assert "model.arch: must be one of" in err
-
-
-def test_a_nested_run_whose_folds_agree_predicts_and_explains_with_the_chosen_point(
-    tmp_path: Path, make_cohort: Callable[..., Path], make_workflow: Callable[..., Path]
-) -> None:
-    manifest = make_cohort(n_patients=12)
-    wf = make_workflow(
-        manifest,
-        validation={"scheme": "nested", "folds": 2, "inner_folds": 2},
-        search={"model.widen_factor": [0.5]},  # one point: every fold chooses it
-        report={"explain": {"cases": 2}},
-        tracking={"mlflow": (tmp_path / "store").as_uri()},
-    )
-    run = _run(wf)
-    import mlflow
-
-    client = mlflow.tracking.MlflowClient(tracking_uri=(tmp_path / "store").as_uri())
-    jobs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("tiny").experiment_id])}
-    assert {"fold 0", "fold 1", "fold 0 inner 0 point 0", "fold 1 inner 1 point 0"} <= set(jobs)
-    assert jobs["fold 1 inner 1 point 0"].data.params["point.model.widen_factor"] == "0.5"
-    assert jobs["r"].data.metrics["nested_stability"] == 1.0
-    assert json.loads((run / "nested.json").read_text())["stability"] == 1.0
-    explained = json.loads((run / "explanations" / "explanations.json").read_text())
-    assert explained["skipped"] is None
-    assert explained["n_cases"] >= 1
-    other = _other_cohort(make_cohort)
-    assert main(["predict", str(run), str(other), "--out", str(tmp_path / "pred"), "--no-progress"]) == 0
-    assert len(pd.read_csv(tmp_path / "pred" / "predictions.csv")) == 4
 
 
 def test_outer_models_of_different_kinds_are_not_one_model(tmp_path: Path) -> None:
