@@ -122,6 +122,12 @@ def inner_folder(fold: int, inner: int, point: int) -> str:
     return f"fold_{fold}/inner_{inner}_point_{point}"
 
 
+def parse_inner_folder(name: str) -> tuple[int, int]:
+    """(inner fold, point) of an inner job's folder name ``inner_<i>_point_<p>`` (``inner_folder``)."""
+    _, inner, _, point = name.split("_")
+    return int(inner), int(point)
+
+
 def _check_jobs(jobs: list[tuple[Any, dict[str, Any]]]) -> None:
     """Every job trains on both classes and has images to choose on or to test."""
     problems = []

@@ -186,9 +186,11 @@ def _job_descriptions(run_dir: Path) -> Any:
         if fold in members:
             extra.update(repeat=str(members[fold][0]), seed=str(members[fold][1]))
         if len(folder.parts) > 1:  # fold_<k>/inner_<i>_point_<p>
-            _, inner, _, point = folder.parts[1].split("_")
-            extra.update(inner_fold=inner, point=point)
-            extra.update({f"point.{k}": str(v) for k, v in (points[int(point)] if points else {}).items()})
+            from pipeline.nested import parse_inner_folder
+
+            inner, point = parse_inner_folder(folder.parts[1])
+            extra.update(inner_fold=str(inner), point=str(point))
+            extra.update({f"point.{k}": str(v) for k, v in (points[point] if points else {}).items()})
         return str(folder).replace("_", " ").replace("/", " "), extra
 
     return describe
