@@ -486,6 +486,11 @@ def _member_problems(cfg: WorkflowConfig) -> list[str]:
         problems.append("train.seeds: nested cross-validation trains one seed (repeat it as separate runs)")
     if len(set(cfg.train.seeds)) != len(cfg.train.seeds):
         problems.append(f"train.seeds must be distinct, got {list(cfg.train.seeds)}")
+    if len(cfg.train.seeds) == 1 and cfg.train.seeds[0] != cfg.train.seed:
+        problems.append(
+            f"train.seeds: {list(cfg.train.seeds)} is one seed and the study is one plain run; "
+            f"set train.seed: {cfg.train.seeds[0]} instead (train.seed is {cfg.train.seed})"
+        )
     return problems
 
 

@@ -582,29 +582,41 @@ def combine_members(pooled: pd.DataFrame, ensemble: str) -> tuple[pd.DataFrame, 
 
     ``none``: the first member's rows. ``mean``: each test image's scores averaged over the members,
     with the first member's score kept as ``score_single_model`` and its fold (explanations and
-    fold tables follow that member). Validation rows are averaged the same way when every member
-    validated the same images (seeds of a holdout, so the threshold is locked on the ensemble's
-    own validation scores); otherwise (repeats) every member's (fold, patient) rows are kept and
-    the threshold is locked on them."""
+    fold tables follow that member). Validation rows are averaged the same way, per fold position
+    (a member's k-th fold) and image, when every member validated the same images in the same
+    fold positions (seeds on one set of splits: the threshold is locked on the ensemble's own
+    validation scores, and a patient who validates several folds keeps one row per fold, never a
+    mix of folds); otherwise (repeats) every member's (fold, patient) rows are kept."""
     first = pooled[list(MEMBER_COLUMNS)].iloc[0]
     is_first = (pooled[REPEAT] == first.iloc[0]) & (pooled[SEED] == first.iloc[1])
     head = pooled[is_first].drop(columns=list(MEMBER_COLUMNS))
     if ensemble == "none":
         return head[head[ROLE] == "test"], head[head[ROLE] == "val"]
+    members = pooled.groupby(list(MEMBER_COLUMNS), sort=False)[FOLD]
+    # a member's folds are m*K .. m*K+K-1: the position is the fold less the member's first fold
+    pooled = pooled.assign(_position=pooled[FOLD] - members.transform("min"))
+    test = _averaged(pooled, pooled[is_first], "test", [IMAGE_ID])
+    val_rows = pooled[pooled[ROLE] == "val"]
+    keys = val_rows[["_position", IMAGE_ID]].apply(tuple, axis=1)
+    per_member = keys.groupby([val_rows[c] for c in MEMBER_COLUMNS]).agg(frozenset)
+    if per_member.nunique() > 1:
+        val = val_rows.drop(columns=[*MEMBER_COLUMNS, "_position"])
+    else:
+        val = _averaged(pooled, pooled[is_first], "val", ["_position", IMAGE_ID])
+    return test, val
+
+
+def _averaged(pooled: pd.DataFrame, head: pd.DataFrame, role: str, by: list[str]) -> pd.DataFrame:
+    """The first member's ``role`` rows with their scores replaced by the mean over the members'
+    rows of the same ``by`` key (its own score kept as ``score_single_model``)."""
     scores = [c for c in (SCORE, SCORE_SINGLE) if c in pooled.columns]
-    out = []
-    for role in ("test", "val"):
-        rows, own = pooled[pooled[ROLE] == role], head[head[ROLE] == role]
-        per_member = rows.groupby(list(MEMBER_COLUMNS))[IMAGE_ID].agg(frozenset)
-        if role == "val" and per_member.nunique() > 1:
-            out.append(rows.drop(columns=list(MEMBER_COLUMNS)))
-            continue
-        mean = rows.groupby(IMAGE_ID)[scores].mean()
-        combined = own.assign(**{SCORE_SINGLE_MODEL: own[SCORE].to_numpy()})
-        for c in scores:
-            combined[c] = combined[IMAGE_ID].map(mean[c]).to_numpy()
-        out.append(combined)
-    return out[0], out[1]
+    rows, own = pooled[pooled[ROLE] == role], head[head[ROLE] == role]
+    mean = rows.groupby(by)[scores].mean()
+    combined = own.assign(**{SCORE_SINGLE_MODEL: own[SCORE].to_numpy()})
+    index = pd.MultiIndex.from_frame(own[by]) if len(by) > 1 else pd.Index(own[by[0]])
+    for c in scores:
+        combined[c] = mean[c].reindex(index).to_numpy()
+    return combined.drop(columns=[*MEMBER_COLUMNS, "_position"])
 
 
 def _check_usable(fold_items: dict[int, dict[str, list[dict[str, Any]]]], n_excluded: int) -> None:

@@ -129,6 +129,73 @@ def test_member_settings_are_checked(
     err = capsys.readouterr().err
     assert "validation.repeats draws new k-fold splits; scheme holdout has fixed test sets" in err
     assert "train.seeds must be distinct, got [1, 1]" in err
+    one = make_workflow(manifest, name="one.yaml", validation={"scheme": "holdout"}, train={"seeds": [7]})
+    assert main(["run", str(one), "--check"]) == 2
+    assert "train.seeds: [7] is one seed and the study is one plain run; set train.seed: 7 instead" in (
+        capsys.readouterr().err
+    )
+
+
+def _kfold_members() -> pd.DataFrame:
+    """Two seeds on the same 2-fold splits (folds 0, 1 of seed 0; 2, 3 of seed 1). Patient a
+    validates both folds, with a high score from fold 0's model and a low one from fold 1's: mixing
+    the two models' scores would move the locked threshold (0.45 per (fold, patient), 0.425 mixed)."""
+    label = {"a": 1, "b": 0, "c": 0, "d": 1}
+    val = {0: {"a": 0.95, "b": 0.3, "d": 0.6}, 1: {"a": 0.15, "c": 0.1}}
+    test = {0: {"a": 0.7, "b": 0.2}, 1: {"c": 0.4, "d": 0.9}}
+    rows = []
+    for seed, offset in ((0, 0), (1, 2)):
+        for k in (0, 1):
+            for role, scores in (("val", val[k]), ("test", test[k])):
+                for p, score in scores.items():
+                    rows.append(
+                        {
+                            "patient_id": p,
+                            "image_id": f"{p}1",
+                            "label": str(label[p]),
+                            "score": score + 0.02 * seed,
+                            "fold": k + offset,
+                            "role": role,
+                            "repeat": 0,
+                            "seed": seed,
+                        }
+                    )
+    return pd.DataFrame(rows)
+
+
+def test_seed_ensemble_of_kfold_averages_each_fold_position_never_a_mix_of_folds() -> None:
+    from pipeline.study import combine_members
+
+    pooled = _kfold_members()
+    test, val = combine_members(pooled, "mean")
+    assert sorted(test["patient_id"]) == ["a", "b", "c", "d"]
+    assert set(test["fold"]) == {0, 1}  # the first member's folds
+    a = val[val["patient_id"] == "a"].set_index("fold")["score"]
+    # patient a validates fold 0 (0.95 and 0.97) and fold 1 (0.15 and 0.17): one mean per fold
+    assert a.to_dict() == pytest.approx({0: 0.96, 1: 0.16})
+    assert val["score_single_model"].tolist() == pytest.approx(
+        pooled[(pooled["role"] == "val") & (pooled["seed"] == 0)]["score"].tolist()
+    )
+
+
+def test_each_members_threshold_is_locked_per_fold_and_patient_like_the_studys() -> None:
+    from pipeline.evaluation.members import members_summary
+    from pipeline.evaluation.predictions import evaluate_predictions
+    from pipeline.evaluation.spec import EvaluationOptions, ScoreColumns
+
+    pooled = _kfold_members()
+    columns = ScoreColumns("label", "score", positive="1", group="patient_id", fold="fold")
+    options = EvaluationOptions(calibration=False)
+    block = members_summary(pooled, columns, options, member_cols=("repeat", "seed"), role_col="role")
+    for member, seed in zip(block["per_member"], (0, 1), strict=True):
+        rows = pooled[pooled["seed"] == seed]
+        own = evaluate_predictions(
+            rows[rows["role"] == "test"], columns, options, threshold_df=rows[rows["role"] == "val"]
+        )
+        assert own["threshold_validation_n"] == 5  # (fold, patient) units: a twice, b, c, d
+        assert own["threshold"] == pytest.approx(0.45 + 0.02 * seed)
+        assert member["threshold"] == pytest.approx(own["threshold"])
+        assert member["accuracy"] == pytest.approx(own["accuracy"])
 
 
 def test_nested_cross_validation_chooses_per_outer_fold_on_inner_folds_only(

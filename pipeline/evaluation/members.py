@@ -48,7 +48,9 @@ def members_summary(
     """``rows``: every member's test and validation rows (``role_col`` test or val, ``member_cols``
     naming the member). ``ensemble``: the study's combined test rows, with ``single_col`` holding
     the first member's score, for the paired comparison."""
-    plain = dataclasses.replace(columns, compare=None, subgroups=(), fold=None)
+    # the fold stays: a patient who validates several folds is one validation unit per fold (each
+    # fold's own model), as in the study's own threshold
+    plain = dataclasses.replace(columns, compare=None, subgroups=())
     quiet = dataclasses.replace(options, calibration=False)
     per_member = []
     for (repeat, seed), part in rows.groupby(list(member_cols), sort=False):
