@@ -6,9 +6,11 @@ The point whose pooled inner validation scores (one score per patient, every tra
 validated once) have the highest AUC is chosen (ties: the earlier point), with the median of its
 inner folds' best epochs. The outer model is then refitted on all of the outer fold's training
 patients with that point for that many epochs of its schedule, without validation, and predicts
-the outer test patients, which no choice has seen. Its validation rows are the chosen point's
-inner validation scores, on which the study's threshold rule is locked. ``nested.json`` records
-every inner AUC, each fold's choice and how often each point was chosen.
+the outer test patients, which none of its fold's choices has seen. Its validation rows are the
+chosen point's inner validation scores. As in plain k-fold, the study's threshold rule is locked on
+every fold's validation rows pooled, so a patient tested in one fold can be among the validation
+patients of another fold's inner models (one threshold for the study, never fitted on test scores).
+``nested.json`` records every inner AUC, each fold's choice and how often each point was chosen.
 """
 
 from __future__ import annotations
