@@ -244,8 +244,14 @@ def test_nested_cross_validation_chooses_per_outer_fold_on_inner_folds_only(
     assert metrics["nested"]["stability"] in (0.5, 1.0)
     assert metrics["threshold_source"] == "validation"
     assert metrics["n_patients"] == 16
+    # each outer fold's own threshold is locked on its own inner validation patients: every one of
+    # its 8 training patients validated one inner fold
+    own = metrics["folds"]["own_thresholds"]
+    assert [(f["fold"], f["n_validation"]) for f in own["per_fold"]] == [("0", 8), ("1", 8)]
+    assert own["tp"] + own["fp"] + own["tn"] + own["fn"] == 16
     html = (run / "report.html").read_text()
     assert 'id="nested-table"' in html
+    assert 'id="fold-own-thresholds"' in html
     assert "inner AUC: train.lr = 0.01, model.widen_factor = 0.5" in html
     assert "nested cross-validation (2 outer × 2 inner" in html
     # the points differ in train.lr only: the outer models are of one kind, explained and predicting as one

@@ -136,6 +136,10 @@ def evaluate_predictions(
     if options.calibration:
         metrics.update(_calibration_sections(y, s, val, options.recalibration))
     metrics.update(_breakdowns(unit, columns, y, s, make_summariser(threshold, options.interval)))
+    if "folds" in metrics:
+        own = _fold_own_thresholds(unit, columns, y, s, threshold_df, pos, options)
+        if own is not None:
+            metrics["folds"]["own_thresholds"] = own
     metrics["warnings"] = warnings + metrics.pop("warnings") + _nested_warnings(metrics)
     return metrics
 
@@ -176,6 +180,45 @@ def _breakdowns(
     if cols.fold:
         out["folds"] = fold_summaries(unit[cols.fold], y, s, summarise)
     return out
+
+
+def _fold_own_thresholds(
+    unit: pd.DataFrame,
+    cols: ScoreColumns,
+    y: np.ndarray,
+    s: np.ndarray,
+    threshold_df: pd.DataFrame | None,
+    pos: Any,
+    options: EvaluationOptions,
+) -> dict[str, Any] | None:
+    """Each fold's threshold locked by the rule on that fold's own validation units and applied to
+    that fold's test units, with the pooled confusion matrix: the operating point in which no
+    patient's label enters the threshold applied to it through another fold's model (the study's
+    one threshold pools every fold's validation rows). None when the folds' validation rows are
+    not the test folds' own (a single fold, repeats averaged) or the rule is a fixed number."""
+    fold = cols.fold
+    if fold is None or threshold_df is None or fold not in threshold_df.columns:
+        return None
+    if parse_rule(options.threshold_rule)[0] == "fixed":
+        return None
+    vcols = cols.for_validation(pos)
+    vrows = _validated(threshold_df, vcols, "validation table")
+    test_folds, val_folds = unit[fold].astype(str).to_numpy(), vrows[fold].astype(str)
+    if len(set(test_folds)) < 2 or set(test_folds) != set(val_folds):
+        return None
+    margin, per_fold = np.empty_like(s), []
+    for f in sorted(set(test_folds), key=lambda v: (len(v), v)):
+        part = _per_unit(vrows[(val_folds == f).to_numpy()], vcols, options.aggregate)
+        vy = binary_target(part[vcols.label], vcols.positive)
+        if vy.min() == vy.max():
+            return {"skipped": f"fold {f}: its validation patients are all of one class"}
+        t = choose_threshold(vy, part[vcols.scores[0]].to_numpy(np.float64), options.threshold_rule)
+        mask = test_folds == f
+        margin[mask] = s[mask] - t  # s >= t exactly when s - t >= 0 (finite IEEE floats)
+        per_fold.append({"fold": f, "threshold": float(t), "n_validation": len(part)})
+    out = threshold_metrics(y, margin, 0.0, level=options.interval.level)
+    out.pop("threshold")
+    return {"rule": options.threshold_rule, "per_fold": per_fold, **out}
 
 
 def _validation_arrays(

@@ -132,3 +132,42 @@ def test_format_metrics_with_one_image_per_patient() -> None:
     assert m["image_level"] is None
     assert "Image level" not in format_metrics(m)
     assert "AUC" in format_metrics(m)
+
+
+def test_each_folds_own_threshold_is_locked_on_its_validation_rows_only():
+    """Fold 0's model scores high, fold 1's low: one pooled threshold misclassifies fold 1's
+    positives, each fold's own threshold (Youden, midpoint of its own validation scores) does not."""
+    test = pd.DataFrame(
+        {
+            "patient_id": ["a", "b", "c", "d"],
+            "label": [1, 0, 1, 0],
+            "score": [0.9, 0.7, 0.4, 0.2],
+            "fold": [0, 0, 1, 1],
+        }
+    )
+    val = pd.DataFrame(
+        {
+            "patient_id": ["c", "d", "e", "a", "b", "f"],
+            "label": [1, 0, 0, 1, 0, 1],
+            "score": [0.95, 0.65, 0.6, 0.45, 0.15, 0.5],
+            "fold": [0, 0, 0, 1, 1, 1],
+        }
+    )
+    columns = ScoreColumns("label", "score", positive=1, group="patient_id", fold="fold")
+    m = evaluate_predictions(test, columns, EvaluationOptions(calibration=False), threshold_df=val)
+    own = m["folds"]["own_thresholds"]
+    assert own["rule"] == "youden"
+    assert own["per_fold"] == [
+        {"fold": "0", "threshold": pytest.approx(0.8), "n_validation": 3},
+        {"fold": "1", "threshold": pytest.approx(0.3), "n_validation": 3},
+    ]
+    assert (own["tp"], own["fp"], own["tn"], own["fn"]) == (2, 0, 2, 0)
+    assert own["accuracy"] == 1.0
+    assert m["accuracy"] < 1.0  # the pooled threshold cannot serve both folds' models
+    # a fold whose validation patients are of one class gets no threshold, and says so
+    one_class = val.assign(label=[1, 1, 1, 1, 0, 1])
+    m = evaluate_predictions(test, columns, EvaluationOptions(calibration=False), threshold_df=one_class)
+    assert m["folds"]["own_thresholds"] == {"skipped": "fold 0: its validation patients are all of one class"}
+    # without a fold column in the validation rows (or with a fixed rule) there is none
+    m = evaluate_predictions(test, columns, EvaluationOptions(calibration=False), threshold_df=val.drop(columns="fold"))
+    assert "own_thresholds" not in m["folds"]
