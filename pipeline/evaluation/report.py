@@ -95,6 +95,15 @@ def _groups_block(m: dict[str, Any]) -> list[str]:
         ]
         for f in folds["per_fold"]:
             lines.append(f"  fold {f['fold']!s:<8} n={f['n']:<6} AUC {_with_ci(f, 'auc')}")
+        own = folds.get("own_thresholds")
+        if own and "skipped" in own:
+            lines.append(f"  each fold's own threshold: not computed ({own['skipped']})")
+        elif own:
+            cuts = ", ".join(_num(f["threshold"]) for f in own["per_fold"])
+            lines.append(
+                f"  each fold's own threshold ({cuts}): accuracy {_with_ci(own, 'accuracy').strip()}, "
+                f"sensitivity {_num(own['sensitivity'])}, specificity {_num(own['specificity'])}"
+            )
     return lines
 
 

@@ -164,6 +164,7 @@ def test_each_folds_own_threshold_is_locked_on_its_validation_rows_only():
     assert (own["tp"], own["fp"], own["tn"], own["fn"]) == (2, 0, 2, 0)
     assert own["accuracy"] == 1.0
     assert m["accuracy"] < 1.0  # the pooled threshold cannot serve both folds' models
+    assert "each fold's own threshold (0.800, 0.300): accuracy 1.000 (" in format_metrics(m)
     # a fold whose validation patients are of one class gets no threshold, and says so
     one_class = val.assign(label=[1, 1, 1, 1, 0, 1])
     m = evaluate_predictions(test, columns, EvaluationOptions(calibration=False), threshold_df=one_class)
