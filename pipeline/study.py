@@ -595,22 +595,23 @@ def combine_members(pooled: pd.DataFrame, ensemble: str) -> tuple[pd.DataFrame, 
     members = pooled.groupby(list(MEMBER_COLUMNS), sort=False)[FOLD]
     # a member's folds are m*K .. m*K+K-1: the position is the fold less the member's first fold
     pooled = pooled.assign(_position=pooled[FOLD] - members.transform("min"))
-    test = _averaged(pooled, pooled[is_first], "test", [IMAGE_ID])
+    test = _averaged(pooled, is_first, "test", [IMAGE_ID])
     val_rows = pooled[pooled[ROLE] == "val"]
-    keys = val_rows[["_position", IMAGE_ID]].apply(tuple, axis=1)
+    keys = pd.Series(list(zip(val_rows["_position"], val_rows[IMAGE_ID], strict=True)), index=val_rows.index)
     per_member = keys.groupby([val_rows[c] for c in MEMBER_COLUMNS]).agg(frozenset)
     if per_member.nunique() > 1:
         val = val_rows.drop(columns=[*MEMBER_COLUMNS, "_position"])
     else:
-        val = _averaged(pooled, pooled[is_first], "val", ["_position", IMAGE_ID])
+        val = _averaged(pooled, is_first, "val", ["_position", IMAGE_ID])
     return test, val
 
 
-def _averaged(pooled: pd.DataFrame, head: pd.DataFrame, role: str, by: list[str]) -> pd.DataFrame:
+def _averaged(pooled: pd.DataFrame, is_first: pd.Series, role: str, by: list[str]) -> pd.DataFrame:
     """The first member's ``role`` rows with their scores replaced by the mean over the members'
     rows of the same ``by`` key (its own score kept as ``score_single_model``)."""
     scores = [c for c in (SCORE, SCORE_SINGLE) if c in pooled.columns]
-    rows, own = pooled[pooled[ROLE] == role], head[head[ROLE] == role]
+    in_role = pooled[ROLE] == role
+    rows, own = pooled[in_role], pooled[in_role & is_first]
     mean = rows.groupby(by)[scores].mean()
     combined = own.assign(**{SCORE_SINGLE_MODEL: own[SCORE].to_numpy()})
     index = pd.MultiIndex.from_frame(own[by]) if len(by) > 1 else pd.Index(own[by[0]])

@@ -119,7 +119,9 @@ def evaluate_predictions(
     pos = resolve_positive(unit[columns.label], columns.positive)[0]
     assert pos is not None  # validated above
     y, s = binary_target(unit[columns.label], pos), unit[columns.scores[0]].to_numpy(np.float64)
-    val = _validation_arrays(threshold_df, columns.for_validation(pos), columns.fold, options.aggregate)
+    vcols = columns.for_validation(pos)
+    vrows = None if threshold_df is None else _validated(threshold_df, vcols, "validation table")
+    val = _validation_arrays(vrows, vcols, columns.fold, options.aggregate)
     threshold, source, warnings = _locked_threshold(y, s, val, options.threshold_rule)
     metrics = _binary_header(columns, pos, len(unit), len(rows), options.aggregate)
     metrics.update(binary_summary(y, s, threshold=threshold, interval=options.interval))
@@ -137,7 +139,7 @@ def evaluate_predictions(
         metrics.update(_calibration_sections(y, s, val, options.recalibration))
     metrics.update(_breakdowns(unit, columns, y, s, make_summariser(threshold, options.interval)))
     if "folds" in metrics:
-        own = _fold_own_thresholds(unit, columns, y, s, threshold_df, pos, options)
+        own = _fold_own_thresholds(unit, columns, y, s, vrows, vcols, options)
         if own is not None:
             metrics["folds"]["own_thresholds"] = own
     metrics["warnings"] = warnings + metrics.pop("warnings") + _nested_warnings(metrics)
@@ -187,8 +189,8 @@ def _fold_own_thresholds(
     cols: ScoreColumns,
     y: np.ndarray,
     s: np.ndarray,
-    threshold_df: pd.DataFrame | None,
-    pos: Any,
+    vrows: pd.DataFrame | None,
+    vcols: ScoreColumns,
     options: EvaluationOptions,
 ) -> dict[str, Any] | None:
     """Each fold's threshold locked by the rule on that fold's own validation units and applied to
@@ -197,12 +199,10 @@ def _fold_own_thresholds(
     one threshold pools every fold's validation rows). None when the folds' validation rows are
     not the test folds' own (a single fold, repeats averaged) or the rule is a fixed number."""
     fold = cols.fold
-    if fold is None or threshold_df is None or fold not in threshold_df.columns:
+    if fold is None or vrows is None or fold not in vrows.columns:
         return None
     if parse_rule(options.threshold_rule)[0] == "fixed":
         return None
-    vcols = cols.for_validation(pos)
-    vrows = _validated(threshold_df, vcols, "validation table")
     test_folds, val_folds = unit[fold].astype(str).to_numpy(), vrows[fold].astype(str)
     if len(set(test_folds)) < 2 or set(test_folds) != set(val_folds):
         return None
@@ -222,12 +222,11 @@ def _fold_own_thresholds(
 
 
 def _validation_arrays(
-    threshold_df: pd.DataFrame | None, vcols: ScoreColumns, fold: str | None, aggregate: str
+    vrows: pd.DataFrame | None, vcols: ScoreColumns, fold: str | None, aggregate: str
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """(y, s) of the validation table, validated and aggregated like the evaluated table."""
-    if threshold_df is None:
+    """(y, s) of the (validated) validation rows, aggregated like the evaluated table."""
+    if vrows is None:
         return None
-    vrows = _validated(threshold_df, vcols, "validation table")
     group = vcols.group
     if fold is not None and group is not None and fold in vrows.columns:
         # cross-validation: a patient may validate several folds; each fold's scores come from that

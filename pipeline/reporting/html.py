@@ -245,7 +245,7 @@ def _tables(inputs: ReportInputs) -> dict[str, Any]:
         "threshold_rows": _threshold_rows(inputs.metrics),
         "fold_rows": fold_rows,
         "fold_summary": fold_summary,
-        "fold_own": ((inputs.metrics.get("folds") or {}).get("own_thresholds") or {}) or None,
+        "fold_own": (inputs.metrics.get("folds") or {}).get("own_thresholds"),
         "calibration_rows": _calibration_rows(inputs.metrics),
         "subgroup_rows": _subgroup_rows(inputs.metrics),
         "heterogeneity_rows": _heterogeneity_rows(inputs.metrics),
