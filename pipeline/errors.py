@@ -26,6 +26,9 @@ class ValidationError(CohortnetError):
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"{len(self.problems)} problem(s) in the {what}:\n{lines}")
 
+    def __reduce__(self) -> tuple[type, tuple[list[str], str]]:  # intact after a trip from a Dask worker
+        return type(self), (self.problems, self.what)
+
 
 class ScanError(CohortnetError):
     """One image or series cannot be used.
@@ -43,6 +46,9 @@ class ScanError(CohortnetError):
         self.detail = message
         prefix = f"{source}: " if source else ""
         super().__init__(f"{prefix}{message} [{reason}]")
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:  # intact after a trip from a Dask worker
+        return type(self), (self.reason, self.detail, self.source)
 
 
 class LeakageError(CohortnetError):

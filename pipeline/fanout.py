@@ -27,6 +27,7 @@ from pipeline.errors import CohortnetError, ValidationError
 log = logging.getLogger(__name__)
 
 RETRIES = 2
+CONNECT_TIMEOUT_S = 30
 
 
 def fold_task(
@@ -46,17 +47,17 @@ def fold_task(
 
     from pipeline import runfolder
     from pipeline.distributed import SINGLE
-    from pipeline.study import resolve_run_context, run_fold
+    from pipeline.study import resolve_run_context, run_job_once
 
+    problem = runfolder.check_visible(Path(run_dir), seal)
+    if problem is not None:  # a worker without the driver's filesystem would strand its fold
+        return job.folder, CohortnetError(f"{job.folder}: {problem}")
     cfg = config_from_dict(yaml_load(config_text), base_dir=Path("."), source="config.yaml", check_files=False)
     run = resolve_run_context(cfg, SINGLE, Path(run_dir), seal, progress=False)
     if run.device.type == "cpu" and not cfg.train.num_threads:
         torch.set_num_threads(1)  # one worker per core: no oversubscription
-    fold_dir = Path(run_dir) / job.folder
-    fold_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        with runfolder.locked(fold_dir):  # a task left running by an interrupted driver keeps its fold
-            run_fold(cfg, run, job, items, table, label)
+    try:  # under the job folder's lock, skipped when it finished meanwhile (a retry, a leftover task)
+        run_job_once(cfg, run, job, items, table, label)
     except CohortnetError as exc:
         return job.folder, exc
     return job.folder, None
@@ -68,19 +69,58 @@ def _task_id(run_dir: Path, seal: str) -> str:
     return hashlib.sha256(f"{run_dir.resolve()}\n{seal}".encode()).hexdigest()[:16]
 
 
+def _local_workers(scheduler: str) -> int | None:
+    """N of ``local`` (2) or ``local:N``; None for a scheduler address."""
+    if scheduler != "local" and not scheduler.startswith("local:"):
+        return None
+    count = scheduler.partition(":")[2] or "2"
+    if not count.isdigit() or int(count) < 1:
+        raise ValidationError([f"--dask local:N needs a worker count, got {scheduler!r}"], "command line")
+    return int(count)
+
+
 def client_for(scheduler: str) -> tuple[Any, Any]:
-    """A dask.distributed Client (and the LocalCluster it owns, if any)."""
+    """A dask.distributed Client (and the LocalCluster it owns, if any); a scheduler that cannot be
+    reached is a clear error naming its address, not a traceback."""
     try:
         from distributed import Client, LocalCluster
     except ImportError:
         raise CohortnetError("--dask needs the dask extra: pip install 'cohortnet[dask]'") from None
-    if scheduler == "local" or scheduler.startswith("local:"):
-        count = scheduler.partition(":")[2] or "2"
-        if not count.isdigit() or int(count) < 1:
-            raise ValidationError([f"--dask local:N needs a worker count, got {scheduler!r}"], "command line")
-        cluster = LocalCluster(n_workers=int(count), threads_per_worker=1, processes=True, dashboard_address=None)
+    workers = _local_workers(scheduler)
+    if workers is not None:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
         return Client(cluster), cluster
-    return Client(scheduler), None
+    try:
+        return Client(scheduler, timeout=CONNECT_TIMEOUT_S), None
+    except (OSError, TimeoutError, ValueError, TypeError) as exc:
+        raise CohortnetError(
+            f"--dask {scheduler}: cannot reach the scheduler ({type(exc).__name__}: {exc}); "
+            "give its address as tcp://HOST:PORT, or local:N for a cluster on this machine"
+        ) from None
+
+
+def check_scheduler(scheduler: str) -> None:
+    """Refuse a bad ``--dask`` value before any work: the worker count of ``local:N``, and that a
+    scheduler address answers (a study would otherwise find out after preprocessing)."""
+    if _local_workers(scheduler) is None:
+        client, _ = client_for(scheduler)
+        client.close()
+
+
+def gather(client: Any, futures: list[Any], what: str) -> list[Any]:
+    """The futures' results; a task lost after its retries (a worker killed again and again, the
+    scheduler gone) is a clear error saying that finished work is kept."""
+    from concurrent.futures import CancelledError
+
+    from distributed import KilledWorker
+
+    try:
+        return list(client.gather(futures))
+    except (KilledWorker, CancelledError, OSError, TimeoutError) as exc:
+        raise CohortnetError(
+            f"{what}: a task was lost on the cluster ({type(exc).__name__}: {exc}); the finished "
+            "tasks' work is kept: run the same command again to resume"
+        ) from None
 
 
 def run_folds(
@@ -116,7 +156,7 @@ def run_folds(
         ]
         log.info("%d job(s) submitted to %s", len(futures), scheduler)
         failed: list[CohortnetError] = []
-        for folder, problem in client.gather(futures):
+        for folder, problem in gather(client, futures, f"run folder {run_dir} (resume with --run-id {run_dir.name})"):
             if problem is None:
                 log.info("%s: done on the cluster", folder)
             else:

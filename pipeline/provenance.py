@@ -68,14 +68,31 @@ def git_commit(start: Path | None = None) -> str | None:
     return sha + ("+dirty" if dirty else "")
 
 
-def package_versions() -> dict[str, str | None]:
+def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
+    """Installed versions, read from the package metadata (nothing is imported)."""
     out: dict[str, str | None] = {}
-    for name in PACKAGES:
+    for name in names:
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
     return out
+
+
+def job_environment(device: Any) -> dict[str, Any]:
+    """Where one job (a fold) was computed, for its ``done.json``: a resumed or fanned-out run's
+    folds can come from different sessions and machines, and the thread count and the device
+    change the arithmetic's rounding (``environment.json`` describes the last session only)."""
+    import torch
+
+    cuda = getattr(device, "type", str(device)) == "cuda"
+    return {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if cuda else platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "python": sys.version.split()[0],
+        **package_versions(("torch", "monai")),
+    }
 
 
 def environment_record(seed: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:

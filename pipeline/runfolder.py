@@ -31,6 +31,7 @@ import pandas as pd
 
 from pipeline import __version__
 from pipeline.errors import CohortnetError, ValidationError
+from pipeline.provenance import package_versions
 from pipeline.reporting import artifacts
 from pipeline.schema import FOLD, FOLD_DONE_FILE, INNER, LOCK_FILE, PATIENT_ID, ROLE, SEAL_FILE
 
@@ -82,9 +83,16 @@ def _digest(obj: Any) -> str:
 
 
 def fingerprint(
-    config: dict[str, Any], manifest_sha256: str, image_hashes: dict[str, str], splits: pd.DataFrame, code: str | None
+    config: dict[str, Any],
+    manifest_sha256: str,
+    image_hashes: dict[str, str],
+    splits: pd.DataFrame,
+    code: str | None,
+    weights_sha256: str | None = None,
 ) -> dict[str, Any]:
-    """What the run's results depend on, in a form that can be compared and diffed."""
+    """What the run's results depend on, in a form that can be compared and diffed: the config,
+    the data's content, the splits, the code (cohortnet, its commit, torch and MONAI) and the
+    content of ``model.pretrained`` (its path alone is in the config)."""
     flat = {k: v for k, v in _flatten(config).items() if k not in OPERATIONAL_KEYS}
     columns = [FOLD, PATIENT_ID, ROLE, *([INNER] if INNER in splits.columns else [])]  # nested: both levels
     split_rows = sorted(splits[columns].astype(str).itertuples(index=False, name=None))
@@ -94,8 +102,10 @@ def fingerprint(
         "images": _digest(sorted(image_hashes.items())),
         "n_images": len(image_hashes),
         "splits": _digest(split_rows),
-        "code": {"cohortnet": __version__, "commit": code},
+        "code": {"cohortnet": __version__, "commit": code, **package_versions(("torch", "monai"))},
     }
+    if weights_sha256 is not None:
+        seal["pretrained_sha256"] = weights_sha256
     return {**seal, "digest": _digest(seal)}
 
 
@@ -109,6 +119,8 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         lines.append("the manifest's content changed")
     if old.get("images") != new["images"]:
         lines.append(f"image contents changed ({old.get('n_images')} -> {new['n_images']} images)")
+    if old.get("pretrained_sha256") != new.get("pretrained_sha256"):
+        lines.append("the content of model.pretrained changed")
     if old.get("splits") != new["splits"]:
         lines.append("the splits changed")
     if old.get("code") != new["code"]:
@@ -151,6 +163,29 @@ def locked(run_dir: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def is_finished(job_dir: Path) -> bool:
+    """Whether a job's folder holds its ``done.json`` (written last, so everything else is there)."""
+    return (job_dir / FOLD_DONE_FILE).is_file()
+
+
+def check_visible(run_dir: Path, seal_digest: str) -> str | None:
+    """Why a process (a cluster worker) cannot write into this run folder, or None: the folder and
+    the seal this run made must be there, or the worker does not share the driver's filesystem."""
+    try:
+        recorded = json.loads((run_dir / SEAL_FILE).read_text(encoding="utf-8")).get("digest")
+    except (OSError, ValueError):
+        recorded = None
+    if recorded == seal_digest:
+        return None
+    where = f"the process {os.getpid()} on {socket.gethostname()}"
+    if recorded is None:
+        return (
+            f"{where} cannot see run folder {run_dir} (no readable {SEAL_FILE}): "
+            "every worker needs the run folder on a filesystem it shares with the driver"
+        )
+    return f"{where} sees run folder {run_dir} sealed by another run: it is not the driver's folder"
 
 
 def fold_record(seal_digest: str, predictions: pd.DataFrame) -> dict[str, Any]:

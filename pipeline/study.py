@@ -35,7 +35,7 @@ from pipeline.config import (
 from pipeline.errors import CohortnetError, NonFiniteError, ValidationError
 from pipeline.logs import add_run_log
 from pipeline.manifest import Cohort, load_manifest
-from pipeline.provenance import MISSING, environment_record, file_sha256, git_commit, image_hashes
+from pipeline.provenance import MISSING, environment_record, file_sha256, git_commit, image_hashes, job_environment
 from pipeline.reporting import artifacts
 from pipeline.reporting.cohort import flow_source
 from pipeline.resources import is_file
@@ -236,7 +236,8 @@ def _record_inputs(
     hashes = image_hashes(cohort.table[IMAGE_ID].tolist(), cohort.table["path"].tolist())
     check_duplicate_content(cohort.table, hashes)
     manifest_sha = file_sha256(cohort.manifest_path)
-    seal = runfolder.fingerprint(cfg.to_dict(), manifest_sha, hashes, splits, git_commit())
+    weights = file_sha256(Path(cfg.model.pretrained)) if cfg.model.pretrained else None
+    seal = runfolder.fingerprint(cfg.to_dict(), manifest_sha, hashes, splits, git_commit(), weights)
     if runfolder.seal_or_check(run_dir, seal):
         log.info("resuming: the run folder's seal matches this run's inputs")
     artifacts.write_text(run_dir / RESOLVED_CONFIG_FILE, dump_config(cfg))
@@ -386,6 +387,10 @@ def run_study(
         raise ValidationError(
             ["--dask: data.cache device keeps tensors on the driver's GPU; use auto, memory or disk"], "workflow"
         )
+    if dask:
+        from pipeline.fanout import check_scheduler
+
+        check_scheduler(dask)  # before hours of preprocessing, not after
     if dask and cfg.data.cache == "auto":  # tasks read cache files, rather than each getting a copy of the cohort
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache="disk"))
     if run_id is not None:
@@ -495,8 +500,36 @@ def run_jobs(cfg: WorkflowConfig, run: RunContext, jobs: list[tuple[FoldJob, dic
         run_folds(cfg, run, pending, table[[PATIENT_ID, cohort.label]], cohort.label)
         return
     for job, items in pending:
-        run_fold(cfg, run, job, items, table, cohort.label)
+        run_job_once(cfg, run, job, items, table, cohort.label)
         barrier(run.ctx)
+
+
+def run_job_once(
+    cfg: WorkflowConfig, run: RunContext, job: FoldJob, items: dict[str, Any], table: pd.DataFrame, label_col: str
+) -> None:
+    """``run_fold`` under the job folder's own lock, which rank 0 holds: a second writer (a cluster
+    task left running by an interrupted driver, or a Dask retry) is refused, and a job that
+    finished while this one waited for its turn is not trained again."""
+    from pipeline.distributed import broadcast
+
+    fold_dir = run.run_dir / job.folder
+    with contextlib.ExitStack() as held:
+        state: str | None = None
+        if run.ctx.is_main:
+            fold_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                held.enter_context(runfolder.locked(fold_dir))
+                artifacts.clean_stale_temporaries(fold_dir)  # a killed writer's leftovers (it held this lock)
+                state = "done" if runfolder.is_finished(fold_dir) else "run"
+            except runfolder.RunLockedError as exc:
+                state = str(exc)
+        state = broadcast(run.ctx, state)  # every rank of a torchrun job follows rank 0
+        if state == "done":
+            log.info("%s: finished meanwhile by another process, skipping", job.label)
+        elif state == "run":
+            run_fold(cfg, run, job, items, table, label_col)
+        else:
+            raise runfolder.RunLockedError(str(state))
 
 
 def role_items(prepared: Any, table: pd.DataFrame, part: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:
@@ -692,11 +725,19 @@ def run_fold(
         ]
         predictions = pd.concat([predictions, *(a[a[ROLE] == "val"] for a in adopted)], ignore_index=True)
     if ctx.is_main:
-        _write_fold(fold_dir, job.fold, result, precision, predictions, run.seal, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        _write_fold(fold_dir, job.fold, result, precision, predictions, run.seal, seconds, job_environment(device))
 
 
 def _write_fold(
-    fold_dir: Path, fold: int, result: Any, precision: Any, predictions: pd.DataFrame, seal: str, seconds: float
+    fold_dir: Path,
+    fold: int,
+    result: Any,
+    precision: Any,
+    predictions: pd.DataFrame,
+    seal: str,
+    seconds: float,
+    environment: dict[str, Any],
 ) -> None:
     """A trained fold's history, predictions and ``done.json`` (last, with the seal); then its
     resumable state goes."""
@@ -710,7 +751,7 @@ def _write_fold(
         "fp32_layers": list(precision.fp32_layers),
         **runfolder.fold_record(seal, predictions),
     }
-    artifacts.write_json(fold_dir / FOLD_DONE_FILE, {**done, "seconds": seconds})
+    artifacts.write_json(fold_dir / FOLD_DONE_FILE, {**done, "seconds": seconds, "environment": environment})
     (fold_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
 
 

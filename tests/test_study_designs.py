@@ -167,6 +167,12 @@ def test_folds_on_a_local_dask_cluster_equal_the_sequential_run(
     for fold in (0, 1):
         done = json.loads((runs / "dask" / f"fold_{fold}" / "done.json").read_text())
         assert done["seal"] == json.loads((runs / "dask" / "seal.json").read_text())["digest"]
+        # where each fold was computed: equal results need equal thread counts (train.num_threads)
+        sequential = json.loads((runs / "seq" / f"fold_{fold}" / "done.json").read_text())
+        for record in (done, sequential):
+            assert record["environment"]["torch_threads"] == 1
+            assert record["environment"]["device"] == "cpu"
+            assert record["environment"]["torch"]
     assert json.loads((runs / "seq" / "metrics.json").read_text())["auc"] == pytest.approx(
         json.loads((runs / "dask" / "metrics.json").read_text())["auc"]
     )

@@ -34,6 +34,10 @@ def run(args: argparse.Namespace) -> int:
     n_patients = cohort.table[PATIENT_ID].nunique()
     log.info("workflow %s is valid: %d images of %d patients", args.workflow, len(cohort.table), n_patients)
     if args.check:
+        if args.dask:  # a bad --dask value, or a scheduler that does not answer (run_study checks it too)
+            from pipeline.fanout import check_scheduler
+
+            check_scheduler(args.dask)
         return 0
     result = run_study(cfg, cohort, run_id=args.run_id, dask=args.dask)
     if not result.metrics:  # a torchrun rank other than 0: rank 0 reports

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from pipeline.fanout import client_for
+from pipeline.fanout import client_for, gather
 from pipeline.predict.merge import merge_shards
 from pipeline.predict.run import PredictOptions, PredictResult
 
@@ -51,7 +51,7 @@ def dask_predict(
             futures.append(
                 client.submit(predict_share, str(source), str(manifest), folder, share, retries=RETRIES, pure=False)
             )
-        folders = [Path(f) for f in client.gather(futures)]
+        folders = [Path(f) for f in gather(client, futures, f"predict into {out}")]
     finally:
         client.close()
         if cluster is not None:
