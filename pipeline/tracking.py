@@ -1,17 +1,19 @@
 """A finished study logged to MLflow (``tracking.mlflow``; the ``mlflow`` extra), where researchers
 already compare their runs: one parent run per study run with the resolved parameters, the final
-metrics and ``report.html`` / ``metrics.json`` as artifacts, and one nested run per fold with its
-per-epoch losses and validation AUC.
+metrics and ``report.html`` (the redacted copy) / ``metrics.json`` as artifacts, and one nested
+run per fold with its per-epoch losses and validation AUC.
 
 Nothing identifying goes to the store: paths are reduced to file names (the manifest by its name
-and SHA-256), no patient id, table of patients or image is logged. The run folder stays the
-record; tracking is a copy. A store that cannot be reached is a warning, never a failed study,
-and ``tracking.json`` in the run folder names the MLflow run that was written.
+and SHA-256) and the filter's values to a digest; no patient id, table of patients or image is
+logged. The store's ``report.html`` is the run folder's ``report_redacted.html``: the report
+without the per-patient table, the excluded images' ids, the Grad-CAM cases and the command line
+(``reporting.redact``); ``metrics.json`` holds figures and subgroup values, never a patient's id.
+The run folder stays the record; tracking is a copy. A store that cannot be reached is a warning,
+never a failed study, and ``tracking.json`` in the run folder names the MLflow run that was written.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -22,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline.config import WorkflowConfig
-from pipeline.reporting import artifacts
+from pipeline.reporting import artifacts, redact
 from pipeline.schema import (
     ENVIRONMENT_FILE,
     FOLD,
@@ -40,7 +42,6 @@ log = logging.getLogger(__name__)
 
 TRACKING_FILE = "tracking.json"
 LOCAL = "local"
-_PATH_KEYS = ("manifest", "output_dir", "model.pretrained")  # logged by their file name only
 _HEADLINE = ("auc", "auc_ci_low", "auc_ci_high", "n_patients", "n_positive", "threshold")
 _AT_THRESHOLD = ("sensitivity", "specificity", "ppv", "npv", "accuracy", "balanced_accuracy", "f1")
 _EPOCH_COLUMNS = ("train_loss", "val_loss", "val_auc")
@@ -71,12 +72,8 @@ def params(cfg: WorkflowConfig, environment: dict[str, Any]) -> dict[str, str]:
                 walk(value, f"{prefix}{key}.")
             return
         key = prefix.rstrip(".")
-        if key.startswith("filter."):  # the kept values may name patients or hospitals: a digest only
-            node = hashlib.sha256(json.dumps(node, default=str).encode()).hexdigest()[:16]
-        elif key in _PATH_KEYS:
-            node = Path(str(node)).name if node else node
-        elif key == "data.image_roots":
-            node = len(node or ())
+        # paths as file names, the filter's kept values (patients, hospitals) as a digest; roots counted
+        node = len(node or ()) if key == "data.image_roots" else redact.leaf(key, node)
         flat[key] = str(node)[:500]  # MLflow's limit on a parameter value
 
     walk({k: v for k, v in cfg.to_dict().items() if k != "tracking"}, "")  # where it logs is not a parameter
@@ -156,9 +153,7 @@ def _log(mlflow: Any, uri: str, run_dir: Path, cfg: WorkflowConfig) -> dict[str,
             params=[Param(k, v) for k, v in params(cfg, environment).items()],
             metrics=[Metric(k, v, _now(), 0) for k, v in final_metrics(metrics).items()],
         )
-        for name_ in (REPORT_FILE, METRICS_FILE):
-            if (run_dir / name_).is_file():
-                client.log_artifact(rid, str(run_dir / name_))
+        _log_files(client, rid, run_dir)
         dones = sorted([*run_dir.glob(f"fold_*/{FOLD_DONE_FILE}"), *run_dir.glob(f"fold_*/inner_*/{FOLD_DONE_FILE}")])
         describe = _job_descriptions(run_dir)
         folds = [_log_fold(client, experiment, rid, d, (Metric, Param), describe(d)) for d in dones]
@@ -167,6 +162,18 @@ def _log(mlflow: Any, uri: str, run_dir: Path, cfg: WorkflowConfig) -> dict[str,
         raise
     client.set_terminated(rid, "FINISHED")
     return {"tracking_uri": uri, "experiment": name, "experiment_id": experiment, "run_id": rid, "fold_runs": folds}
+
+
+def _log_files(client: Any, rid: str, run_dir: Path) -> None:
+    """The redacted report (as the store's ``report.html``; never the run folder's own, which has
+    the patients) and ``metrics.json``."""
+    shared = run_dir / redact.REDACTED_REPORT_FILE
+    if shared.is_file():
+        client.log_text(rid, shared.read_text(encoding="utf-8"), REPORT_FILE)
+    elif (run_dir / REPORT_FILE).is_file():
+        log.warning("no %s in the run folder: no report logged to MLflow (cohortnet report rebuilds it)", shared.name)
+    if (run_dir / METRICS_FILE).is_file():
+        client.log_artifact(rid, str(run_dir / METRICS_FILE))
 
 
 def _job_descriptions(run_dir: Path) -> Any:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -18,12 +20,13 @@ def test_a_study_is_logged_with_its_folds_and_nothing_identifying(
     tmp_path: Path, make_cohort: Callable[..., Path], make_workflow: Callable[..., Path]
 ) -> None:
     store = tmp_path / "store"
-    manifest = make_cohort(n_patients=12)
+    manifest = make_cohort(n_patients=12, second_scan=(2,))
+    (manifest.parent / "images" / "P002_1.nii.gz").write_bytes(b"\x1f\x8b not really gzip")  # an excluded image
     wf = make_workflow(
         manifest,
         train={"epochs": 2},
         tracking={"mlflow": store.as_uri(), "experiment": "tiny-exp"},
-        report={"explain": {"cases": 0}},
+        report={"explain": {"cases": 1}},  # Grad-CAM figures of named cases in the run folder's report
         filter={"site": ["A", "B"]},
     )
     assert main(["run", str(wf), "--run-id", "r"]) == 0
@@ -45,6 +48,7 @@ def test_a_study_is_logged_with_its_folds_and_nothing_identifying(
     assert len(parent.data.params["filter.site"]) == 16
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"report.html", "metrics.json"} <= artifacts
+    _check_the_store_copies(client, parent, run, tmp_path, manifest)
     folds = [r for r in runs.values() if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(r.data.params["fold"] for r in folds) == ["0", "1"]
     for fold in folds:
@@ -64,6 +68,49 @@ def test_a_study_is_logged_with_its_folds_and_nothing_identifying(
         values = [*r.data.params.values(), *r.data.tags.values()]
         assert not any(str(tmp_path) in v for v in values)
         assert not any(v in patients for v in values)
+
+
+# the report's figures of the cohort as a whole; any other <img> (a Grad-CAM case) must not leave
+_AGGREGATE_FIGURES = {
+    "ROC curve",
+    "Precision-recall curve",
+    "Reliability diagram",
+    "Decision curve",
+    "Training curves",
+    "Patient flow diagram",
+}
+
+
+def _check_the_store_copies(client: Any, parent: Any, run: Path, tmp_path: Path, manifest: Path) -> None:
+    """The report and metrics.json read back from the store: no patient id, path, Grad-CAM image
+    or filter value; the headline AUC, the redacted workflow and notes on what was left out."""
+    rid = parent.info.run_id
+    params = parent.data.params
+    down = tmp_path / "downloaded"
+    down.mkdir()
+    html = Path(client.download_artifacts(rid, "report.html", str(down))).read_text()
+    stored = Path(client.download_artifacts(rid, "metrics.json", str(down))).read_text()
+    full = (run / "report.html").read_text()
+    patients = set(pd.read_csv(manifest, dtype=str)["patient_id"])
+    assert "P002#2" in full
+    assert 'alt="Grad-CAM' in full
+    assert str(tmp_path) in full  # what the copy must leave out
+    metrics = json.loads(stored)
+    assert f'id="auc">{metrics["auc"]:.3f}<' in html
+    assert stored == (run / "metrics.json").read_text()
+    text = re.sub(r"base64,[A-Za-z0-9+/=]+", "base64,", html)  # figure data may spell anything
+    for page in (text, stored):
+        assert str(tmp_path) not in page
+        assert not [p for p in patients if re.search(rf"\b{p}\b", page)]
+    assert set(re.findall(r'<img alt="([^"]+)"', html)) <= _AGGREGATE_FIGURES
+    assert html.count("<img") == html.count("data:image") == len(re.findall(r'<img alt="[^"]+"', html))
+    assert "Grad-CAM figures and the cases they show are in the run folder only" in html
+    assert "per-patient table is in the run folder only" in html
+    assert "excluded images are listed in the run folder only" in html
+    assert "manifest: manifest.csv" in html
+    assert f"site: {params['filter.site']}" in html  # the params' digest
+    assert "command" in html
+    assert "left out of this copy" in html
 
 
 def test_an_unreachable_store_is_a_warning_not_a_failed_study(

@@ -36,10 +36,15 @@ def _result(
 
 
 def _z_test(diff: float, se: float, level: float) -> tuple[float, float, tuple[float, float]]:
-    """Z, two-sided p and Wald interval of a difference; identical curves give Z = 0, p = 1 (as pROC)."""
+    """Z, two-sided p and Wald interval of a difference; identical curves (difference and SE 0) give
+    Z = 0, p = 1 (as pROC) and the interval (0, 0); an undefined SE gives NaN for all three."""
     if se == 0.0 or not np.isfinite(se):
-        z = 0.0 if diff == 0.0 else float("nan")
-        return z, (1.0 if diff == 0.0 else float("nan")), (diff, diff)
+        # An SE that is NaN (a class with one unit) or 0 beside a non-zero difference is a variance
+        # estimate that failed, not certainty: no test and no interval, never the zero-width (diff, diff).
+        if se == 0.0 and diff == 0.0:
+            return 0.0, 1.0, (0.0, 0.0)
+        nan = float("nan")
+        return nan, nan, (nan, nan)
     z = diff / se
     q = float(stats.norm.ppf(0.5 + level / 2.0))
     return z, float(2.0 * stats.norm.sf(abs(z))), (diff - q * se, diff + q * se)

@@ -262,6 +262,7 @@ def _evaluate_multiclass(rows: pd.DataFrame, cols: ScoreColumns, options: Evalua
         n_bootstrap=options.interval.n_bootstrap,
         seed=options.interval.seed,
         level=options.interval.level,
+        ci_method=options.interval.ci_method,  # delong_wald: per-class Wald intervals, as for a binary task
     )
     for row, col in zip(mc["per_class"], cols.scores, strict=True):
         row["score_col"] = col

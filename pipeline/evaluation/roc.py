@@ -92,22 +92,27 @@ def clustered_covariance(y: IntArray, scores: FloatArray, clusters: IntArray) ->
     Obuchowski (1997, Biometrics 53:567) extension of DeLong: placements are summed per cluster, so
     correlated images of one patient are not counted as independent evidence. Hand-written for the
     same reason as :func:`delong_placements`. ``clusters``: (n,) codes 0..G-1.
+
+    The small-sample factors are Obuchowski's (and her ``funcs_clusteredROC.R``): I10/(I10-1) for
+    S10 with I10 the clusters holding a positive, I01/(I01-1) for S01 with I01 those holding a
+    negative, G/(G-1) for S11 with G all clusters; so one image per cluster gives DeLong's
+    covariance exactly. NaN when fewer than two clusters hold a positive or a negative.
     """
     auc, v10, v01 = delong_placements(y, scores)
     m, n0 = v10.shape[1], v01.shape[1]
     n_clusters = int(clusters.max()) + 1
-    if n_clusters < 2:
-        return auc, np.full((len(auc), len(auc)), np.nan)
     cp, cn = clusters[y == 1], clusters[y == 0]
     m_i = np.bincount(cp, minlength=n_clusters).astype(np.float64)
     n_i = np.bincount(cn, minlength=n_clusters).astype(np.float64)
+    i10, i01 = int(np.count_nonzero(m_i)), int(np.count_nonzero(n_i))
+    if i10 < 2 or i01 < 2:
+        return auc, np.full((len(auc), len(auc)), np.nan)
     # Centred cluster sums, shape (k, G); the DeLong placements are the one-image special case.
     d10 = np.stack([np.bincount(cp, weights=v, minlength=n_clusters) for v in v10]) - auc[:, None] * m_i
     d01 = np.stack([np.bincount(cn, weights=v, minlength=n_clusters) for v in v01]) - auc[:, None] * n_i
-    f = n_clusters / (n_clusters - 1)
-    s10 = f * d10 @ d10.T / m
-    s01 = f * d01 @ d01.T / n0
-    s11 = f * d10 @ d01.T
+    s10 = i10 / (i10 - 1) * d10 @ d10.T / m
+    s01 = i01 / (i01 - 1) * d01 @ d01.T / n0
+    s11 = n_clusters / (n_clusters - 1) * d10 @ d01.T
     cov = s10 / m + s01 / n0 + (s11 + s11.T) / (m * n0)
     return auc, cov
 

@@ -21,6 +21,7 @@ from pipeline.reporting import artifacts, cohort, figures
 from pipeline.reporting.checklist import RunFacts, fill_checklist
 from pipeline.reporting.explanations import load_explanations
 from pipeline.reporting.html import ReportInputs, render_report
+from pipeline.reporting.redact import REDACTED_REPORT_FILE
 from pipeline.schema import (
     CALIBRATION_FIGURE_FILE,
     CHECKLIST_FILE,
@@ -104,20 +105,27 @@ def write_report(
         checklist=checklist,
         explanations=explained,
     )
-    artifacts.write_text(run_dir / REPORT_FILE, render_linked(run_dir, inputs))
+    page, inputs = render_linked(run_dir, inputs)
+    artifacts.write_text(run_dir / REPORT_FILE, page)
+    if cfg.tracking.mlflow:  # the copy the MLflow store gets: no patient, image or path (reporting.redact)
+        artifacts.write_text(run_dir / REDACTED_REPORT_FILE, render_report(run_dir, inputs, redact=True))
+    else:  # a rebuild without tracking leaves no copy of an older report
+        (run_dir / REDACTED_REPORT_FILE).unlink(missing_ok=True)
 
 
-def render_linked(run_dir: Path, inputs: ReportInputs) -> str:
+def render_linked(run_dir: Path, inputs: ReportInputs) -> tuple[str, ReportInputs]:
     """The report with the checklist pointing only at sections this report has (a run without
-    explanations or subgroups has no such section): rendered once to see, then for good."""
+    explanations or subgroups has no such section): rendered once to see, then for good; and the
+    inputs with that checklist (the redacted copy keeps every section's heading, so its links hold)."""
     page = render_report(run_dir, inputs)
     if inputs.checklist is None:
-        return page
+        return page, inputs
     present = set(re.findall(r'id="([^"]+)"', page))
     header, table = inputs.checklist
     table = table.assign(where=[w if w[1:] in present else "" for w in table["where"]])
     artifacts.write_csv(run_dir / CHECKLIST_FILE, table)
-    return render_report(run_dir, dataclasses.replace(inputs, checklist=(header, table)))
+    inputs = dataclasses.replace(inputs, checklist=(header, table))
+    return render_report(run_dir, inputs), inputs
 
 
 def _excluded(run_dir: Path) -> pd.DataFrame:

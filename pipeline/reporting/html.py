@@ -14,7 +14,8 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from pipeline import __version__
-from pipeline.schema import ENVIRONMENT_FILE, RESOLVED_CONFIG_FILE, SCORE_SINGLE
+from pipeline.reporting import redact as redaction
+from pipeline.schema import ENVIRONMENT_FILE, EXCLUDED_FILE, PER_PATIENT_FILE, RESOLVED_CONFIG_FILE, SCORE_SINGLE
 
 THRESHOLD_METRICS = ("sensitivity", "specificity", "ppv", "npv", "accuracy", "balanced_accuracy", "f1")
 MAX_PATIENT_ROWS = 5000  # beyond this the HTML gets unwieldy; per_patient.csv has every row
@@ -26,6 +27,13 @@ def fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def fmt_p(value: Any) -> str:
+    """A p-value to three significant digits; "n/a" where the test had no variance (None or NaN)."""
+    if value is None or not math.isfinite(float(value)):
+        return "n/a"
+    return f"{float(value):.3g}"
 
 
 @dataclass
@@ -163,12 +171,16 @@ _HEADLINE_KEYS = (
 )
 
 
-def render_report(run_dir: Path, inputs: ReportInputs) -> str:
+def render_report(run_dir: Path, inputs: ReportInputs, *, redact: bool = False) -> str:
+    """The report's HTML; ``redact``: the copy that leaves the run folder (the MLflow store's), without
+    the per-patient table, the excluded images' ids, the Grad-CAM cases and the command line, with
+    the workflow's paths as file names and the filter's values as a digest (``reporting.redact``)."""
     env = Environment(
         loader=PackageLoader("pipeline.reporting", "templates"),
         autoescape=select_autoescape(["html"]),
     )
     env.globals["fmt"] = fmt
+    env.globals["fmt_p"] = fmt_p
     context = {
         "study": inputs.study,
         "run_id": inputs.run_id,
@@ -183,8 +195,16 @@ def render_report(run_dir: Path, inputs: ReportInputs) -> str:
         "cohort": _cohort(inputs.cohort),
         "checklist": _checklist(inputs.checklist),
         "explanations": _explanations(inputs.explanations),
-        **_provenance(run_dir, inputs.record_file),
+        **_provenance(run_dir, inputs.record_file, redact),
     }
+    if redact:  # the template says where the left-out parts are
+        for key in ("patient_columns", "patient_rows", "excluded_rows", "explanations"):
+            del context[key]
+        context["redacted"] = {
+            "explanations": inputs.explanations is not None,
+            "patients_file": PER_PATIENT_FILE,
+            "excluded_file": EXCLUDED_FILE,
+        }
     return env.get_template("report.html").render(**context)
 
 
@@ -259,15 +279,19 @@ def _tables(inputs: ReportInputs) -> dict[str, Any]:
     }
 
 
-def _provenance(run_dir: Path, record_file: str) -> dict[str, Any]:
-    """The resolved config, the environment (or prediction) record and the folder's file listing."""
+def _provenance(run_dir: Path, record_file: str, redact: bool = False) -> dict[str, Any]:
+    """The resolved config, the environment (or prediction) record and the folder's file listing
+    (``redact``: as ``reporting.redact`` lets them leave the run folder)."""
     config_path = run_dir / RESOLVED_CONFIG_FILE
     env_path = run_dir / record_file
     record = json.loads(env_path.read_text()) if env_path.is_file() else {}
     commit = record.get("git_commit") or (record.get("code") or {}).get("git_commit")
+    config_text = config_path.read_text() if config_path.is_file() else ""
+    if redact:
+        config_text, record = redaction.config_text(config_text), redaction.record(record, record_file)
     return {
         "git_commit": commit,
-        "config_text": config_path.read_text() if config_path.is_file() else "",
+        "config_text": config_text,
         "environment_text": json.dumps(record, indent=2) if record else "",
         "files": {"config": RESOLVED_CONFIG_FILE, "environment": record_file},
         "listing": sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")),

@@ -11,6 +11,7 @@ from pipeline.evaluation import (
     delong_paired_test,
     delong_unpaired_test,
 )
+from pipeline.evaluation.compare import _z_test
 
 from .conftest import binormal
 from .test_eval_delong import slow_delong
@@ -64,3 +65,17 @@ def test_unpaired_tests_on_independent_cohorts():
 def test_paired_test_rejects_mismatched_lengths():
     with pytest.raises(ValueError, match="differ in length"):
         delong_paired_test([0, 1, 1, 0], [0.1, 0.9, 0.8, 0.2], [0.3, 0.4])
+
+
+def test_a_failed_variance_gives_no_interval_never_a_zero_width_one():
+    """One positive (SE NaN) or an SE of 0 beside a difference: no Z, p or interval; identical
+    curves (difference and SE 0) are the exact case, Z = 0 and p = 1 as pROC."""
+    y, s1, s2 = [1, 0, 0, 0, 0, 0], [0.9, 0.1, 0.2, 0.3, 0.4, 0.5], [0.3, 0.1, 0.2, 0.35, 0.4, 0.5]
+    res = delong_paired_test(y, s1, s2)
+    assert res["auc_difference"] == pytest.approx(0.6)
+    assert [res[k] for k in ("se", "z", "p_value", "ci_low", "ci_high")] == [None] * 5
+    for se in (0.0, float("nan")):
+        z, p, (low, high) = _z_test(0.6, se, 0.95)
+        assert np.isnan([z, p, low, high]).all()
+    assert _z_test(0.0, 0.0, 0.95) == (0.0, 1.0, (0.0, 0.0))
+    assert np.isnan(_z_test(0.0, float("nan"), 0.95)[1])  # no variance: no test, whatever the difference

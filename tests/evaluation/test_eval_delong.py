@@ -32,21 +32,35 @@ def slow_delong(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return np.array(aucs), np.atleast_2d(cov)
 
 
-def slow_obuchowski(y: np.ndarray, s: np.ndarray, clusters: np.ndarray) -> tuple[float, float]:
-    """Obuchowski (1997) clustered AUC variance, written from the paper's formulas with loops."""
+def slow_obuchowski(y: np.ndarray, scores: np.ndarray, clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Obuchowski (1997) clustered AUCs (k,) and covariance (k, k) of k predictors ``scores`` (k, n),
+    written with loops from the paper's formulas (as her funcs_clusteredROC.R computes them): S10
+    scaled by I10/(I10-1) with I10 the clusters holding a positive, S01 by I01/(I01-1), S11 by I/(I-1)."""
     pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
     m_total, n_total = len(pos), len(neg)
-    auc = np.mean([psi(s[i], s[j]) for i in pos for j in neg])
     ids = np.unique(clusters)
     big_i = len(ids)
-    v10 = {c: sum(np.mean([psi(s[i], s[j]) for j in neg]) for i in pos if clusters[i] == c) for c in ids}
-    v01 = {c: sum(np.mean([psi(s[i], s[j]) for i in pos]) for j in neg if clusters[j] == c) for c in ids}
+    i10, i01 = len(np.unique(clusters[pos])), len(np.unique(clusters[neg]))
     m_i = {c: int(np.sum(clusters[pos] == c)) for c in ids}
     n_i = {c: int(np.sum(clusters[neg] == c)) for c in ids}
-    s10 = big_i / ((big_i - 1) * m_total) * sum((v10[c] - m_i[c] * auc) ** 2 for c in ids)
-    s01 = big_i / ((big_i - 1) * n_total) * sum((v01[c] - n_i[c] * auc) ** 2 for c in ids)
-    s11 = big_i / (big_i - 1) * sum((v10[c] - m_i[c] * auc) * (v01[c] - n_i[c] * auc) for c in ids)
-    return auc, s10 / m_total + s01 / n_total + 2 * s11 / (m_total * n_total)
+    aucs, x_comps, y_comps = [], [], []  # per predictor: the centred cluster sums V10(X_i.) - m_i AUC, ...
+    for s in scores:
+        auc = np.mean([psi(s[i], s[j]) for i in pos for j in neg])
+        v10 = {c: sum(np.mean([psi(s[i], s[j]) for j in neg]) for i in pos if clusters[i] == c) for c in ids}
+        v01 = {c: sum(np.mean([psi(s[i], s[j]) for i in pos]) for j in neg if clusters[j] == c) for c in ids}
+        aucs.append(auc)
+        x_comps.append({c: v10[c] - m_i[c] * auc for c in ids})
+        y_comps.append({c: v01[c] - n_i[c] * auc for c in ids})
+    k = len(scores)
+    cov = np.empty((k, k))
+    for a in range(k):
+        for b in range(k):
+            s10 = i10 / ((i10 - 1) * m_total) * sum(x_comps[a][c] * x_comps[b][c] for c in ids)
+            s01 = i01 / ((i01 - 1) * n_total) * sum(y_comps[a][c] * y_comps[b][c] for c in ids)
+            s11_ab = big_i / (big_i - 1) * sum(x_comps[a][c] * y_comps[b][c] for c in ids)
+            s11_ba = big_i / (big_i - 1) * sum(x_comps[b][c] * y_comps[a][c] for c in ids)
+            cov[a, b] = s10 / m_total + s01 / n_total + (s11_ab + s11_ba) / (m_total * n_total)
+    return np.array(aucs), cov
 
 
 def test_fast_delong_equals_slow_reference_with_ties():
@@ -66,21 +80,50 @@ def test_clustered_delong_equals_obuchowski_formulas():
     y = rng.integers(0, 2, clusters.size)  # mixed clusters on purpose
     y[:2] = [0, 1]
     s = np.round(rng.normal(y + 0.3 * clusters / 15, 1.0), 1)
-    auc, cov = clustered_covariance(y, s[None, :], clusters)
-    ref_auc, ref_var = slow_obuchowski(y, s, clusters)
-    assert auc[0] == pytest.approx(ref_auc, rel=1e-12)
-    assert cov[0, 0] == pytest.approx(ref_var, rel=1e-10)
+    s2 = np.round(0.6 * s + rng.normal(0.5 * y, 1.0), 1)  # a second predictor: the paired covariance
+    y[clusters == 3] = 1  # a cluster of positives only: I10 < I, I01 < I
+    auc, cov = clustered_covariance(y, np.vstack([s, s2]), clusters)
+    ref_auc, ref_cov = slow_obuchowski(y, np.vstack([s, s2]), clusters)
+    n_clusters = clusters.max() + 1
+    assert len(np.unique(clusters[y == 1])) < n_clusters
+    assert len(np.unique(clusters[y == 0])) < n_clusters
+    np.testing.assert_allclose(auc, ref_auc, rtol=1e-12)
+    np.testing.assert_allclose(cov, ref_cov, rtol=1e-10)
+
+
+def test_clustered_delong_of_one_image_per_cluster_is_delong():
+    """Singleton clusters: Obuchowski's covariance is DeLong's exactly (I10 = m, I01 = n; no S11)."""
+    rng = np.random.default_rng(4)
+    y = np.r_[np.ones(10, dtype=int), np.zeros(90, dtype=int)]  # few positives: G/(G-1) would be off by 8%
+    scores = np.vstack([y + rng.normal(size=100), 0.7 * y + rng.normal(size=100)]).round(1)
+    auc, cov = delong_covariance(y, scores)
+    auc_c, cov_c = clustered_covariance(y, scores, rng.permutation(100))
+    np.testing.assert_allclose(auc_c, auc, rtol=1e-12)
+    np.testing.assert_allclose(cov_c, cov, rtol=1e-12, atol=1e-15)
+    single = delong_ci(y, scores[0], transform="none")
+    clustered = delong_ci(y, scores[0], groups=np.arange(100), transform="none")
+    assert (clustered.se, clustered.low, clustered.high) == pytest.approx(
+        (single.se, single.low, single.high), rel=1e-12
+    )
+
+
+def test_clustered_delong_needs_two_clusters_of_each_class():
+    y = np.array([1, 1, 0, 0, 0])
+    s = np.array([0.9, 0.8, 0.1, 0.5, 0.3])
+    auc, cov = clustered_covariance(y, s[None, :], np.array([0, 0, 1, 2, 2]))  # both positives in one patient
+    assert auc[0] == 1.0
+    assert np.isnan(cov).all()
 
 
 def test_clustered_delong_counts_duplicated_images_once():
-    """Five identical images per patient carry no more information than one: same SE (up to I/(I-1))."""
+    """Five identical images per patient carry no more information than one: the same SE."""
     y, s = binormal(30, 40, 1.0, seed=2)
     single = delong_ci(y, s, transform="none")
     rep = 5
     clustered = delong_ci(np.repeat(y, rep), np.repeat(s, rep), groups=np.repeat(np.arange(70), rep))
     naive = delong_ci(np.repeat(y, rep), np.repeat(s, rep))
     assert clustered.auc == pytest.approx(single.auc)
-    assert clustered.se == pytest.approx(single.se, rel=0.03)
+    assert clustered.se == pytest.approx(single.se, rel=1e-12)
     assert naive.se < 0.5 * clustered.se  # treating images as independent is far too confident
 
 

@@ -50,6 +50,19 @@ def test_multiclass_through_evaluate_predictions():
     assert sum(m["n_per_class"].values()) == 300
 
 
+def test_multiclass_per_class_intervals_follow_the_workflows_ci_method():
+    labels, probs = three_classes(120, seed=4)
+    df = pd.DataFrame({"dx": labels, "p_a": probs[:, 0], "p_ca": probs[:, 1], "p_cy": probs[:, 2]})
+    cols = ScoreColumns("dx", ("p_a", "p_ca", "p_cy"))
+    wald = Interval(ci_method="delong_wald", n_bootstrap=100)
+    rows = evaluate_predictions(df, cols, EvaluationOptions(interval=wald))["multiclass"]["per_class"]
+    logit = evaluate_predictions(df, cols, EvaluationOptions(interval=Interval(n_bootstrap=100)))["multiclass"]
+    for j, (row, default) in enumerate(zip(rows, logit["per_class"], strict=True)):
+        binary = delong_ci((labels == row["class"]).astype(int), probs[:, j], transform="none")
+        assert (row["auc_ci_low"], row["auc_ci_high"]) == pytest.approx((binary.low, binary.high), rel=1e-12)
+        assert row["auc_ci_low"] != pytest.approx(default["auc_ci_low"], rel=1e-6)  # not the logit interval
+
+
 def test_multiclass_needs_one_score_column_per_class():
     labels, probs = three_classes(100, seed=3)
     df = pd.DataFrame({"dx": labels, "p_a": probs[:, 0], "p_ca": probs[:, 1]})
