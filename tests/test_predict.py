@@ -79,15 +79,23 @@ def test_one_fold_or_the_best_fold_can_be_chosen(study: Path, tmp_path: Path, ma
     one = read(out / "predictions.csv")
     assert "score_fold_0" not in one.columns
     assert (one["score"] == one["score_fold_1"]).all()
-    assert main(["predict", str(study), str(manifest), "--out", str(tmp_path / "x"), "--folds", "7"]) == 1
+    x = tmp_path / "x"
+    assert main(["predict", str(study), str(manifest), "--out", str(x), "--folds", "7", "--no-progress"]) == 1
+    assert not (x / "predict.json").exists()  # refused before the folder is stamped with fold 7
+    assert main(["predict", str(study), str(manifest), "--out", str(x), "--folds", "0", "--no-progress"]) == 0
 
 
 def test_study_patients_are_refused_unless_allowed(
     study: Path, tmp_path: Path, make_cohort: Callable[..., Path], caplog: pytest.LogCaptureFixture
 ) -> None:
+    from pipeline.privacy import plain_digest
+
     own = tmp_path / "cohort" / "manifest.csv"
     assert main(["predict", str(study), str(own), "--out", str(tmp_path / "p")]) == 2
-    assert "12 patient(s), 13 image(s) were part of the study: P000, P001" in caplog.text
+    assert "12 patient(s), 13 image(s) were part of the study" in caplog.text
+    assert plain_digest("P000") in caplog.text
+    assert "P000" not in caplog.text
+    assert "P011" not in caplog.text
     assert not (tmp_path / "p" / "predictions.csv").exists()
     assert main(["predict", str(study), str(own), "--out", str(tmp_path / "p"), "--allow-study-patients"]) == 0
     assert json.loads((tmp_path / "p" / "provenance.json").read_text())["study_patients_predicted"] == 12
@@ -179,6 +187,36 @@ def test_unlabelled_cohort_and_raw_folder(study: Path, tmp_path: Path, make_coho
     assert (raw_out / "scan" / "manifest.csv").is_file()
 
 
+def test_a_one_class_or_partly_labelled_cohort_is_scored(
+    study: Path, tmp_path: Path, make_cohort: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The study's label rules do not apply to a new cohort: every image is scored, and the metrics
+    come from the labelled patients when they hold both classes (a warning says why otherwise)."""
+    manifest = new_cohort(make_cohort)
+    table = pd.read_csv(manifest, dtype=str)
+    table.assign(label="0").to_csv(manifest.parent / "one.csv", index=False)
+    out = tmp_path / "one"
+    assert main(["predict", str(study), str(manifest.parent / "one.csv"), "--out", str(out), "--no-progress"]) == 0
+    assert len(read(out / "predictions.csv")) == 7
+    assert not (out / "metrics.json").exists()
+    assert "no external-validation metrics: 6 of 6 scored patient(s) have a label (6 labelled '0')" in (
+        capsys.readouterr().err
+    )
+    blank = table["patient_id"].isin(["NP002", "NP003"]) | table.index.isin(
+        [table.index[table["patient_id"] == "NP001"][1]]
+    )
+    table.assign(label=table["label"].where(~blank, "")).to_csv(manifest.parent / "part.csv", index=False)
+    out = tmp_path / "part"
+    assert main(["predict", str(study), str(manifest.parent / "part.csv"), "--out", str(out), "--no-progress"]) == 0
+    assert len(read(out / "predictions.csv")) == 7
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["n_patients"], metrics["n_images"]) == (4, 5)  # NP001's unlabelled scan is NP001's
+    assert "on the 4 of 6 scored patients that have a label" in capsys.readouterr().err
+    pp = read(out / "per_patient.csv").set_index("patient_id")
+    assert pp.loc["NP001", "label"] == 1
+    assert pp.loc[["NP002", "NP003"], "label"].isna().all()
+
+
 def test_a_damaged_or_altered_archive_is_refused(study: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     archive = tmp_path / "model.zip"
     assert main(["export", str(study), str(archive)]) == 0
@@ -200,6 +238,14 @@ def test_a_damaged_or_altered_archive_is_refused(study: Path, tmp_path: Path, ca
     assert "model.json does not match its recorded SHA-256" in caplog.text
     (tmp_path / "plain.zip").write_text("not a zip")
     assert main(["predict", str(tmp_path / "plain.zip"), str(tmp_path), "--out", str(tmp_path / "o")]) == 1
+    from pipeline.predict.archive import write_archive
+
+    info = json.loads(members.pop("model.json"))
+    members.pop("archive.json")
+    write_archive({**members, "model.json": json.dumps({**info, "calibrator": "platt"}).encode()}, altered)
+    caplog.clear()
+    assert main(["predict", str(altered), str(tmp_path), "--out", str(tmp_path / "o")]) == 1
+    assert "records a calibrator (platt), which this version of cohortnet cannot apply" in caplog.text
 
 
 def test_shards_split_by_patient_and_merge_to_the_single_run(
@@ -230,6 +276,25 @@ def test_shards_split_by_patient_and_merge_to_the_single_run(
     m1, m2 = (json.loads((f / "metrics.json").read_text()) for f in (single, merged))
     assert m1["auc"] == m2["auc"]
     assert m1["sensitivity"] == m2["sensitivity"]
+    merged_id = json.loads((merged / "provenance.json").read_text())["predict_id"]
+    for name in ("predictions.csv", "per_patient.csv", "excluded.csv"):
+        assert (read(merged / name)["predict_id"] == merged_id).all()
+    assert m2["predict_id"] == merged_id
+    # a shard rerun with --retry-failed, killed after predictions.csv and before excluded.csv
+    kept = {f: {n: (f / n).read_bytes() for n in ("predictions.csv", "excluded.csv")} for f in shards}
+    images = read(shards[0] / "predictions.csv")
+    images.assign(predict_id="0123456789abcdef").to_csv(shards[0] / "predictions.csv", index=False)
+    stale = pd.DataFrame({"image_id": [read(shards[2] / "predictions.csv")["image_id"].iloc[0]]})
+    prov2 = json.loads((shards[2] / "provenance.json").read_text())["predict_id"]
+    stale.assign(reason="corrupt_file", message="cut", predict_id=prov2).to_csv(shards[2] / "excluded.csv", index=False)
+    caplog.clear()
+    assert main(["predict", "--merge", *map(str, shards), "--out", str(merged)]) == 2
+    assert f"{shards[0]}: shard 0/3: predictions.csv is not from the run that wrote provenance.json" in caplog.text
+    assert f"{shards[2]}: shard 2/3: 1 image(s) are both in predictions.csv and excluded.csv" in caplog.text
+    assert "rerun that shard" in caplog.text
+    for folder, tables in kept.items():
+        for name, data in tables.items():
+            (folder / name).write_bytes(data)
     # a shard that has not finished is refused
     (shards[1] / "provenance.json").unlink()
     assert main(["predict", "--merge", *map(str, shards), "--out", str(merged)]) == 2

@@ -35,7 +35,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="SCHEDULER",
         help="fan shards out over a dask.distributed cluster (local, local:N or an address)",
     )
-    add("--dask-shards", type=int, metavar="N", help="shards for --dask (default: twice the workers)")
+    add(
+        "--dask-shards",
+        type=int,
+        metavar="N",
+        help="shards for --dask (default: twice the workers; a rerun keeps the first run's)",
+    )
     add("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -88,10 +93,11 @@ def _fan_out(args: argparse.Namespace, model: Any, cohort: Any, options: Any) ->
     """The leakage guard here, once, then the shards on the cluster."""
     from pipeline.errors import ValidationError
     from pipeline.predict.fanout import dask_predict
-    from pipeline.predict.run import leakage, refuse_leakage
+    from pipeline.predict.run import chosen_folds, leakage, refuse_leakage
 
     if options.shard is not None:
         raise ValidationError(["--dask makes its own shards; drop --shard"], "predict")
+    chosen_folds(model, options.folds)  # a fold the model lacks is refused before any shard is started
     refuse_leakage(leakage(model, cohort), options.allow_study_patients)
     return dask_predict(args.model, cohort.manifest_path, args.out, options, args.dask, args.dask_shards)
 

@@ -15,6 +15,8 @@ import hashlib
 import json
 import re
 import zipfile
+import zlib
+from collections import Counter
 from pathlib import Path
 from typing import IO
 
@@ -62,31 +64,64 @@ def read_archive(path: Path) -> dict[str, bytes]:
     """The verified files of an archive (name -> bytes); ValidationError listing every problem."""
     if not zipfile.is_zipfile(path):
         raise CohortnetError(f"{path}: not a cohortnet model archive (not a zip file)")
-    with zipfile.ZipFile(path) as zf:
-        members = {i.filename: i for i in zf.infolist()}
-        problems = _member_problems(members)
+    what = f"model archive {path}"
+    try:
+        zf = zipfile.ZipFile(path)
+    except _DAMAGED as exc:
+        raise ValidationError([f"the zip directory is unreadable: {_why(exc)} (damaged archive)"], what) from None
+    with zf:
+        infos = zf.infolist()
+        members = {i.filename: i for i in infos}
+        problems = _member_problems(infos)
         if problems:
-            raise ValidationError(problems, f"model archive {path}")
-        try:
-            info = json.loads(zf.read(ARCHIVE_INFO_FILE))
-            listed = dict(info["files"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValidationError([f"{ARCHIVE_INFO_FILE} is unreadable ({exc})"], f"model archive {path}") from None
-        files = {name: zf.read(name) for name in members if name != ARCHIVE_INFO_FILE}
-    problems = _hash_problems(listed, files)
+            raise ValidationError(problems, what)
+        contents, problems = _read_members(zf, list(members))
+    if ARCHIVE_INFO_FILE not in contents:
+        raise ValidationError(problems, what)
+    try:
+        listed = dict(json.loads(contents.pop(ARCHIVE_INFO_FILE))["files"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValidationError([*problems, f"{ARCHIVE_INFO_FILE} is unreadable ({exc})"], what) from None
+    damaged = set(members) - set(contents) - {ARCHIVE_INFO_FILE}
+    problems += _hash_problems({k: v for k, v in listed.items() if k not in damaged}, contents)
     if problems:
-        raise ValidationError(problems, f"model archive {path}")
-    return files
+        raise ValidationError(problems, what)
+    return contents
 
 
-def _member_problems(members: dict[str, zipfile.ZipInfo]) -> list[str]:
-    """Unexpected names, a missing index, and a decompressed size beyond the memory budget."""
+# what a damaged zip raises: a bad CRC or header (BadZipFile), flipped bits in deflated data
+# (zlib.error), a cut-off member (EOFError), an unreadable file (OSError), an unsupported
+# compression method or an encrypted member (NotImplementedError, RuntimeError)
+_DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError)
+
+
+def _why(exc: BaseException) -> str:
+    name = "zlib.error" if isinstance(exc, zlib.error) else type(exc).__name__
+    return f"{name}: {str(exc)[:120]}"
+
+
+def _read_members(zf: zipfile.ZipFile, names: list[str]) -> tuple[dict[str, bytes], list[str]]:
+    """Every member's bytes that can be read; one problem per member that cannot (all listed)."""
+    contents: dict[str, bytes] = {}
+    problems: list[str] = []
+    for name in names:
+        try:
+            contents[name] = zf.read(name)
+        except _DAMAGED as exc:
+            problems.append(f"{name} cannot be read: {_why(exc)} (damaged archive)")
+    return contents, problems
+
+
+def _member_problems(infos: list[zipfile.ZipInfo]) -> list[str]:
+    """Unexpected or repeated names, a missing index, and a decompressed size beyond the memory budget."""
+    members = Counter(i.filename for i in infos)
     problems = [
         f"unexpected member {name[:80]!r}" for name in members if name != ARCHIVE_INFO_FILE and not _NAMES.match(name)
     ]
+    problems += [f"member {name[:80]!r} appears {k} times" for name, k in members.items() if k > 1]
     if ARCHIVE_INFO_FILE not in members:
         problems.append(f"{ARCHIVE_INFO_FILE} is missing")
-    total = sum(i.file_size for i in members.values())
+    total = sum(i.file_size for i in infos)
     memory = physical_memory()
     limit = memory // 4 if memory else _DEFAULT_LIMIT
     if total > limit:

@@ -4,7 +4,8 @@ Each chunk of images is scored, its rows written to ``parts/part-<n>.csv`` atomi
 then one line per image appended to ``ledger.jsonl`` (``{"image_id", "status": "done" | "failed",
 "part", "reason", "message"}``), flushed and synced. A crash therefore leaves either a finished
 chunk that the ledger names or a chunk that a rerun does again; a ledger line never points to a
-half file. A truncated last line (a crash inside the append) is ignored on reading.
+half file. A truncated last line (a crash inside the append) is ignored on reading, and cut off
+before the next append (``repair_tail``), so a resumed run's first line is never glued onto it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Ledger:
     folder: Path
     done: dict[str, str] = field(default_factory=dict)  # image_id -> part file name
     failed: dict[str, tuple[str, str]] = field(default_factory=dict)  # image_id -> (reason, message)
+    tail_checked: bool = False  # the file ends with a whole line (checked before this ledger's first append)
 
     @classmethod
     def open(cls, folder: Path) -> Ledger:
@@ -67,6 +69,9 @@ class Ledger:
         entries += [{**f, "status": FAILED} for f in failures]
         if not entries:
             return
+        if not self.tail_checked:
+            repair_tail(self.folder / LEDGER_FILE)
+            self.tail_checked = True
         with open(self.folder / LEDGER_FILE, "a", encoding="utf-8") as fh:
             fh.write("".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
             fh.flush()
@@ -77,3 +82,36 @@ class Ledger:
     def parts(self) -> list[Path]:
         """The part files the ledger names, in order."""
         return sorted({self.folder / PARTS_DIR / p for p in self.done.values()})
+
+
+def repair_tail(path: Path) -> None:
+    """End ``path`` with a whole line: a last line cut by a crash inside an append is removed (or,
+    when it is a whole record that lacks only its newline, the newline is added), so that the next
+    append starts a line of its own. Called by the one writer (under the folder's lock)."""
+    if not path.is_file():
+        return
+    with open(path, "r+b") as fh:
+        end = fh.seek(0, os.SEEK_END)
+        start = end
+        while start > 0:  # back to just after the last newline
+            step = min(start, 1 << 16)
+            fh.seek(start - step)
+            k = fh.read(step).rfind(b"\n")
+            if k >= 0:
+                start = start - step + k + 1
+                break
+            start -= step
+        if start == end:
+            return
+        fh.seek(start)
+        tail = fh.read()
+        try:
+            whole = isinstance(json.loads(tail), dict)
+        except ValueError:
+            whole = False
+        if whole:
+            fh.write(b"\n")
+        else:
+            fh.truncate(start)
+        fh.flush()
+        os.fsync(fh.fileno())

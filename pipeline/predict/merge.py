@@ -3,7 +3,10 @@
 The shards must come from one model, one manifest, the same folds and threshold, and one shard
 count; every index 0..N-1 must be there exactly once, and every shard must be finished (its ledger
 accounts for every image of its share and its tables are written). Anything else is refused with
-every problem listed, so a missing or half-done shard is never merged into a result.
+every problem listed, so a missing or half-done shard is never merged into a result. A finished
+shard's tables must all come from its last run (the ``predict_id`` of its ``provenance.json``) and
+must not hold an image both predicted and excluded. The merged tables carry the merged
+provenance's ``predict_id``; it lists the shards' own ids under ``shards``.
 """
 
 from __future__ import annotations
@@ -42,8 +45,32 @@ def _shard_problems(folders: list[Path]) -> tuple[list[str], list[dict[str, Any]
                 f"{folder}: shard {stamp['shard'][0]}/{stamp['shard'][1]} is incomplete "
                 f"({finished} of {stamp['n_images']} images)"
             )
+        else:
+            problems += _table_problems(folder, stamp)
         stamps.append(stamp)
     return problems, stamps
+
+
+def _table_problems(folder: Path, stamp: dict[str, Any]) -> list[str]:
+    """A finished shard's tables must be those of its last run: each carries the ``predict_id`` of
+    its ``provenance.json`` (written last), and no image is both predicted and excluded. A run
+    stopped while it rewrote them (``--retry-failed`` killed between the two tables) fails this."""
+    predict_id = json.loads((folder / PROVENANCE_FILE).read_text()).get("predict_id")
+    ids: dict[str, set[str]] = {}
+    stale = []
+    for name in (PREDICTIONS_FILE, PER_PATIENT_FILE, EXCLUDED_FILE):
+        if not (folder / name).is_file():
+            stale.append(f"{name} is missing")
+            continue
+        table = pd.read_csv(folder / name, dtype=str, keep_default_na=False)
+        if "predict_id" not in table.columns or (table["predict_id"] != predict_id).any():
+            stale.append(f"{name} is not from the run that wrote {PROVENANCE_FILE}")
+        ids[name] = set(table[IMAGE_ID]) if IMAGE_ID in table.columns else set()
+    both = ids.get(PREDICTIONS_FILE, set()) & ids.get(EXCLUDED_FILE, set())
+    if both:
+        stale.append(f"{len(both)} image(s) are both in {PREDICTIONS_FILE} and {EXCLUDED_FILE}")
+    where = f"{folder}: shard {stamp['shard'][0]}/{stamp['shard'][1]}"
+    return [f"{where}: {why} (its last run was stopped while writing its tables: rerun that shard)" for why in stale]
 
 
 def _set_problems(stamps: list[dict[str, Any]]) -> list[str]:
@@ -69,8 +96,11 @@ def merge_shards(folders: list[Path], out: Path) -> PredictResult:
     order = sorted(range(len(folders)), key=lambda k: stamps[k]["shard"][0])
     provs = [json.loads((folders[k] / PROVENANCE_FILE).read_text()) for k in order]
 
+    label = provs[0]["model"]["label_col"]
+
     def joined(name: str) -> pd.DataFrame:
-        frames = [pd.read_csv(folders[k] / name, dtype={IMAGE_ID: str, PATIENT_ID: str}) for k in order]
+        types = {IMAGE_ID: str, PATIENT_ID: str, label: str}
+        frames = [pd.read_csv(folders[k] / name, dtype=types) for k in order]
         return pd.concat(frames, ignore_index=True)
 
     images, patients, excluded = joined(PREDICTIONS_FILE), joined(PER_PATIENT_FILE), joined(EXCLUDED_FILE)
@@ -82,16 +112,18 @@ def merge_shards(folders: list[Path], out: Path) -> PredictResult:
         "study_patients_predicted": sum(int(p.get("study_patients_predicted") or 0) for p in provs),
     }
     prov = {"predict_id": hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16], **record}
+    for frame in (images, patients, excluded):  # every table carries the merged prediction's id
+        frame["predict_id"] = prov["predict_id"]
     out.mkdir(parents=True, exist_ok=True)
     artifacts.write_csv(out / PREDICTIONS_FILE, images)
     artifacts.write_csv(out / PER_PATIENT_FILE, patients)
     artifacts.write_csv(out / EXCLUDED_FILE, excluded)
     artifacts.write_json(out / PROVENANCE_FILE, prov)
-    model, label = prov["model"], prov["model"]["label_col"]
+    model = prov["model"]
     metrics = None
     if label in images.columns and len(images):
         metrics = external_metrics(images, label, model["positive"], prov["threshold"], model["aggregate"])
         if metrics is not None:
-            write_metrics_and_report(out, prov, metrics, patients, excluded, len(images))
+            write_metrics_and_report(out, prov, metrics, images, patients, excluded)
     n_images = sum(s["n_images"] for s in stamps)
     return PredictResult(out, n_images, len(images), len(excluded), metrics)

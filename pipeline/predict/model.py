@@ -122,7 +122,7 @@ def _model_info(run_dir: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
         "aggregate": metrics.get("aggregate", "mean"),
         "label_col": metrics["label_col"],
         "positive": str(metrics["positive"]),
-        "calibrator": None,  # studies fit no recalibration today; predict applies one when recorded
+        "calibrator": None,  # studies fit no recalibration; predict refuses a model that records one
         "headline": {k: metrics.get(k) for k in _HEADLINE},
         "training_manifest_sha256": env.get("manifest_sha256"),
         "versions": {"python": env.get("python"), "git_commit": env.get("git_commit"), **env.get("packages", {})},
@@ -158,10 +158,16 @@ class StudyModel:
         if not states:
             raise CohortnetError("the model holds no fold weights")
         leakage = json.loads(files[LEAKAGE_FILE])
+        info = json.loads(files[MODEL_INFO_FILE])
+        if info.get("calibrator") is not None:  # its scores would not be the study's: refused, not ignored
+            raise CohortnetError(
+                f"the model records a calibrator ({str(info['calibrator'])[:80]}), which this version of "
+                "cohortnet cannot apply: its scores would not be the study's"
+            )
         return cls(
             config=cfg,
             states=dict(sorted(states.items())),
-            info=json.loads(files[MODEL_INFO_FILE]),
+            info=info,
             leaked_patients=frozenset(leakage["patients"]),
             leaked_images=frozenset(leakage["images"]),
             file_hashes={n: hashlib.sha256(d).hexdigest() for n, d in sorted(files.items())},

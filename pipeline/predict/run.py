@@ -8,7 +8,9 @@ is held for the whole cohort while scoring. At the end the parts are merged into
 each fold's score), ``per_patient.csv`` (combined as in the study, with the decision at the
 study's locked threshold) and ``excluded.csv``; ``provenance.json`` names the model, config, code
 and input hashes, and every table carries its ``predict_id``. A labelled cohort also gets
-``metrics.json`` from ``evaluate_predictions`` at the locked threshold (external validation).
+``metrics.json`` from ``evaluate_predictions`` at the locked threshold (external validation), on
+the patients that have a label, when they hold both classes (else a warning says why there are
+none); blank or one-class labels never stop the scoring.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pipeline.errors import CohortnetError, ValidationError
 from pipeline.manifest import Cohort, load_manifest
 from pipeline.predict.ledger import Ledger
 from pipeline.predict.model import StudyModel, model_files, patient_digest
+from pipeline.privacy import plain_digest
 from pipeline.provenance import content_hash, file_sha256, git_commit
 from pipeline.reporting import artifacts
 from pipeline.schema import (
@@ -82,27 +85,34 @@ def open_model(source: Path) -> StudyModel:
 
 
 def read_cohort(manifest: Path, model: StudyModel) -> Cohort:
-    """The cohort to predict; labelled (external validation) when the study's label column holds values."""
-    head = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    """The cohort to predict; labelled (external validation) when the study's label column holds
+    values. The labels are read as they are, not by the study's rules: every row is scored, blank
+    labels included, and ``external_metrics`` says whether the labelled patients can be evaluated."""
     label = model.info["label_col"]
-    labelled = label in head.columns and (head[label].str.strip() != "").any()
-    return load_manifest(
-        manifest,
-        label_col=label if labelled else None,
-        positive=model.info["positive"],
-        image_roots=model.config.data.image_roots,
+    cohort = load_manifest(manifest, label_col=None, image_roots=model.config.data.image_roots)
+    table = cohort.table
+    if label not in table.columns or not (table[label].str.strip() != "").any():
+        return cohort
+    table = table.assign(**{label: table[label].str.strip()})
+    extra = tuple(c for c in cohort.extra_columns if c != label)
+    return dataclasses.replace(
+        cohort, table=table, label_col=label, positive=model.info["positive"], extra_columns=extra
     )
 
 
-def _chosen_folds(model: StudyModel, folds: str) -> list[int]:
+def chosen_folds(model: StudyModel, folds: str) -> list[int]:
+    """The folds ``--folds`` names, checked against the model (before anything is written)."""
     if folds == "all":
         return list(model.states)
     if folds == "best":
         return [model.best_fold]
     try:
-        return [int(folds)]
+        fold = int(folds)
     except ValueError:
         raise CohortnetError(f"--folds must be all, best or a fold number, got {folds!r}") from None
+    if fold not in model.states:
+        raise CohortnetError(f"--folds {fold}: the model has no fold {fold} (its folds: {list(model.states)})")
+    return [fold]
 
 
 def shard_of(patient_id: str, n: int) -> int:
@@ -156,8 +166,12 @@ def leakage(model: StudyModel, cohort: Cohort) -> pd.DataFrame:
 def refuse_leakage(found: pd.DataFrame, allowed: bool) -> None:
     if found.empty:
         return
-    patients = sorted(found[PATIENT_ID].unique())
-    text = f"{len(patients)} patient(s), {len(found)} image(s) were part of the study: " + ", ".join(patients[:20])
+    # the ids as a digest (the first 16 hex digits of the SHA-256 that leakage.json holds), never as written
+    patients = sorted({plain_digest(p) for p in found[PATIENT_ID]})
+    text = (
+        f"{len(patients)} patient(s), {len(found)} image(s) were part of the study "
+        "(patients by the SHA-256 digest of their id): " + ", ".join(patients[:20])
+    )
     if len(patients) > 20:
         text += f", ... and {len(patients) - 20} more"
     if not allowed:
@@ -176,7 +190,7 @@ class PredictResult:
 
 def predict_cohort(model: StudyModel, cohort: Cohort, out: Path, options: PredictOptions) -> PredictResult:
     """Score every image of ``cohort`` into ``out`` (resumable; see the module docstring)."""
-    folds = _chosen_folds(model, options.folds)
+    folds = chosen_folds(model, options.folds)
     if options.shard is not None:
         cohort = take_shard(cohort, *options.shard)
     found = leakage(model, cohort)
@@ -339,10 +353,9 @@ def _write_outputs(
     images = images[images[IMAGE_ID].isin(order)].sort_values(IMAGE_ID, key=lambda s: s.map(order))
     images = images.drop_duplicates(IMAGE_ID, keep="last").reset_index(drop=True)
     label = cohort.label_col
-    if label is not None:
-        images.insert(
-            2, label, images[IMAGE_ID].map(dict(zip(cohort.table[IMAGE_ID], cohort.table[label], strict=True)))
-        )
+    if label is not None:  # a blank label stays blank (NaN): a patient's label is its non-blank one
+        labels = cohort.table[label].where(cohort.table[label] != "")
+        images.insert(2, label, images[IMAGE_ID].map(dict(zip(cohort.table[IMAGE_ID], labels, strict=True))))
     threshold = float(model.info["threshold"])
     images[DECISION] = (images[SCORE] >= threshold).astype(int)
     fold_cols = [c for c in images.columns if c.startswith("score_fold_")]
@@ -363,30 +376,67 @@ def _write_outputs(
     if label is not None and len(images) and stamp["shard"] is None:  # a shard's metrics come with --merge
         metrics = external_metrics(images, label, info["positive"], threshold, info["aggregate"])
     if metrics is not None:
-        write_metrics_and_report(out, prov, metrics, patients, excluded, len(images))
+        write_metrics_and_report(out, prov, metrics, images, patients, excluded)
     return PredictResult(out, len(cohort.table), len(images), len(excluded), metrics)
 
 
 def write_metrics_and_report(
-    out: Path, prov: dict[str, Any], metrics: dict[str, Any], patients: pd.DataFrame, excluded: pd.DataFrame, n: int
+    out: Path,
+    prov: dict[str, Any],
+    metrics: dict[str, Any],
+    images: pd.DataFrame,
+    patients: pd.DataFrame,
+    excluded: pd.DataFrame,
 ) -> None:
-    """``metrics.json`` and the external-validation ``report.html`` of a labelled cohort."""
+    """``metrics.json`` and the external-validation ``report.html`` of a labelled cohort (the
+    report's patients and images are the labelled ones, those the metrics are computed on)."""
     from pipeline.reporting.build import write_external_report
 
+    label = prov["model"]["label_col"]
     artifacts.write_json(out / METRICS_FILE, {**metrics, "predict_id": prov["predict_id"]})
-    write_external_report(out, prov, metrics, patients, excluded, n_images=n)
+    n_images = len(labelled_rows(images, label))
+    write_external_report(out, prov, metrics, labelled_rows(patients, label), excluded, n_images=n_images)
+
+
+def labelled_rows(table: pd.DataFrame, label: str) -> pd.DataFrame:
+    """The rows of the patients that have a label, each row with its patient's label (canonical
+    text, ``norm_label``): a blank row of a labelled patient takes the patient's label."""
+    from pipeline.evaluation.table import norm_label
+
+    text = table[label].map(lambda v: None if pd.isna(v) or str(v).strip() == "" else norm_label(v))
+    text = text.fillna(text.groupby(table[PATIENT_ID]).transform("first"))
+    return table.assign(**{label: text})[text.notna()].reset_index(drop=True)
 
 
 def external_metrics(
     images: pd.DataFrame, label: str, positive: str, threshold: float, aggregate: str
 ) -> dict[str, Any] | None:
-    """``cohortnet evaluate``'s figures at the study's locked threshold (a fixed rule here)."""
+    """``cohortnet evaluate``'s figures at the study's locked threshold (a fixed rule here), on the
+    labelled patients only (``labelled_rows``); None, with a warning that says why, when they do
+    not hold both classes or cannot be evaluated. The scores are written either way."""
     from pipeline.evaluation import EvaluationOptions, ScoreColumns, evaluate_predictions
+    from pipeline.evaluation.table import norm_label
 
+    rows = labelled_rows(images, label)
+    n_all, n_rows = images[PATIENT_ID].nunique(), rows[PATIENT_ID].nunique()
+    counts = rows.groupby(PATIENT_ID)[label].first().value_counts().sort_index()
+    if len(counts) < 2 or norm_label(positive) not in counts.index:
+        classes = ", ".join(f"{n} labelled {c!r}" for c, n in counts.items()) or "none labelled"
+        log.warning(
+            "no external-validation metrics: %d of %d scored patient(s) have a label (%s); both the "
+            "positive class %r and the other class are needed",
+            n_rows,
+            n_all,
+            classes,
+            str(positive),
+        )
+        return None
+    if n_rows < n_all:
+        log.warning("external-validation metrics on the %d of %d scored patients that have a label", n_rows, n_all)
     cols = ScoreColumns(label, SCORE, positive=positive, group=PATIENT_ID)
     options = EvaluationOptions(threshold_rule=repr(float(threshold)), aggregate=aggregate)
     try:
-        return evaluate_predictions(images.astype({label: str}), cols, options)
-    except ValidationError as exc:  # one class only, say: the scores are still written
+        return evaluate_predictions(rows, cols, options)
+    except ValidationError as exc:  # a patient with two labels, say: the scores are still written
         log.warning("no external-validation metrics: %s", exc)
         return None
