@@ -15,6 +15,7 @@ and exception texts. Three mechanisms keep them out of cohortnet's outputs:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
@@ -67,9 +68,21 @@ DESCRIPTIVE_KEYWORDS: frozenset[str] = frozenset(
     {"SeriesDescription", "StudyDescription", "ProtocolName", "DerivationDescription"}
 )
 
+# Identifiers (VR LO/SH): every token counts, however many there are (no whole-phrase matching).
+ID_KEYWORDS: frozenset[str] = frozenset(
+    {
+        "PatientID", "OtherPatientIDs", "IssuerOfPatientID", "MedicalRecordLocator", "AccessionNumber",
+        "StudyID", "AdmissionID", "RequestedProcedureID", "ScheduledProcedureStepID", "PerformedProcedureStepID",
+        "FillerOrderNumberImagingServiceRequest", "PlacerOrderNumberImagingServiceRequest",
+        "DeviceSerialNumber", "DetectorID", "PlateID", "CassetteID", "GantryID",
+    }
+)  # fmt: skip
+
 SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9.]*")
 _MIN_TOKEN = 3
+_NAME_GROUPS = 3  # family, given and middle names; prefix and suffix ("Dr", "Jr") are not identifying
+_SHORT_NAME = re.compile(r"[A-Za-z]{1,2}")  # "Li", "Wu": matched as whole words only
 PHRASE_TOKENS = 3
 MAX_PHRASES = 100_000
 REDACTED = "[redacted]"
@@ -91,43 +104,64 @@ def is_safe_id(value: str) -> bool:
     return bool(SAFE_ID.match(value)) and value[0] not in "-"
 
 
-def _values_of(element_value: Any) -> list[str]:
+def _values_of(element_value: Any, keyword: str = "") -> list[str]:
     if element_value is None:
         return []
     if isinstance(element_value, str | bytes):
         text = element_value.decode("latin-1") if isinstance(element_value, bytes) else element_value
-        return [text] if text.strip() else []
+        return _as_identifying(text, keyword)
     if isinstance(element_value, Sequence):  # pydicom MultiValue and Sequence (not PersonName)
         out: list[str] = []
         for item in element_value:
             if hasattr(item, "keys"):  # a sequence item (pydicom Dataset)
-                out.extend(v for kw in IDENTIFYING_KEYWORDS for v in _values_of(item.get(kw)))
+                out.extend(v for kw in IDENTIFYING_KEYWORDS for v in _values_of(item.get(kw), kw))
             else:
-                out.extend(_values_of(item))
+                out.extend(_values_of(item, keyword))
         return out
-    text = str(element_value)
-    return [text] if text.strip() else []
+    return _as_identifying(str(element_value), keyword)
+
+
+def _as_identifying(text: str, keyword: str) -> list[str]:
+    """One element value as registered: a person name always with a ``^`` (how ``split_values``
+    knows it), an identifier with each of its tokens as a value of its own."""
+    text = text.strip(" \x00")
+    if not text:
+        return []
+    if keyword in _person_name_keywords():
+        return [text if "^" in text else text + "^"]
+    if keyword in ID_KEYWORDS:
+        return [text, *sorted(tokens(text))]
+    return [text]
+
+
+@functools.cache
+def _person_name_keywords() -> frozenset[str]:
+    """Identifying keywords of VR PN (pydicom's dictionary, looked up once)."""
+    from pydicom.datadict import dictionary_VR
+
+    return frozenset(kw for kw in IDENTIFYING_KEYWORDS if dictionary_VR(kw) == "PN")
 
 
 def identifying_values(ds: Any, keywords: Iterable[str] = IDENTIFYING_KEYWORDS) -> set[str]:
     """Text of every identifying element present in ``ds`` (a pydicom Dataset or any mapping).
 
-    Person names are returned whole; ``tokens()`` splits them into components for matching.
-    Raw pydicom values are decoded here rather than converted by pydicom (the slow part of
-    scanning headers): UTF-8 and Latin-1 readings are both kept when they differ.
+    Person names are returned whole, with at least one ``^`` (``split_values`` splits them into
+    components); identifiers also token by token. Raw pydicom values are decoded here rather
+    than converted by pydicom (the slow part of scanning headers): UTF-8 and Latin-1 readings
+    are both kept when they differ.
     """
     wanted = keywords if isinstance(keywords, frozenset) else frozenset(keywords)
     found: set[str] = set()
     for key, keyword in _present(ds, wanted):
         raw = ds.get_item(key) if isinstance(key, int) else None
         if raw is not None and getattr(raw, "VR", "SQ") != "SQ" and isinstance(raw.value, bytes):
-            found.update(_decoded(raw.value))
+            found.update(v for part in _decoded(raw.value) for v in _as_identifying(part, keyword))
             continue
         try:
             value = ds.get(keyword)
         except Exception:  # an unparseable value is still identifying, but cannot be read
             continue
-        found.update(str(v).strip() for v in _values_of(value))
+        found.update(str(v).strip() for v in _values_of(value, keyword))
     return {v for v in found if v}
 
 
@@ -166,12 +200,40 @@ def tokens(text: str) -> set[str]:
     return out
 
 
+def name_tokens(name: str) -> set[str]:
+    """Tokens of a person name (``Family^Given^Middle^Prefix^Suffix``, groups separated by ``=``):
+    every component split on ``^`` and spaces, whatever their number, and 1–2 letter family, given
+    and middle names as well (``"Li^Wu"`` gives ``{"li", "wu"}``)."""
+    out: set[str] = set()
+    for group in name.split("="):
+        for i, component in enumerate(group.split("^")):
+            for part in component.split():
+                out |= tokens(part)
+                if i < _NAME_GROUPS and _SHORT_NAME.fullmatch(part.strip(".,")):
+                    out.add(part.strip(".,").lower())
+    return out
+
+
+def _words(text: str) -> set[str]:
+    """Every token of ``text``, short ones included (short name parts match whole words only)."""
+    out: set[str] = set()
+    for match in _TOKEN.findall(text):
+        token = match.rstrip(".").lower()
+        out.add(token)
+        out.update(p for p in token.split(".") if not p.isdigit())
+    return out
+
+
 def split_values(values: Iterable[str]) -> tuple[set[str], set[str]]:
-    """(tokens, phrases): short values (names, IDs, dates) match token by token; free text of more
-    than ``PHRASE_TOKENS`` tokens matches only whole, so a comment does not redact common words."""
+    """(tokens, phrases): person names (values with a ``^``) match component by component, and so do
+    short values (IDs, dates); free text of more than ``PHRASE_TOKENS`` tokens matches only
+    whole, so a comment does not redact common words."""
     toks: set[str] = set()
     phrases: set[str] = set()
     for v in values:
+        if "^" in v:
+            toks |= name_tokens(v)
+            continue
         t = tokens(v)
         if len(t) > PHRASE_TOKENS:
             phrases.add(" ".join(v.lower().split()))
@@ -184,7 +246,7 @@ def contains_identifying(text: str, identifying: Iterable[str]) -> bool:
     """True if ``text`` contains a token of a short identifying value or a whole free-text value."""
     toks, phrases = split_values(identifying)
     folded = " ".join(text.lower().split())
-    return bool(toks & tokens(text)) or any(p in folded for p in phrases)
+    return bool(toks & _words(text)) or any(p in folded for p in phrases)
 
 
 def clean_description(text: str | None, identifying: Iterable[str], max_len: int = 64) -> str:
@@ -204,8 +266,8 @@ def clean_description(text: str | None, identifying: Iterable[str], max_len: int
 class Redactor:
     """Registry of identifying tokens and data roots; ``redact(text)`` removes both.
 
-    Tokens are matched whole (``"jane"`` does not redact ``"janet"``), in O(len(text)) per call
-    however many values are registered. Paths under a registered root become ``<path>``.
+    Tokens are matched whole (``"jane"`` does not redact ``"janet"``, nor ``"li"`` ``"lipid"``), in
+    O(len(text)) per call however many values are registered. Paths under a registered root become ``<path>``.
     """
 
     def __init__(self) -> None:

@@ -8,6 +8,12 @@ from pathlib import Path
 
 from pipeline.errors import ScanError
 
+MAX_VOXELS = 1_000_000_000  # 4 GB as float32; more is refused before any pixel is decoded
+# Planes (frames or mosaic tiles) of one DICOM file: each becomes a Python record before the voxel
+# cap applies, so a header claiming millions of tiny frames would cost seconds and gigabytes first.
+MAX_PLANES = 100_000
+MAX_INFLATED_BYTES = 4 * 1024**3  # a Deflated Explicit VR data set, inflated, whatever the memory
+
 
 def physical_memory() -> int | None:
     """Bytes of RAM this process may use: the machine's, or less under an address-space limit
@@ -25,6 +31,13 @@ def image_memory_budget() -> int | None:
     memory (preprocessing workers run side by side, and the chain makes copies)."""
     memory = physical_memory()
     return None if memory is None else memory // 4
+
+
+def inflate_cap() -> int:
+    """Bytes a Deflated Explicit VR Little Endian data set may inflate to: half of
+    ``image_memory_budget`` (pydicom's parse copies the values once more), at most 4 GiB."""
+    budget = image_memory_budget()
+    return MAX_INFLATED_BYTES if budget is None else min(MAX_INFLATED_BYTES, budget // 2)
 
 
 def check_load_budget(shape: str, n_voxels: float, bytes_per_voxel: int, source: str) -> None:

@@ -8,17 +8,22 @@ Identifying values are collected for the redactor and kept in memory only (``Dic
 
 from __future__ import annotations
 
+import io
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, NamedTuple, cast
 
 import pydicom
-from pydicom.dataset import Dataset
+from pydicom import filereader
+from pydicom.dataset import Dataset, FileDataset
+from pydicom.filebase import DicomBytesIO
 from pydicom.tag import Tag
 from pydicom.uid import UID
 
 from pipeline.errors import ScanError
+from pipeline.io import codestream
 from pipeline.io import planes as plane_builders
 from pipeline.io.planes import Plane
 from pipeline.io.sniff import DICOM, DICOM_NO_META, EMPTY, sniff
@@ -29,9 +34,11 @@ from pipeline.privacy import (
     identifying_values,
     register_identifying,
 )
+from pipeline.resources import MAX_PLANES, MAX_VOXELS, check_load_budget, inflate_cap
 
 DEFER_SIZE = 1024  # bytes: larger values (pixel data, private blobs) are not read into memory
 MAX_FILE_BYTES = 4 * 1024**3
+INFLATE_CHUNK = 1 << 20  # compressed bytes fed to zlib per step
 HOSTILE_FACTOR = 64  # an element longer than 64x its file is a lie, not a truncation
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, FloatPixelData, DoubleFloatPixelData
@@ -129,10 +136,11 @@ def read_dataset(path: Path, *, source: str) -> Dataset:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, force=kind == DICOM_NO_META, defer_size=DEFER_SIZE)
-            if ds.file_meta.get("TransferSyntaxUID") == pydicom.uid.DeflatedExplicitVRLittleEndian:
-                # deferred values point into the inflated stream, not the file: read everything
-                ds = pydicom.dcmread(path, force=kind == DICOM_NO_META)
+            ds = _read_deflated(path, kind == DICOM_NO_META, source)
+            if ds is None:
+                ds = pydicom.dcmread(path, force=kind == DICOM_NO_META, defer_size=DEFER_SIZE)
+    except ScanError:
+        raise
     except _EOF_ERRORS as exc:
         raise ScanError("truncated", f"file ends inside the header ({type(exc).__name__})", source) from None
     except Exception as exc:  # pydicom raises many types; their texts may quote header values
@@ -140,6 +148,39 @@ def read_dataset(path: Path, *, source: str) -> Dataset:
     if not ds.file_meta.get("TransferSyntaxUID"):
         _infer_transfer_syntax(ds)
     return ds
+
+
+def _read_deflated(path: Path, force: bool, source: str) -> Dataset | None:
+    """A Deflated Explicit VR Little Endian file, inflated under ``inflate_cap()``; None for any
+    other transfer syntax. pydicom inflates the whole data set with ``zlib.decompress`` (a 300 KB
+    file can hold gigabytes of zeros), so the File Meta is read with pydicom's own reader, the rest
+    inflated here in bounded steps and parsed by pydicom from the bytes (nothing is deferred:
+    positions would refer to the inflated stream)."""
+    with path.open("rb") as fp:
+        preamble = filereader.read_preamble(fp, force)
+        meta = filereader._read_file_meta_info(fp)  # pydicom's reader; the public one hides the position
+        if meta.get("TransferSyntaxUID") != pydicom.uid.DeflatedExplicitVRLittleEndian:
+            return None
+        inflated = _inflate(fp, inflate_cap(), source)
+    buffer = cast(BinaryIO, DicomBytesIO(inflated))
+    dataset = filereader.read_dataset(buffer, is_implicit_VR=False, is_little_endian=True)
+    ds = FileDataset(buffer, dataset, preamble, meta, is_implicit_VR=False, is_little_endian=True)
+    ds.set_original_encoding(False, True, dataset._character_set)
+    return ds
+
+
+def _inflate(fp: BinaryIO, cap: int, source: str) -> bytes:
+    """The raw deflate stream from ``fp`` on, refused (``too_large``) past ``cap`` bytes before
+    more is allocated."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    out = bytearray()
+    while not inflater.eof and (chunk := inflater.unconsumed_tail or fp.read(INFLATE_CHUNK)):
+        out += inflater.decompress(chunk, cap + 1 - len(out))
+        if len(out) > cap:
+            raise ScanError(
+                "too_large", f"the deflated data set inflates past {cap} bytes, the cap for this machine", source
+            )
+    return bytes(out)
 
 
 def _infer_transfer_syntax(ds: Dataset) -> None:
@@ -189,11 +230,44 @@ def parse_header(ds: Dataset, path: Path, *, source: str) -> DicomHeader:
     """Validate ``ds`` (a dataset from ``read_dataset``) and extract a ``DicomHeader``.
 
     Raises ScanError for DICOMDIRs, non-image SOP classes, localizers, unsupported transfer
-    syntaxes, missing or truncated pixel data and invalid matrix values.
+    syntaxes, missing or truncated pixel data and invalid matrix values; any other exception
+    (a value of an unexpected type or multiplicity) becomes ``corrupt_header`` naming only its
+    type, so one file never aborts a scan and no header value is echoed.
     """
     with warnings.catch_warnings():  # pydicom warns with the offending value, which may identify
         warnings.simplefilter("ignore")
-        return _parse_header(ds, path, source)
+        try:
+            return _parse_header(ds, path, source)
+        except ScanError:
+            raise
+        except Exception as exc:
+            raise ScanError("corrupt_header", f"{type(exc).__name__} while reading the header", source) from None
+
+
+class _Matrix(NamedTuple):
+    rows: int
+    cols: int
+    n_frames: int
+    samples: int
+    bits_allocated: int
+    pixel_rep: int
+
+    @property
+    def n_samples(self) -> int:
+        return self.rows * self.cols * self.n_frames * self.samples
+
+
+def _read_matrix(ds: Dataset, source: str) -> _Matrix:
+    rows, cols = _required_int(ds, "Rows", source), _required_int(ds, "Columns", source)
+    if rows == 0 or cols == 0:
+        raise ScanError("corrupt_header", f"matrix of {rows}x{cols} pixels", source)
+    n_frames = _int(ds, "NumberOfFrames") if "NumberOfFrames" in ds else 1
+    if n_frames is None or n_frames < 1:
+        raise ScanError("corrupt_header", "NumberOfFrames (0028,0008) is missing or invalid", source)
+    samples = _required_int(ds, "SamplesPerPixel", source)
+    bits_allocated = _required_int(ds, "BitsAllocated", source)
+    pixel_rep = _required_int(ds, "PixelRepresentation", source)
+    return _Matrix(rows, cols, n_frames, samples, bits_allocated, pixel_rep)
 
 
 def _parse_header(ds: Dataset, path: Path, source: str) -> DicomHeader:
@@ -204,16 +278,11 @@ def _parse_header(ds: Dataset, path: Path, source: str) -> DicomHeader:
     sop_class, image_type = _check_is_image(ds, path, source)
     transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
     _check_transfer_syntax(transfer_syntax, source)
-    rows, cols = _required_int(ds, "Rows", source), _required_int(ds, "Columns", source)
-    if rows == 0 or cols == 0:
-        raise ScanError("corrupt_header", f"matrix of {rows}x{cols} pixels", source)
-    n_frames = _int(ds, "NumberOfFrames") if "NumberOfFrames" in ds else 1
-    if n_frames is None or n_frames < 1:
-        raise ScanError("corrupt_header", "NumberOfFrames (0028,0008) is missing or invalid", source)
-    samples = _required_int(ds, "SamplesPerPixel", source)
-    bits_allocated = _required_int(ds, "BitsAllocated", source)
-    pixel_rep = _required_int(ds, "PixelRepresentation", source)
-    _check_pixel_data(ds, path, rows * cols * n_frames * samples, bits_allocated, source)
+    m = _read_matrix(ds, source)
+    photometric = _text(ds, "PhotometricInterpretation").upper() or "MONOCHROME2"
+    _check_size(ds, path, m, photometric, source)
+    _check_pixel_data(ds, path, m, source)
+    rows, cols, n_frames = m.rows, m.cols, m.n_frames
     built = plane_builders.build_planes(ds, rows=rows, cols=cols, n_frames=n_frames, source=source)
     warn = list(built.warnings)
     if getattr(ds.file_meta, "_cohortnet_inferred_ts", False):
@@ -230,10 +299,10 @@ def _parse_header(ds: Dataset, path: Path, source: str) -> DicomHeader:
         rows=rows,
         cols=cols,
         n_frames=n_frames,
-        samples=samples,
-        photometric=_text(ds, "PhotometricInterpretation").upper() or "MONOCHROME2",
-        bits_stored=_int(ds, "BitsStored") or bits_allocated,
-        pixel_rep=pixel_rep,
+        samples=m.samples,
+        photometric=photometric,
+        bits_stored=_int(ds, "BitsStored") or m.bits_allocated,
+        pixel_rep=m.pixel_rep,
         image_type=image_type,
         planes=built.planes,
         description=clean_description(_text(ds, "SeriesDescription"), identifying),
@@ -308,19 +377,77 @@ def _check_deferred_lengths(ds: Dataset, path: Path, source: str, tags: list[int
         )
 
 
-def _check_pixel_data(ds: Dataset, path: Path, n_samples: int, bits_allocated: int, source: str) -> None:
-    """Pixel data must fit in the file and, when uncompressed, hold every sample."""
+def _check_size(ds: Dataset, path: Path, m: _Matrix, photometric: str, source: str) -> None:
+    """Before a plane record per frame is built and before any frame is decoded: the voxel cap, the
+    memory of the decoded frames, the plane cap and, for encapsulated data, one item per frame."""
+    shape = "x".join(map(str, (m.n_frames, m.rows, m.cols, m.samples)))
+    if m.n_samples > MAX_VOXELS:
+        raise ScanError("too_large", f"{shape} (frames x rows x columns x samples) exceed {MAX_VOXELS} voxels", source)
+    # stored values as decoded by pydicom; a palette maps each to three 16-bit values
+    bytes_per_sample = 6 if photometric == "PALETTE COLOR" else (m.bits_allocated + 7) // 8
+    check_load_budget(shape, m.n_samples, bytes_per_sample, source)
+    if m.n_frames > MAX_PLANES:
+        raise ScanError("too_large", f"{m.n_frames} frames exceed the cap of {MAX_PLANES} per file", source)
+    if not UID(str(ds.file_meta.get("TransferSyntaxUID", ""))).is_compressed:
+        return
+    available = _pixel_bytes(ds, path)
+    if available is not None and m.n_frames * 8 > available:  # every frame needs an 8-byte item header
+        raise ScanError(
+            "corrupt_header",
+            f"NumberOfFrames is {m.n_frames}; the encapsulated pixel data ({available} bytes) holds at most "
+            f"{available // 8} frames",
+            source,
+        )
+
+
+def _pixel_element(ds: Dataset) -> Any:
+    return ds.get_item(next(t for t in PIXEL_TAGS if t in ds), keep_deferred=True)
+
+
+def _pixel_bytes(ds: Dataset, path: Path) -> int | None:
+    """Bytes of pixel data that can exist: the value's length, or up to the end of the file."""
+    elem = _pixel_element(ds)
+    value = getattr(elem, "value", None)
+    if isinstance(value, bytes | bytearray):
+        return len(value)
+    tell = getattr(elem, "value_tell", None)
+    return None if tell is None else max(path.stat().st_size - tell, 0)
+
+
+def _check_pixel_data(ds: Dataset, path: Path, m: _Matrix, source: str) -> None:
+    """Pixel data must fit in the file and, when uncompressed, hold every sample; a compressed
+    first frame must declare the header's size (``codestream``)."""
     pixel_tag = next(t for t in PIXEL_TAGS if t in ds)
     _check_deferred_lengths(ds, path, source, [pixel_tag])
     uid = UID(str(ds.file_meta.get("TransferSyntaxUID", "")))
     if uid.is_compressed:
+        _check_first_frame(ds, path, m, uid, source)
         return
-    expected = (n_samples * bits_allocated + 7) // 8
+    expected = (m.n_samples * m.bits_allocated + 7) // 8
     elem = ds.get_item(pixel_tag, keep_deferred=True)
     value = getattr(elem, "value", None)
     length = len(value) if isinstance(value, bytes | bytearray) else getattr(elem, "length", None)
     if length is not None and length != UNDEFINED_LENGTH and length < expected:
         raise ScanError("truncated", f"pixel data holds {length} of {expected} bytes", source)
+
+
+def _check_first_frame(ds: Dataset, path: Path, m: _Matrix, uid: str, source: str) -> None:
+    """The first frame's codestream size against the header, from the first bytes of its fragments
+    (no pixel data is loaded); ``pixels.decode`` checks every frame before decoding."""
+    if not codestream.declares_size(uid):
+        return
+    elem = _pixel_element(ds)
+    value = getattr(elem, "value", None)
+    try:
+        if isinstance(value, bytes | bytearray):
+            prefix = codestream.first_fragments(io.BytesIO(value))
+        else:
+            with path.open("rb") as fp:
+                fp.seek(elem.value_tell)
+                prefix = codestream.first_fragments(fp)
+    except (ValueError, OSError, TypeError):
+        raise ScanError("corrupt_header", "encapsulated pixel data without a Basic Offset Table item", source) from None
+    codestream.check_frames([prefix], uid, (m.rows, m.cols, m.samples), source)
 
 
 def read_header(path: str | Path, *, source: str) -> tuple[DicomHeader, Dataset]:

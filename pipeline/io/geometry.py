@@ -57,6 +57,35 @@ def orientation_code(affine: np.ndarray) -> str:
     return "".join(c or "?" for c in aff2axcodes(affine))
 
 
+def plane_affine(affine: np.ndarray) -> np.ndarray:
+    """A 2-D image's affine with the world axes turned into the image's own plane.
+
+    MONAI's 2-D spatial transforms (Orientation, Spacing) read the top-left 2x2 block of the
+    affine, i.e. how the columns and rows move in R and A. For a coronal radiograph or a sagittal
+    slice that block is singular (rows run along S), so they fail. Here the world is rotated so
+    that its first two axes lie in the image plane: the projections of the two world axes the
+    plane spans most (R and A for axial, R and S for coronal, A and S for sagittal), made
+    orthonormal, and the normal third. The block then holds the in-plane directions and exact
+    pixel spacings; "RA" orients a coronal image to R and S, as a radiograph is read. An axial
+    image keeps its affine unchanged.
+    """
+    a = np.asarray(affine, float)
+    normal = np.cross(a[:3, 0], a[:3, 1])
+    if not np.linalg.norm(normal) > 0:  # no plane (refused when loaded): nothing to turn
+        return a.copy()
+    normal /= np.linalg.norm(normal)
+    first, second = (k for k in range(3) if k != int(np.argmax(np.abs(normal))))
+    basis: list[np.ndarray] = []
+    for k in (first, second):
+        v = np.eye(3)[k] - (np.eye(3)[k] @ normal) * normal  # the world axis projected to the plane
+        for b in basis:
+            v -= (v @ b) * b
+        basis.append(v / np.linalg.norm(v))
+    rotation = np.eye(4)
+    rotation[:3, :3] = np.stack([*basis, np.cross(basis[0], basis[1])])
+    return rotation @ a
+
+
 def _unit_axes(orientation: Sequence[float], source: str) -> tuple[np.ndarray, np.ndarray]:
     o = np.asarray(orientation, float)
     if not np.all(np.isfinite(o)):

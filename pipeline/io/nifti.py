@@ -18,8 +18,7 @@ import numpy as np
 
 from pipeline.errors import ScanError
 from pipeline.io.sniff import NIFTI_GZ
-from pipeline.io.volume import MAX_VOXELS
-from pipeline.resources import check_load_budget
+from pipeline.resources import MAX_VOXELS, check_load_budget
 
 GZIP_MAX_RATIO = 1032  # deflate cannot expand more: a larger claim is a lying header
 DISAGREE_MM = 1.0

@@ -9,13 +9,16 @@ MONOCHROME1 over the rescaled stored range, so bright means dense for every read
 
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
 
 from pipeline.errors import ScanError
+from pipeline.io import codestream
 from pipeline.io.dicom import DicomHeader
 from pipeline.io.planes import Plane
 
@@ -38,6 +41,7 @@ def decode(ds: Dataset, header: DicomHeader, *, source: str) -> np.ndarray:
     """Stored values of every frame: (frames, rows, columns, samples)."""
     if header.photometric not in MONO + COLOR + ("PALETTE COLOR",):
         raise ScanError("unsupported_image", f"photometric interpretation {header.photometric}", source)
+    _check_codestreams(ds, header, source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -58,6 +62,24 @@ def decode(ds: Dataset, header: DicomHeader, *, source: str) -> np.ndarray:
     if arr.shape[:3] != expected:
         raise ScanError("decode_failed", f"decoded shape {arr.shape[:3]} differs from header {expected}", source)
     return arr
+
+
+def _check_codestreams(ds: Dataset, header: DicomHeader, source: str) -> None:
+    """Every frame's codestream must declare the header's size before pydicom decodes it: the decoder
+    allocates what the codestream says (``read_header`` checked the first frame already)."""
+    if not codestream.declares_size(header.transfer_syntax):
+        return
+    offsets = None
+    if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
+        offsets = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+    try:
+        frames = generate_frames(ds.PixelData, number_of_frames=header.n_frames, extended_offsets=offsets)
+        expected = (header.rows, header.cols, header.samples)
+        codestream.check_frames(itertools.islice(frames, header.n_frames), header.transfer_syntax, expected, source)
+    except ScanError:
+        raise
+    except Exception as exc:  # pydicom's texts are not ours to show
+        raise ScanError("decode_failed", f"the frames cannot be split ({type(exc).__name__})", source) from None
 
 
 def plane_values(frames: np.ndarray, ds: Dataset, header: DicomHeader, plane: Plane) -> np.ndarray:

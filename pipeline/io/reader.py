@@ -22,6 +22,7 @@ from monai.utils import ImageMetaKey, MetaKeys, SpaceKeys
 
 from pipeline.errors import ScanError
 from pipeline.io import sniff
+from pipeline.io.geometry import plane_affine
 from pipeline.io.loader import Scan, default_source, load_scan
 from pipeline.schema import IMAGE_ID
 
@@ -47,16 +48,25 @@ def collatable_meta(scan: Scan) -> dict[str, Any]:
     return meta
 
 
+def monai_affine(scan: Scan) -> np.ndarray:
+    """The affine MONAI's spatial transforms get: the RAS affine, for a 2-D image turned into the
+    image's plane (``geometry.plane_affine``: a coronal or sagittal image has no 2-D RA block)."""
+    channel_first = scan.meta.get("channel_dim") == 0
+    spatial = scan.array.ndim - (1 if channel_first else 0)
+    return plane_affine(scan.affine) if spatial == 2 else scan.affine.copy()
+
+
 def to_metatensor(scan: Scan, name: str) -> MetaTensor:
-    """Channel-first MetaTensor (C, X, Y[, Z]) float32 with the RAS affine and non-identifying meta."""
+    """Channel-first MetaTensor (C, X, Y[, Z]) float32 with non-identifying meta; ``affine`` is
+    ``monai_affine``, ``original_affine`` the RAS affine of the source (also for 2-D)."""
     channel_first = scan.meta.get("channel_dim") == 0
     array = scan.array if channel_first else scan.array[None]
-    affine = torch.as_tensor(scan.affine, dtype=torch.float64)
+    affine = torch.as_tensor(monai_affine(scan), dtype=torch.float64)
     meta = collatable_meta(scan)
     meta.update(
         {
             ImageMetaKey.FILENAME_OR_OBJ: name,
-            MetaKeys.ORIGINAL_AFFINE: affine.clone(),
+            MetaKeys.ORIGINAL_AFFINE: torch.as_tensor(scan.affine, dtype=torch.float64),
             MetaKeys.SPATIAL_SHAPE: np.asarray(array.shape[1:]),
             MetaKeys.ORIGINAL_CHANNEL_DIM: 0,
             MetaKeys.SPACE: SpaceKeys.RAS,
@@ -150,7 +160,7 @@ class CohortnetDicomReader(ImageReader):
         channel_first = img.meta.get("channel_dim") == 0
         meta.update(
             {
-                MetaKeys.AFFINE: img.affine.copy(),
+                MetaKeys.AFFINE: monai_affine(img),
                 MetaKeys.ORIGINAL_AFFINE: img.affine.copy(),
                 MetaKeys.SPATIAL_SHAPE: np.asarray(img.array.shape[1:] if channel_first else img.array.shape),
                 MetaKeys.ORIGINAL_CHANNEL_DIM: 0 if channel_first else float("nan"),

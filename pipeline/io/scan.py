@@ -323,6 +323,8 @@ def read_file(job: tuple[Path, str]) -> tuple[str, DicomHeader | tuple[str, str]
         return kind, read_header(path, source=fid)[0]
     except ScanError as exc:
         return "failed", (exc.reason, exc.detail)
+    except Exception as exc:  # read_header maps its own failures; anything else is still one file's verdict
+        return "failed", ("corrupt_header", f"{type(exc).__name__} while reading the header")
 
 
 def _classify_file(run: _Run, path: Path, fid: str, result: tuple[str, Any]) -> None:

@@ -17,9 +17,8 @@ from pipeline.errors import ScanError
 from pipeline.io import pixels
 from pipeline.io.geometry import Geometry, plan_geometry
 from pipeline.io.series import Stack
-from pipeline.resources import check_load_budget
+from pipeline.resources import MAX_VOXELS, check_load_budget
 
-MAX_VOXELS = 1_000_000_000  # 4 GB as float32; more is refused before any pixel is decoded
 VOLUME_POLICIES = ("refuse", "first", "mean", "all")
 
 

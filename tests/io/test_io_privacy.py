@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from factories import CanaryTree, find_canary
+from factories import CanaryTree, find_canary, write_series
 
 from pipeline.errors import ScanError
 from pipeline.io import LoadScand, ScanOptions, convert, load_scan, scan_tree
@@ -64,6 +64,39 @@ def test_descriptions_are_cleaned_against_the_headers_identifiers() -> None:
     assert clean_description("T1 AXIAL post", ["Doe^Jane"]) == "T1 AXIAL post"
     assert clean_description("Jane T1", ["Doe^Jane"]) == "[redacted]"
     assert clean_description("=HYPERLINK(x)", []) == "HYPERLINK(x)"
+
+
+@pytest.mark.parametrize(
+    ("name", "description", "kept"),
+    [
+        ("Nguyen^Thi Minh Anh", "Anh Nguyen MR", "Thin slices Anhydrous"),  # more than 3 name tokens
+        ("Li^Wu", "T1 Li Wu", "Lipid WUSTL T1"),  # 2-letter names, matched as whole words only
+        ("Garcia Lopez^Maria Jose", "Maria Garcia T1 brain", "T1 brain"),
+    ],
+)
+def test_every_part_of_a_person_name_is_identifying(name: str, description: str, kept: str) -> None:
+    assert clean_description(description, [name]) == "[redacted]"
+    assert clean_description(kept, [name]) == kept
+    r = Redactor()
+    r.register_values([name])
+    out = r.redact(f"warning for {description}; {kept}")
+    assert out.endswith(f"; {kept}")
+    assert (
+        not {w.lower() for w in description.split()}
+        & set(name.lower().replace("^", " ").split())
+        & set(out.lower().split())
+    )
+
+
+def test_names_and_ids_in_headers_match_token_by_token(tmp_path: Path) -> None:
+    root = tmp_path / "export"
+    write_series(root / "a", PatientName="Nguyen^Thi Minh Anh", SeriesDescription="Anh Nguyen T1")
+    write_series(root / "b", PatientName="Li^Wu", PatientID="P2", SeriesDescription="Li Wu T2")
+    write_series(root / "c", PatientName="Doe^Jo", PatientID="A1 B22 C333 D4444 E5555", SeriesDescription="E5555 T2")
+    write_series(root / "d", PatientName="Lin^Wen", PatientID="P4", SeriesDescription="Lipid T2")
+    scan_tree(root, tmp_path / "out" / "manifest.csv", ScanOptions(progress=False))
+    descriptions = pd.read_csv(tmp_path / "out" / "manifest.csv")["series_description"]
+    assert sorted(descriptions) == ["Lipid T2", "[redacted]", "[redacted]", "[redacted]"]
 
 
 @pytest.fixture
