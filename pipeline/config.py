@@ -31,6 +31,7 @@ ARCHS = opt.ARCHS
 
 
 REPEATABLE_SCHEMES = ("kfold",)
+VAL_FRACTION_TOLERANCE = 0.005  # 0.333 is 1/3; 0.3 is refused (it would be 1/3 or 1/4)
 SEARCH_SECTIONS = ("model", "data", "train")  # what a search point may change
 MAX_SEARCH_POINTS = 64
 
@@ -456,18 +457,53 @@ def _number_problems(cfg: WorkflowConfig) -> list[str]:
         problems.append(f"data.workers must be >= 0, got {cfg.data.workers}")
     if cfg.train.lr <= 0:
         problems.append(f"train.lr must be > 0, got {cfg.train.lr}")
-    if cfg.validation.scheme == "kfold" and cfg.validation.folds < 2:
-        problems.append(f"validation.folds must be >= 2 for scheme kfold, got {cfg.validation.folds}")
-    if cfg.validation.scheme == "leave_one_group_out" and not cfg.validation.group:
-        problems.append("validation.group must name a manifest column (site, scanner...) for leave_one_group_out")
+    problems += _validation_problems(cfg.validation)
     problems += _member_problems(cfg)
     problems += _search_problems(cfg)
-    if not 0 < cfg.validation.inner_val_fraction < 1:
-        problems.append(
-            f"validation.inner_val_fraction must be between 0 and 1, got {cfg.validation.inner_val_fraction}"
-        )
     if not 0 <= cfg.model.dropout < 1:
         problems.append(f"model.dropout must be in [0, 1), got {cfg.model.dropout}")
+    return problems
+
+
+# the validation keys each scheme reads; any other one set to a non-default value is refused
+# (validation.group with scheme kfold would silently give plain k-fold)
+_SCHEME_KEYS = {
+    "holdout": {"repeats"},
+    "kfold": {"folds", "inner_val_fraction", "repeats"},
+    "leave_one_group_out": {"group", "inner_val_fraction", "repeats"},
+    "nested": {"folds", "inner_folds", "repeats"},
+}
+
+
+def inner_val_groups(fraction: float) -> int:
+    """n of ``inner_val_fraction`` 1/n: a fold's validation patients are one of n stratified patient
+    groups of its training patients (``crossval``), so only shares 1/n, at most 0.5, are exact."""
+    return max(2, math.floor(1 / fraction + 0.5))
+
+
+def _validation_problems(v: ValidationConfig) -> list[str]:
+    """Keys the scheme does not read, and a validation share the splitter cannot honour."""
+    problems: list[str] = []
+    if v.scheme == "kfold" and v.folds < 2:
+        problems.append(f"validation.folds must be >= 2 for scheme kfold, got {v.folds}")
+    if v.scheme == "leave_one_group_out" and not v.group:
+        problems.append("validation.group must name a manifest column (site, scanner...) for leave_one_group_out")
+    default = ValidationConfig()
+    for key in ("folds", "inner_folds", "group", "inner_val_fraction"):
+        if key not in _SCHEME_KEYS.get(v.scheme, {key}) and getattr(v, key) != getattr(default, key):
+            problems.append(f"validation.{key} is not used by scheme {v.scheme}: remove it (or choose another scheme)")
+    fraction = v.inner_val_fraction
+    if not 0 < fraction < 1:
+        problems.append(f"validation.inner_val_fraction must be between 0 and 1, got {fraction}")
+    elif "inner_val_fraction" in _SCHEME_KEYS.get(v.scheme, set()):
+        n = inner_val_groups(fraction)
+        if abs(1 / n - fraction) > VAL_FRACTION_TOLERANCE:
+            nearest = sorted({max(2, math.floor(1 / fraction)), math.ceil(1 / fraction)})
+            options = " or ".join(f"{1 / k:.3g} (1/{k})" for k in nearest if k >= 2)
+            problems.append(
+                f"validation.inner_val_fraction {fraction}: the validation patients are one of n stratified "
+                f"groups of each fold's training patients, so the share is 1/n (at most 0.5); use {options}"
+            )
     return problems
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
+from pipeline.config import inner_val_groups
 from pipeline.errors import LeakageError
 from pipeline.schema import FOLD, GROUP, INNER, MEMBER_COLUMNS, PATIENT_ID, ROLE, SPLIT, TARGET
 
@@ -31,7 +32,7 @@ def _grouped_split(patients: pd.DataFrame, n_splits: int, seed: int) -> list[np.
 
 def _inner_val(train_patients: pd.DataFrame, fraction: float, seed: int) -> set[str]:
     """Carve the validation patients out of a fold's training patients, stratified by label."""
-    n_splits = max(2, round(1 / fraction))
+    n_splits = inner_val_groups(fraction)
     # StratifiedGroupKFold needs at least n_splits members per class to stratify well; fall back
     # to fewer splits (a larger validation share) rather than an empty class in validation.
     min_class = int(train_patients[TARGET].value_counts().min()) if train_patients[TARGET].nunique() > 1 else 0

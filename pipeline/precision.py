@@ -16,7 +16,8 @@ whose bf16 result is not finite or not within ``TOLERANCE`` of fp32 is kept in f
 processes only), so on a CPU every convolution whose kernel is larger than its input map (mostly
 padding; such maps are tiny and cheap in fp32) is kept in fp32 without relying on the check. A
 fold records the decision in its checkpoint, and a resumed fold reuses it. Normalisation statistics, the loss, the
-sigmoid and the optimiser state stay in fp32 anyway (autocast's own rules and ``training.py``).
+sigmoid and the optimiser state stay in fp32 anyway (autocast's own rules and ``training.py``),
+and so does the classifier head (``classifier_head``), so the scores are not rounded to bf16.
 """
 
 from __future__ import annotations
@@ -225,9 +226,20 @@ def resolve_precision(
         return Precision(False, reason="no layer of this model computes correctly in bf16 on this machine")
     for name, why in bad.items():
         log.info("bf16 check: layer %s %s: kept in fp32", name, why)
-    keep_in_fp32(model, list(bad))
+    head = classifier_head(model)
+    kept = [*bad, *([head] if head is not None and head not in bad else [])]
+    keep_in_fp32(model, kept)
     reason = "their bf16 kernels are wrong or not trusted at these shapes on this machine" if bad else ""
-    return Precision(True, tuple(bad), reason)
+    if head is not None:  # bf16 logits have 8 bits of mantissa: 400 images gave 159 distinct scores
+        reason = "; ".join(filter(None, [reason, f"the classifier head {head} keeps the scores' fp32 resolution"]))
+    return Precision(True, tuple(kept), reason)
+
+
+def classifier_head(model: nn.Module) -> str | None:
+    """The name of the model's last linear layer (the logit head), computed in fp32 under bf16
+    autocast so that scores, their ranks (AUC, ties) and the locked threshold are not rounded."""
+    linear = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    return linear[-1] if linear else None
 
 
 def choose_precision(cfg: WorkflowConfig, model: nn.Module, device: torch.device) -> Precision:

@@ -8,7 +8,10 @@ Samples are dicts: ``{"image": path or tensor (C, X, Y[, Z]) float32, "image_id"
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 from monai.transforms import (
@@ -31,6 +34,7 @@ from monai.transforms import (
 
 from pipeline.config import DataConfig
 from pipeline.io import LoadScand
+from pipeline.provenance import package_versions
 
 KEY = "image"
 # Augmentation ranges and probabilities, shared by this MONAI chain and the batched form (augment.py).
@@ -108,5 +112,16 @@ def preprocessing_fingerprint(data: DataConfig, spatial_dims: int) -> str:
         "intensity": {"mode": data.intensity.mode, "window": list(data.intensity.window)},
         "nonfinite": data.nonfinite,
         "chain": [type(t).__name__ for t in deterministic_transforms(data, spatial_dims).transforms],
+        "code": preprocessing_code(),
     }
     return json.dumps(spec, sort_keys=True)
+
+
+@functools.cache
+def preprocessing_code() -> dict[str, Any]:
+    """What else makes the tensors: the readers' and this chain's source (a fix to either must not
+    reuse tensors cached before it) and the libraries that load and resample."""
+    root = Path(__file__).parent
+    files = sorted([*root.joinpath("io").glob("*.py"), root / "transforms.py"])
+    source = hashlib.sha256(b"".join(f.name.encode() + f.read_bytes() for f in files)).hexdigest()[:16]
+    return {"source": source, **package_versions(("monai", "torch", "numpy", "nibabel", "pydicom", "scipy"))}

@@ -94,7 +94,9 @@ def make_workflow(tmp_path: Path) -> Callable[..., Path]:
             "output_dir": "reports",
         }
         for key, value in sections.items():
-            if isinstance(value, dict) and isinstance(wf.get(key), dict):
+            if key == "validation" and "scheme" in value:  # another scheme reads other keys
+                wf[key] = value
+            elif isinstance(value, dict) and isinstance(wf.get(key), dict):
                 wf[key] = {**wf[key], **value}
             else:
                 wf[key] = value

@@ -270,3 +270,37 @@ def test_a_billion_laughs_workflow_is_refused_before_it_expands(tmp_path: Path) 
         + "}"
     )
     assert parse_overrides([f"train.epochs={text}"]) == {"train": {"epochs": text}}  # kept as text, never expanded
+
+
+@pytest.mark.parametrize(
+    ("validation", "message"),
+    [
+        ({"scheme": "kfold", "group": "site"}, "validation.group is not used by scheme kfold"),
+        ({"scheme": "holdout", "folds": 10}, "validation.folds is not used by scheme holdout"),
+        ({"scheme": "kfold", "inner_folds": 4}, "validation.inner_folds is not used by scheme kfold"),
+        ({"scheme": "nested", "inner_val_fraction": 0.1}, "validation.inner_val_fraction is not used by scheme nested"),
+        ({"scheme": "leave_one_group_out", "group": "site", "folds": 3}, "validation.folds is not used by scheme"),
+        (
+            {"scheme": "kfold", "inner_val_fraction": 0.3},
+            "so the share is 1/n (at most 0.5); use 0.333 (1/3) or 0.25 (1/4)",
+        ),
+        ({"scheme": "kfold", "inner_val_fraction": 0.6}, "use 0.5 (1/2)"),
+    ],
+)
+def test_a_validation_key_the_scheme_cannot_honour_is_refused(tmp_path: Path, validation: dict, message: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        load_config(write(tmp_path, {"validation": validation}))
+    assert message in "\n".join(info.value.problems)
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.333, 0.25, 0.2, 0.143, 0.1])
+def test_a_validation_share_of_one_in_n_is_what_the_folds_get(tmp_path: Path, fraction: float) -> None:
+    import pandas as pd
+
+    from pipeline.crossval import kfold_splits
+
+    cfg = load_config(write(tmp_path, {"validation": {"scheme": "kfold", "inner_val_fraction": fraction}}))
+    patients = pd.DataFrame({"patient_id": [f"P{i:03d}" for i in range(420)], "target": [i % 2 for i in range(420)]})
+    splits = kfold_splits(patients, 5, cfg.validation.inner_val_fraction, seed=0)
+    per_fold = splits[splits["role"] != "test"].groupby("fold")["role"].apply(lambda r: (r == "val").mean())
+    assert per_fold.to_numpy() == pytest.approx(fraction, abs=0.01)

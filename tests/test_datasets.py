@@ -105,3 +105,18 @@ def test_worker_count_follows_the_cpus_and_the_ranks(monkeypatch: pytest.MonkeyP
     assert preprocess_workers(None, ranks_per_node=8) == 0
     assert preprocess_workers(3) == 3
     assert preprocess_workers(0) == 0
+
+
+def test_the_cache_key_changes_with_the_readers_code_and_libraries(monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    import monai
+
+    from pipeline import transforms
+
+    data = DataConfig(spatial_size=(8, 8, 8))
+    key = json.loads(preprocessing_fingerprint(data, 3))
+    assert key["code"]["monai"] == monai.__version__
+    assert len(key["code"]["source"]) == 16
+    monkeypatch.setattr(transforms, "preprocessing_code", lambda: {**key["code"], "source": "0" * 16})
+    assert preprocessing_fingerprint(data, 3) != json.dumps(key, sort_keys=True)  # a fixed reader: a new key

@@ -3,6 +3,7 @@ fp32, on every machine (a broken kernel is emulated where the CPU's own are corr
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from pipeline.models import build_model
 from pipeline.precision import (
     Precision,
     bf16_error,
+    classifier_head,
     cpu_has_native_bf16,
     keep_in_fp32,
     resolve_precision,
@@ -65,8 +67,9 @@ def test_a_broken_bf16_layer_is_found_and_kept_in_fp32() -> None:
     assert set(unsafe_bf16_layers(model, (1, 6, 7, 8), 4, CPU)) == {"2"}
     keys = list(model.state_dict())
     precision = resolve_precision(model, "bf16", CPU, (1, 6, 7, 8), batch_size=4)
-    assert precision == Precision(True, ("2",), precision.reason)
-    assert "kept in fp32 (2)" in precision.describe()
+    assert precision == Precision(True, ("2", "5"), precision.reason)  # the broken layer, and the head
+    assert "kept in fp32 (2, 5)" in precision.describe()
+    assert "classifier head 5" in precision.reason
     assert list(model.state_dict()) == keys  # checkpoints stay loadable
     assert isinstance(model[2], BrokenBf16Conv3d)
     # trained under bf16 autocast, the kept layer gets a finite gradient and an fp32 output
@@ -77,6 +80,7 @@ def test_a_broken_bf16_layer_is_found_and_kept_in_fp32() -> None:
         kept = model[2](model[1](first))
     assert first.dtype == torch.bfloat16  # the other layers keep bf16
     assert kept.dtype == torch.float32
+    assert out.dtype == torch.float32  # the head's logits are not rounded to bf16
     out.float().sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
@@ -118,3 +122,18 @@ def test_keep_in_fp32_twice_is_harmless() -> None:
     cls = type(model[2])
     keep_in_fp32(model, ["2"])
     assert type(model[2]) is cls
+
+
+def test_the_resnets_classifier_head_computes_in_fp32_so_scores_are_not_rounded() -> None:
+    cfg = ModelConfig(arch="resnet10", spatial_dims=2, stem_stride=1, norm="batch", widen_factor=0.25)
+    torch.manual_seed(0)
+    assert classifier_head(build_model(dataclasses.replace(cfg, dropout=0.2))) == "fc.1"  # behind its dropout
+    model = build_model(cfg).eval()
+    assert classifier_head(model) == "fc"
+    precision = resolve_precision(model, "bf16", CPU, (1, 12, 12), batch_size=4)
+    assert "fc" in precision.fp32_layers
+    x = torch.randn(64, 1, 12, 12)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x)
+    assert logits.dtype == torch.float32
+    assert logits.unique().numel() == 64  # bf16 logits would tie (8 bits of mantissa)
