@@ -7,7 +7,9 @@ false negatives (lowest score), the borderline patients (nearest the threshold),
 positives and true negatives (score nearest their category's median). Each chosen patient is shown
 by the image that drove the call: the highest-scoring one for a positive call, the lowest-scoring
 for a negative. Ties go to the smaller id, so the rule is deterministic; no random draw is made
-(the seed is recorded with the counts requested and found per category).
+(the seed is recorded with the counts requested and found per category). A category with fewer
+patients than its share passes the rest on to the next one, so a model without errors is still
+shown by ``explain.cases`` maps (borderline and typical cases) when the test set has them.
 
 Maps: ``monai.visualize.GradCAM`` or ``GradCAMpp`` on ``layer4`` (the last convolutional stage of
 MONAI's ResNet), for the one logit (the positive class), with MONAI's postprocessing replaced by
@@ -85,7 +87,8 @@ SELECTION_RULE = (
     "evaluation.aggregate; positive when score >= threshold); in order: false positives with the highest "
     "scores, false negatives with the lowest, the remaining patients nearest the threshold, true positives "
     "and true negatives nearest their category's median score; each shown by the image that drove the call "
-    "(highest-scoring for a positive call, lowest for a negative); ties by id"
+    "(highest-scoring for a positive call, lowest for a negative); ties by id; a category with fewer "
+    "patients than its share passes the rest of its share on to the next"
 )
 NORMALISATION = (
     "ReLU, then divided by the map's maximum for each fold model; the fold models that scored the case "
@@ -180,10 +183,12 @@ def select_cases(
     taken: set[int] = set()
     chosen: list[pd.DataFrame] = []
     counts: dict[str, Any] = {}
+    carried = 0  # what the earlier categories could not fill
     for name in CATEGORIES:
         free = pools[name] & ~df.index.isin(list(taken))
         pool = df[free].assign(_key=keys[name][free]).sort_values(["_key", IMAGE_ID], kind="mergesort")
-        pick = pool.head(budget[name]).drop(columns="_key").assign(category=name)
+        pick = pool.head(budget[name] + carried).drop(columns="_key").assign(category=name)
+        carried = budget[name] + carried - len(pick)
         taken.update(int(i) for i in pick.index)
         chosen.append(pick)
         counts[name] = {"requested": budget[name], "found": len(pick), "available": int(free.sum())}
@@ -192,7 +197,8 @@ def select_cases(
 
 
 def shortfalls(counts: dict[str, Any]) -> list[str]:
-    """Sentences for the categories that had fewer cases than requested."""
+    """Sentences for the categories that had fewer cases than their share (the rest of which went to
+    the next category)."""
     return [
         f"{name.replace('_', ' ')}: {c['found']} of {c['requested']} requested (only {c['available']} available)"
         for name, c in counts.items()

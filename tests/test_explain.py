@@ -158,6 +158,15 @@ def test_cases_are_chosen_by_the_recorded_rule() -> None:
     cases, counts = select_cases(hand_made_predictions(), threshold=0.5, n_cases=20)
     assert counts["false_positive"] == {"requested": 4, "found": 3, "available": 3}
     assert "false positive: 3 of 4 requested (only 3 available)" in shortfalls(counts)
+    assert counts["false_negative"]["found"] == min(5, counts["false_negative"]["available"])  # 4 + the 1 left
+    assert len(cases) == min(20, sum(1 for _ in hand_made_predictions().groupby("patient_id")))
+
+    # a model without errors is still shown: the error categories' shares go to the next ones
+    perfect = hand_made_predictions().assign(score=lambda d: np.where(d["target"] == 1, 0.9, 0.1))
+    shown, shown_counts = select_cases(perfect, threshold=0.5, n_cases=4)
+    assert shown_counts["false_positive"]["found"] == shown_counts["false_negative"]["found"] == 0
+    assert len(shown) == 4
+    assert set(shown["category"]) <= {"borderline", "true_positive", "true_negative"}
     p5 = cases.set_index("image_id").loc["p5"]
     assert p5.fold == "0;1"
     assert p5.score == pytest.approx(0.95)
