@@ -269,3 +269,39 @@ def test_prediction_folders_compare_without_a_splits_check(tmp_path: Path, capsy
     assert "not applicable" in result["checks"][-1]["detail"]
     unlabelled = write_prediction(tmp_path, "unlabelled", scores_for(2), labelled=False)
     assert "compare needs labels" in refused(tmp_path, capsys, a, unlabelled)
+
+
+def test_predictions_of_study_patients_are_refused_unless_allowed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = write_run(tmp_path, "a", scores_for(1))
+    leaky = write_prediction(tmp_path, "leaky", scores_for(2))
+    prov = json.loads((leaky / "provenance.json").read_text())
+    (leaky / "provenance.json").write_text(json.dumps({**prov, "study_patients_predicted": 12}))
+    err = refused(tmp_path, capsys, a, leaky)
+    assert "B (syn/leaky): 12 patient(s) trained or validated the models that scored them" in err
+    assert "--allow-study-patients" in err
+    code, result = compare(tmp_path, a, leaky, extra=("--allow-study-patients",))
+    assert code == 0
+    assert result is not None
+    assert result["options"]["allow_study_patients"] is True
+    assert [c["passed"] for c in result["checks"] if c["check"].startswith("predictions of held-out")] == [False]
+    assert "not an independent test" in result["warnings"][0]
+    assert "not an independent test" in (tmp_path / "cmp" / "compare.html").read_text()
+
+
+def test_labels_are_read_as_the_pipeline_reads_them_and_unlabelled_patients_are_left_out(tmp_path: Path) -> None:
+    a = write_run(tmp_path, "a", scores_for(1))
+    ext = write_prediction(tmp_path, "ext", scores_for(2))
+    table = pd.read_csv(ext / "per_patient.csv")
+    table["label"] = table["label"].map({1: "1.0", 0: "0.0"})  # as a float column is written
+    extra = pd.DataFrame({"patient_id": ["U001", "U002"], "label": [None, ""], "score": [0.4, float("nan")]})
+    pd.concat([table, extra]).to_csv(ext / "per_patient.csv", index=False)
+    code, result = compare(tmp_path, a, ext)
+    assert code == 0
+    assert result is not None
+    assert [r["n_patients"] for r in result["runs"]] == [N, N]
+    assert result["comparisons"][0]["n_positive"] == int(LABELS.sum())
+    assert "B (syn/ext): 2 patient(s) without a label left out" in result["warnings"]
+    direct = delong_paired_test(LABELS, scores_for(2), scores_for(1))
+    assert result["comparisons"][0]["delong"]["p_value"] == pytest.approx(direct["p_value"])

@@ -2,13 +2,15 @@
 
 RUN_A is the reference. Writes ``compare.json``, ``compare.csv``, ``roc_overlay.png`` and
 ``compare.html`` into ``--out``. Exit code 2, naming the runs and the reason, when the runs are
-not comparable (unfinished, other patients or labels, other positive class, other splits).
+not comparable (unfinished, other patients or labels, other positive class, other splits, or a
+prediction folder scored by models that trained on some of its patients).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 from pathlib import Path
 
 from pipeline.errors import ValidationError
@@ -34,10 +36,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="compare study runs whose splits.csv differ (stated as a warning in the report)",
     )
+    add(
+        "--allow-study-patients",
+        action="store_true",
+        help="compare prediction folders whose models trained or validated on some of the patients "
+        "(predict --allow-study-patients; not an independent test, stated as a warning in the report)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.reporting.compare import CompareOptions, compare_runs, comparison_row, write_comparison
+    from pipeline.reporting.html import fmt, fmt_p
 
     problems = []
     if args.n_bootstrap < 100:
@@ -46,7 +55,13 @@ def run(args: argparse.Namespace) -> int:
         problems.append(f"--level must be in [0.5, 1), got {args.level}")
     if problems:
         raise ValidationError(problems, "compare options")
-    options = CompareOptions(args.n_bootstrap, args.seed, args.level, args.allow_different_splits)
+    options = CompareOptions(
+        args.n_bootstrap,
+        args.seed,
+        args.level,
+        allow_different_splits=args.allow_different_splits,
+        allow_study_patients=args.allow_study_patients,
+    )
     comparison = compare_runs(args.runs, options)
     write_comparison(args.out, comparison)
     names = {r["key"]: r["name"] for r in comparison.summary["runs"]}
@@ -54,10 +69,15 @@ def run(args: argparse.Namespace) -> int:
         row = comparison_row(c)
         print(
             f"{row['run']} ({names[row['run']]}) - {row['reference']} ({names[row['reference']]}): "
-            f"AUC {row['auc_run']:.3f} vs {row['auc_reference']:.3f}, difference {row['auc_difference']:+.3f} "
-            f"[{row['bootstrap_ci_low']:.3f}, {row['bootstrap_ci_high']:.3f}], DeLong p {row['delong_p']:.4g}"
+            f"AUC {fmt(row['auc_run'])} vs {fmt(row['auc_reference'])}, difference {_signed(row['auc_difference'])} "
+            f"[{fmt(row['bootstrap_ci_low'])}, {fmt(row['bootstrap_ci_high'])}], DeLong p {fmt_p(row['delong_p'])}"
         )
     for warning in comparison.summary["warnings"]:
         log.warning("%s", warning)
     print(f"comparison: {args.out}")
     return 0
+
+
+def _signed(value: float | None) -> str:
+    """A difference with its sign, or "–" when it is undefined."""
+    return "–" if value is None or not math.isfinite(value) else f"{value:+.3f}"

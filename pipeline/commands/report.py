@@ -13,6 +13,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.reporting.html import fmt
     from pipeline.schema import PDF_FILE, REPORT_FILE
     from pipeline.study import check_run_complete, finalize_run
 
@@ -21,12 +22,16 @@ def run(args: argparse.Namespace) -> int:
         from pipeline.reporting.pdf import find_browser
 
         find_browser(args.browser)  # before the rebuild, so a missing browser costs nothing
-    metrics = finalize_run(args.run_dir)
-    print(f"per-patient AUC {metrics['auc']:.3f} [95% CI {metrics['auc_ci_low']:.3f}, {metrics['auc_ci_high']:.3f}]")
-    print(f"report: {args.run_dir / REPORT_FILE}")
+    # the previous report's PDF would no longer match the rebuilt report: removed before the rebuild,
+    # so the report's list of the folder's files does not name it (--pdf prints the new one after)
     stale = args.run_dir / PDF_FILE
-    if not args.pdf and stale.is_file():  # it would no longer match the rebuilt report
-        stale.unlink()
+    had_pdf = stale.is_file()
+    stale.unlink(missing_ok=True)
+    metrics = finalize_run(args.run_dir)
+    ci = f"{fmt(metrics.get('auc_ci_low'))}, {fmt(metrics.get('auc_ci_high'))}"
+    print(f"per-patient AUC {fmt(metrics.get('auc'))} [95% CI {ci}]")
+    print(f"report: {args.run_dir / REPORT_FILE}")
+    if had_pdf and not args.pdf:
         print(f"removed {stale}, made from the previous report (add --pdf to print this one)")
     if args.pdf:
         from pipeline.reporting.pdf import write_pdf

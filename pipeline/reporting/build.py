@@ -84,7 +84,8 @@ def write_report(
     environment = json.loads(env_path.read_text()) if env_path.is_file() else {}
     explained = load_explanations(run_dir)
     record = explained["record"] if explained else None
-    checklist = fill_checklist(RunFacts(cfg, metrics, environment, cohort=sections, explanations=record))
+    facts = RunFacts(cfg, metrics, environment, cohort=sections, explanations=record)
+    checklist = fill_checklist(facts)
     inputs = ReportInputs(
         study=cfg.study,
         run_id=run_dir.name,
@@ -108,7 +109,8 @@ def write_report(
     page, inputs = render_linked(run_dir, inputs)
     artifacts.write_text(run_dir / REPORT_FILE, page)
     if cfg.tracking.mlflow:  # the copy the MLflow store gets: no patient, image or path (reporting.redact)
-        artifacts.write_text(run_dir / REDACTED_REPORT_FILE, render_report(run_dir, inputs, redact=True))
+        shared = redacted_inputs(inputs, facts)
+        artifacts.write_text(run_dir / REDACTED_REPORT_FILE, render_report(run_dir, shared, redact=True))
     else:  # a rebuild without tracking leaves no copy of an older report
         (run_dir / REDACTED_REPORT_FILE).unlink(missing_ok=True)
 
@@ -126,6 +128,21 @@ def render_linked(run_dir: Path, inputs: ReportInputs) -> tuple[str, ReportInput
     artifacts.write_csv(run_dir / CHECKLIST_FILE, table)
     inputs = dataclasses.replace(inputs, checklist=(header, table))
     return render_report(run_dir, inputs), inputs
+
+
+def redacted_inputs(inputs: ReportInputs, facts: RunFacts) -> ReportInputs:
+    """The inputs of the copy that leaves the run folder (``render_report(..., redact=True)``): the
+    workflow filter's values as their digest in the flow diagram (drawn again) and in the checklist
+    (filled again from that flow, keeping the links ``render_linked`` checked)."""
+    if inputs.cohort is None or not inputs.cohort["flow"].get("filter"):
+        return inputs
+    flow = cohort.redact_flow(inputs.cohort["flow"], facts.cfg.filter)
+    sections = {**inputs.cohort, "flow": flow, "flow_png": figures.flow_figure(flow)[0]}
+    checklist = inputs.checklist
+    if checklist is not None:
+        header, table = fill_checklist(dataclasses.replace(facts, cohort=sections))
+        checklist = (header, table.assign(where=checklist[1]["where"].to_numpy()))
+    return dataclasses.replace(inputs, cohort=sections, checklist=checklist)
 
 
 def _excluded(run_dir: Path) -> pd.DataFrame:
@@ -204,6 +221,8 @@ def _curve_figures(
     cal = metrics.get("calibration") or {}
     bins = cal.get("reliability_quantile") or cal.get("reliability")
     curve = metrics.get("decision_curve")
+    if not isinstance(curve, dict) or "threshold" not in curve:  # {"skipped": why}: scores not probabilities
+        curve = None
     return _CurveFigures(
         roc=_roc_png(roc, per_patient, label, metrics, f"{title} ROC"),
         pr=_pr_png(out, per_patient, label, metrics, f"{title} precision-recall"),

@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from pipeline.config import WorkflowConfig
+from pipeline.config import WorkflowConfig, search_grid, study_members
 
 CHECKLIST = "tripod-ai-claim-2024.yaml"
 FILLED, PARTIAL, AUTHOR, NOT_DONE = "from the run", "partly from the run", "for the author", "not done in this run"
@@ -45,6 +45,20 @@ def load_items() -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 def _flow(f: RunFacts) -> dict[str, Any]:
     return (f.cohort or {}).get("flow") or {}
+
+
+def _n_members(cfg: WorkflowConfig) -> int:
+    """Members of the study: repeats of the splits × training seeds (1: a plain run)."""
+    return len(study_members(cfg))
+
+
+def _members_text(cfg: WorkflowConfig) -> str:
+    return f"{cfg.validation.repeats} repeat(s) of the splits × {len(cfg.train.seeds) or 1} training seed(s)"
+
+
+def _ensembled(cfg: WorkflowConfig) -> bool:
+    """Whether the study's scores are averaged over several members (evaluation.ensemble mean)."""
+    return _n_members(cfg) > 1 and cfg.evaluation.ensemble == "mean"
 
 
 def _reasons(by_reason: dict[str, int]) -> str:
@@ -186,15 +200,44 @@ def _model(f: RunFacts) -> Answer:
     return FILLED, text
 
 
+def _models_trained(cfg: WorkflowConfig) -> str:
+    """How many models the run trained, and why: folds (outer and inner) × search points × members."""
+    v, members = cfg.validation, _n_members(cfg)
+    times = f" × {members} members ({_members_text(cfg)})" if members > 1 else ""
+    if v.scheme == "holdout":
+        return (
+            f"{members} model(s) trained (one per member: {_members_text(cfg)})" if members > 1 else "1 model trained"
+        )
+    if v.scheme == "kfold":
+        return f"{v.folds * members} models trained ({v.folds} folds{times})"
+    if v.scheme == "nested":
+        points = len(search_grid(cfg))
+        n = v.folds * (points * v.inner_folds + 1) * members
+        return (
+            f"{n} models trained ({v.folds} outer folds × ({points} search point(s) × {v.inner_folds} inner folds "
+            f"+ 1 refit){times})"
+        )
+    return f"one model trained per {v.group} value{times}"
+
+
+def _search_text(cfg: WorkflowConfig) -> str:
+    if cfg.validation.scheme != "nested":
+        return "no hyperparameter search"
+    if not cfg.search:
+        return "no hyperparameter search (nested cross-validation without a search space: inner folds choose the epoch)"
+    return (
+        f"hyperparameter search over {len(search_grid(cfg))} point(s) of {', '.join(cfg.search)} (every "
+        "combination), each outer fold choosing by its inner folds' pooled validation AUC (nested.json)"
+    )
+
+
 def _model_training(f: RunFacts) -> Answer:
     t, a = f.cfg.train, f.cfg.data.augment
     aug = [k for k in ("flip", "rotate90", "affine", "intensity", "noise") if getattr(a, k)]
-    n_models = {"kfold": str(f.cfg.validation.folds), "holdout": "1"}.get(f.cfg.validation.scheme, "one per group:")
     text = (
         f"AdamW lr {t.lr}, weight decay {t.weight_decay}, {t.epochs} epochs (warm-up {t.warmup_epochs}), batch "
         f"{t.batch_size}, train.amp {t.amp} (each fold's precision is in its done.json), "
-        f"augmentation {', '.join(aug) or 'none'}; {n_models} model(s) trained, "
-        "no hyperparameter search"
+        f"augmentation {', '.join(aug) or 'none'}; {_models_trained(f.cfg)}; {_search_text(f.cfg)}"
     )
     return FILLED, text
 
@@ -224,11 +267,13 @@ def _updating(f: RunFacts) -> Answer:
 
 def _prediction_rule(f: RunFacts) -> Answer:
     agg = f.cfg.evaluation.aggregate
-    return (
-        FILLED,
-        "each test patient is scored by the model that did not train on them; "
-        f"a patient's image scores are combined by {agg}",
-    )
+    scored = "each test patient is scored by the model that did not train on them"
+    if _ensembled(f.cfg):
+        scored = (
+            f"each test image is scored by the {_n_members(f.cfg)} members' models that did not train on it, "
+            "their probabilities averaged"
+        )
+    return FILLED, f"{scored}; a patient's image scores are combined by {agg}"
 
 
 def _class_imbalance(f: RunFacts) -> Answer:
@@ -368,16 +413,28 @@ def _software(f: RunFacts) -> Answer:
 
 
 def _initialisation(f: RunFacts) -> Answer:
-    p = f.cfg.model.pretrained
-    return FILLED, (f"from local weights {p}" if p else f"random (PyTorch defaults), seed {f.cfg.train.seed}")
+    p, t = f.cfg.model.pretrained, f.cfg.train
+    seeds = f"seeds {', '.join(map(str, t.seeds))}" if len(t.seeds) > 1 else f"seed {t.seed}"
+    return FILLED, (f"from local weights {p}" if p else f"random (PyTorch defaults), {seeds}")
 
 
 def _model_selection(f: RunFacts) -> Answer:
     t = f.cfg.train
-    return (
-        FILLED,
-        f"the epoch with the best validation {t.select} per fold{f' (patience {t.patience})' if t.patience else ''}",
-    )
+    patience = f" (patience {t.patience})" if t.patience else ""
+    if f.cfg.validation.scheme == "nested":
+        point = (
+            "the search point with the best pooled inner validation AUC (ties: the earlier) and "
+            if f.cfg.search
+            else ""
+        )
+        return FILLED, (
+            f"per outer fold: {point}the median of its inner folds' best epochs (by validation {t.select}"
+            f"{patience}); the model is then refitted on all the outer fold's training patients for that many "
+            "epochs, without validation (nested.json)"
+        )
+    where = "on the val split" if f.cfg.validation.scheme == "holdout" else "per fold"
+    members = " of each member" if _n_members(f.cfg) > 1 else ""
+    return FILLED, f"the epoch with the best validation {t.select} {where}{members}{patience}"
 
 
 def _ensembling(f: RunFacts) -> Answer:
@@ -386,7 +443,21 @@ def _ensembling(f: RunFacts) -> Answer:
         if f.cfg.evaluation.tta == "flips"
         else ""
     )
-    if f.cfg.validation.scheme != "holdout":
+    members, holdout = _n_members(f.cfg), f.cfg.validation.scheme == "holdout"
+    if _ensembled(f.cfg):
+        own = "its model" if holdout else "its fold model that did not train on the patient"
+        return FILLED, (
+            f"each test image's probability is the mean over {members} members ({_members_text(f.cfg)}; "
+            f"evaluation.ensemble mean), each member scoring it with {own}; every member's figures, their "
+            f"spread and the ensemble against the first member are under Repeats and seeds{tta}"
+        )
+    if members > 1:
+        text = (
+            f"none: the figures are the first of {members} members' (evaluation.ensemble none); the other "
+            "members give the spread under Repeats and seeds"
+        )
+        return (FILLED, text + tta) if tta else (NOT_DONE, text)
+    if not holdout:
         return (
             FILLED,
             "none in the evaluation (each patient is scored by one fold model); "
@@ -430,8 +501,15 @@ def _internal(f: RunFacts) -> Answer:
     internal = {
         "kfold": "out-of-fold predictions",
         "leave_one_group_out": "each group predicted by models it did not train",
+        "nested": (
+            "outer-fold predictions of nested cross-validation: each outer test fold is unseen by its fold's "
+            "search, epoch choice and refit"
+        ),
     }
-    return FILLED, internal.get(f.cfg.validation.scheme, "the held-out test split")
+    text = internal.get(f.cfg.validation.scheme, "the held-out test split")
+    if _ensembled(f.cfg):
+        text += f", averaged over {_n_members(f.cfg)} members ({_members_text(f.cfg)})"
+    return FILLED, text
 
 
 def _external(f: RunFacts) -> Answer:
@@ -511,6 +589,8 @@ FILLS: dict[str, Fill] = {
 def fill_checklist(facts: RunFacts) -> tuple[dict[str, Any], pd.DataFrame]:
     """(header, one row per item: guideline, item, section, title, status, answer, where)."""
     header, items = load_items()
+    # a flow whose filter values are digests (cohort.redact_flow): the checklist may leave the run folder
+    header["redacted"] = bool((_flow(facts).get("filter") or {}).get("redacted"))
     rows = []
     for item in items:
         fill = FILLS.get(item.get("fill") or "")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.reporting.redact import digest
 from pipeline.schema import FOLD, GROUP, IMAGE_ID, PATIENT_ID, ROLE, TARGET
 
 LARGE_SMD = 0.1  # conventional flag for imbalance between groups (Austin 2009)
@@ -56,13 +57,35 @@ def flow_source(
     and the scan's exclusions (``eligible``: the cohort table after the filter)."""
     images, patients = source_counts
     n_images, n_patients = len(eligible), int(eligible[PATIENT_ID].nunique())
-    rule = "; ".join(f"{col} in {{{', '.join(map(str, vals))}}}" for col, vals in keep.items())
+    rule = filter_rule(keep)
     return {
         "manifest": {"file": manifest.name, "images": int(images), "patients": int(patients)},
         "scan": scan_exclusions(manifest),
         "filter": {"rule": rule, "images": images - n_images, "patients": patients - n_patients} if keep else None,
         "eligible": {"images": n_images, "patients": n_patients},
     }
+
+
+def filter_rule(keep: Mapping[str, Sequence[Any]], *, redact: bool = False) -> str:
+    """The workflow filter in words, ``site in {A, B}``; ``redact``: each column's kept values as
+    their digest (``redact.digest``, as the redacted config shows them), for copies that leave the
+    run folder (the values may name patients or hospitals)."""
+
+    def values(vals: Sequence[Any]) -> str:
+        return f"digest {digest(list(vals))}" if redact else ", ".join(map(str, vals))
+
+    return "; ".join(f"{col} in {{{values(vals)}}}" for col, vals in keep.items())
+
+
+def redact_flow(flow: dict[str, Any], keep: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+    """``flow`` with the filter's rule (``flow_counts``) as ``filter_rule(keep, redact=True)``;
+    ``keep``: the run's ``filter``. A flow with a filter but no ``keep`` to digest (a config without
+    one) shows no values at all. The filter block is marked ``redacted``."""
+    flt = flow.get("filter")
+    if not flt:
+        return flow
+    rule = filter_rule(keep, redact=True) if keep else "values left out of this copy"
+    return {**flow, "filter": {**flt, "rule": rule, "redacted": True}}
 
 
 def usable_images(image_ids: Sequence[str], excluded: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

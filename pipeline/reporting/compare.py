@@ -2,12 +2,15 @@
 
 A run is a study run folder (``cohortnet run``) or a ``cohortnet predict`` folder of a labelled
 cohort. The comparability checks come first and refuse (ValidationError, every problem at once)
-runs that are not finished, not on the same patients with the same labels and positive class, or
-(study runs) not on the same splits. Each run after the first is then compared with the first
-(the reference): paired DeLong and bootstrap tests of the per-patient AUCs (difference = run minus
-reference), and sensitivity and specificity at each run's own locked threshold with exact McNemar
-tests on the discordant patients. With three or more runs the p-values are Holm-adjusted across
-the comparisons, separately for each test. Outputs hold no patient identifiers.
+runs that are not finished, not on the same patients with the same labels and positive class,
+(study runs) not on the same splits, or (prediction folders, unless allowed) scored by models that
+trained or validated on some of these patients. Labels are read as the pipeline reads them
+(``norm_label``: 1, 1.0 and True are one class); patients without a label are left out. Each run
+after the first is then compared with the first (the reference): paired DeLong and bootstrap tests
+of the per-patient AUCs (difference = run minus reference), and sensitivity and specificity at each
+run's own locked threshold with exact McNemar tests on the discordant patients. With three or more
+runs the p-values are Holm-adjusted across the comparisons, separately for each test. Outputs hold
+no patient identifiers.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from scipy import stats
 from pipeline import __version__, crossval
 from pipeline.errors import ValidationError
 from pipeline.evaluation import bootstrap_paired_test, delong_ci, delong_paired_test, roc_table
+from pipeline.evaluation.table import binary_target, norm_label
 from pipeline.reporting import artifacts
 from pipeline.schema import (
     FOLD,
@@ -61,12 +65,14 @@ HOLM_TESTS = ("delong_p", "bootstrap_p", "sensitivity_mcnemar_p", "specificity_m
 
 @dataclass(frozen=True)
 class CompareOptions:
-    """Statistical choices: bootstrap replicates and seed, confidence level, splits policy."""
+    """Statistical choices: bootstrap replicates and seed, confidence level, splits policy and
+    whether predictions of patients the models trained on may be compared."""
 
     n_bootstrap: int = 2000
     seed: int = 0
     level: float = 0.95
     allow_different_splits: bool = False
+    allow_study_patients: bool = False
 
 
 @dataclass
@@ -84,6 +90,8 @@ class RunResults:
     metrics: dict[str, Any]
     patients: pd.DataFrame
     splits: pd.DataFrame | None = None
+    unlabelled: int = 0  # patients without a label, left out (prediction folders)
+    study_patients: int = 0  # patients the models trained or validated on (provenance.json)
 
 
 @dataclass
@@ -136,21 +144,26 @@ def _description(folder: Path, kind: str) -> dict[str, str]:
     return {"study": cfg.study, "run_id": folder.name, "scheme": text["scheme"], "model": text["model"]}
 
 
-def _read_patients(folder: Path, label_col: str, positive: str) -> tuple[pd.DataFrame | None, str | None]:
+def _read_patients(folder: Path, label_col: str, positive: str) -> tuple[pd.DataFrame | None, int, str | None]:
+    """(patient_id, label (``norm_label`` text), score, target of the labelled patients, how many
+    patients have no label, why the table cannot be compared or None)."""
     table = pd.read_csv(folder / PER_PATIENT_FILE, dtype={PATIENT_ID: str, label_col: str})
     missing = [c for c in (PATIENT_ID, label_col, SCORE) if c not in table.columns]
     if missing:
-        return None, f"{PER_PATIENT_FILE} lacks column(s) {', '.join(missing)}"
+        return None, 0, f"{PER_PATIENT_FILE} lacks column(s) {', '.join(missing)}"
     if table[PATIENT_ID].duplicated().any():
-        return None, f"{PER_PATIENT_FILE} has {int(table[PATIENT_ID].duplicated().sum())} repeated patient row(s)"
+        return None, 0, f"{PER_PATIENT_FILE} has {int(table[PATIENT_ID].duplicated().sum())} repeated patient row(s)"
+    labels = table[label_col].map(lambda v: None if pd.isna(v) or str(v).strip() == "" else norm_label(v))
+    unlabelled = int(labels.isna().sum())
+    table, labels = table[labels.notna()], labels[labels.notna()]
     scores = pd.to_numeric(table[SCORE], errors="coerce")
     if not np.isfinite(scores.to_numpy(dtype=float)).all():
-        return None, f"{PER_PATIENT_FILE} has missing or non-finite scores"
-    frame = pd.DataFrame({PATIENT_ID: table[PATIENT_ID], "label": table[label_col].astype(str), SCORE: scores})
-    frame[TARGET] = (frame["label"] == positive).astype(int)
+        return None, 0, f"{PER_PATIENT_FILE} has missing or non-finite scores"
+    frame = pd.DataFrame({PATIENT_ID: table[PATIENT_ID], "label": labels, SCORE: scores}).reset_index(drop=True)
+    frame[TARGET] = binary_target(frame["label"], positive)
     if frame[TARGET].nunique() < 2:
-        return None, f"{PER_PATIENT_FILE} needs positive ({label_col}={positive}) and negative patients"
-    return frame, None
+        return None, 0, f"{PER_PATIENT_FILE} needs positive ({label_col}={positive}) and negative patients"
+    return frame, unlabelled, None
 
 
 def load_run(folder: Path, key: str) -> RunResults:
@@ -162,8 +175,8 @@ def load_run(folder: Path, key: str) -> RunResults:
     metrics = json.loads((folder / METRICS_FILE).read_text())
     if metrics.get("task", "binary") != "binary" or metrics.get("unit", "patient") != "patient":
         raise ValidationError([f"{key} ({folder.name}): not a binary per-patient evaluation"], "runs to compare")
-    label_col, positive = str(metrics.get("label_col", "label")), str(metrics.get("positive", "1"))
-    patients, why = _read_patients(folder, label_col, positive)
+    label_col, positive = str(metrics.get("label_col", "label")), norm_label(metrics.get("positive", "1"))
+    patients, unlabelled, why = _read_patients(folder, label_col, positive)
     if patients is None:
         raise ValidationError([f"{key} ({folder.name}): {why}"], "runs to compare")
     desc = _description(folder, kind)
@@ -183,7 +196,16 @@ def load_run(folder: Path, key: str) -> RunResults:
         metrics=metrics,
         patients=patients,
         splits=splits,
+        unlabelled=unlabelled,
+        study_patients=_study_patients(folder) if kind == "prediction" else 0,
     )
+
+
+def _study_patients(folder: Path) -> int:
+    """How many of a prediction's patients trained or validated the study's models (predict's
+    ``--allow-study-patients``; 0 in an older provenance.json without the count)."""
+    prov = json.loads((folder / PROVENANCE_FILE).read_text())
+    return int(prov.get("study_patients_predicted") or 0)
 
 
 def load_runs(folders: Sequence[Path]) -> list[RunResults]:
@@ -248,7 +270,32 @@ def _split_difference(ref: pd.DataFrame, run: pd.DataFrame) -> int:
     return sum(a.get(p) != b.get(p) for p in a.keys() | b.keys())
 
 
-def check_comparable(runs: Sequence[RunResults], allow_different_splits: bool = False) -> dict[str, Any]:
+def _independence(
+    runs: Sequence[RunResults], allow_study_patients: bool
+) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    """(checks, problems, warnings) of prediction folders whose models trained or validated on some
+    of the patients they scored: their scores are not held-out predictions, so a paired test against
+    another run's would compare a fitted score with a tested one."""
+    checks, problems, warnings = [], [], []
+    for run in runs:
+        if run.kind != "prediction":
+            continue
+        n = run.study_patients
+        detail = f"{n} patient(s) trained or validated the models that scored them" if n else "held-out patients only"
+        checks.append(_check(f"predictions of held-out patients {run.key}", n == 0, detail))
+        if n and not allow_study_patients:
+            problems.append(
+                f"{run.key} ({run.name}): {detail} (predicted with --allow-study-patients): its scores are not "
+                "an independent test; compare with --allow-study-patients to compare them anyway"
+            )
+        elif n:
+            warnings.append(f"{run.key}: {detail}; compared anyway (--allow-study-patients): not an independent test")
+    return checks, problems, warnings
+
+
+def check_comparable(
+    runs: Sequence[RunResults], allow_different_splits: bool = False, allow_study_patients: bool = False
+) -> dict[str, Any]:
     """The checks run against the reference: {"checks": [...], "warnings": [...]}; ValidationError
     naming the runs and the reasons when they are not comparable."""
     ref, others = runs[0], runs[1:]
@@ -256,7 +303,11 @@ def check_comparable(runs: Sequence[RunResults], allow_different_splits: bool = 
     checks = [_check("finished runs", True, f"{names}: finished, binary, per-patient")]
     problems = [p for run in others for p in _pair_problems(ref, run)]
     checks.append(_check("same patients, labels and positive class", not problems, f"{len(ref.patients)} patients"))
-    warnings = []
+    warnings = [f"{r.key} ({r.name}): {r.unlabelled} patient(s) without a label left out" for r in runs if r.unlabelled]
+    independence = _independence(runs, allow_study_patients)
+    checks += independence[0]
+    problems += independence[1]
+    warnings += independence[2]
     for run in others:
         if ref.splits is None or run.splits is None:
             checks.append(_check(f"same splits {ref.key}-{run.key}", True, "not applicable: a prediction folder"))
@@ -369,7 +420,7 @@ def compare_runs(folders: Sequence[Path], options: CompareOptions = CompareOptio
     if len(folders) < 2:
         raise ValidationError([f"compare needs at least two runs, got {len(folders)}"], "runs to compare")
     runs = load_runs(folders)
-    checked = check_comparable(runs, options.allow_different_splits)
+    checked = check_comparable(runs, options.allow_different_splits, options.allow_study_patients)
     comparisons = [compare_pair(runs[0], run, options) for run in runs[1:]]
     if len(comparisons) > 1:
         _add_holm(comparisons)
@@ -384,6 +435,7 @@ def compare_runs(folders: Sequence[Path], options: CompareOptions = CompareOptio
             "seed": options.seed,
             "level": options.level,
             "allow_different_splits": options.allow_different_splits,
+            "allow_study_patients": options.allow_study_patients,
         },
         **checked,
         "runs": [_run_summary(r, options.level) for r in runs],

@@ -158,6 +158,21 @@ def _flow_boxes(flow: dict[str, Any]) -> tuple[list[str], list[str | None]]:
     return mains, exclusions
 
 
+def _partition_text(part: dict[str, Any]) -> str:
+    text = f"{part['name']}{' test set' if 'train' in part else ''}\n{part['patients']} patients\n"
+    text += f"{part['positives']} pos / {part['negatives']} neg"
+    if "train" in part:
+        text += f"\ntrained on {part['train']}\n(validation {part['val']})"
+    return text
+
+
+def flow_texts(flow: dict[str, Any]) -> list[str]:
+    """Every text ``flow_figure`` draws (its boxes hold nothing else): the main boxes, the
+    exclusions and the partitions. The PNG's text cannot be searched; this can."""
+    mains, exclusions = _flow_boxes(flow)
+    return [*mains, *(e for e in exclusions if e), *map(_partition_text, flow["partitions"])]
+
+
 def flow_figure(flow: dict[str, Any]) -> tuple[bytes, bytes]:
     """STARD / CONSORT-style patient flow (the boxes of ``cohort.flow_counts``): (PNG, SVG)."""
     mains, exclusions = _flow_boxes(flow)
@@ -185,11 +200,7 @@ def flow_figure(flow: dict[str, Any]) -> tuple[bytes, bytes]:
     ax.plot([min(xs[0], x_main), max(xs[-1], x_main)], [y_bar, y_bar], color="#555", lw=1)
     for i, part in enumerate(parts):
         x = (i + 0.5) / len(parts)
-        text = f"{part['name']}{' test set' if 'train' in part else ''}\n{part['patients']} patients\n"
-        text += f"{part['positives']} pos / {part['negatives']} neg"
-        if "train" in part:
-            text += f"\ntrained on {part['train']}\n(validation {part['val']})"
-        ax.text(x, y_parts, text, ha="center", va="center", fontsize=7.5, bbox=box)
+        ax.text(x, y_parts, _partition_text(part), ha="center", va="center", fontsize=7.5, bbox=box)
         ax.annotate("", (x, y_parts + 0.75), (x, y_bar), arrowprops={**arrow, "shrinkA": 0, "shrinkB": 0})
     svg = _svg(fig)
     return _png(fig), svg

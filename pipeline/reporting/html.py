@@ -175,6 +175,8 @@ def render_report(run_dir: Path, inputs: ReportInputs, *, redact: bool = False) 
     """The report's HTML; ``redact``: the copy that leaves the run folder (the MLflow store's), without
     the per-patient table, the excluded images' ids, the Grad-CAM cases and the command line, with
     the workflow's paths as file names and the filter's values as a digest (``reporting.redact``)."""
+    if redact:
+        _check_redacted(inputs)
     env = Environment(
         loader=PackageLoader("pipeline.reporting", "templates"),
         autoescape=select_autoescape(["html"]),
@@ -198,7 +200,7 @@ def render_report(run_dir: Path, inputs: ReportInputs, *, redact: bool = False) 
         **_provenance(run_dir, inputs.record_file, redact),
     }
     if redact:  # the template says where the left-out parts are
-        for key in ("patient_columns", "patient_rows", "excluded_rows", "explanations"):
+        for key in ("patient_columns", "patient_rows", "n_patient_rows", "excluded_rows", "explanations"):
             del context[key]
         context["redacted"] = {
             "explanations": inputs.explanations is not None,
@@ -206,6 +208,20 @@ def render_report(run_dir: Path, inputs: ReportInputs, *, redact: bool = False) 
             "excluded_file": EXCLUDED_FILE,
         }
     return env.get_template("report.html").render(**context)
+
+
+def _check_redacted(inputs: ReportInputs) -> None:
+    """A redacted copy shows the workflow filter's values only as digests: its flow (diagram and
+    checklist answers) must come from ``cohort.redact_flow`` (``build.redacted_inputs``)."""
+    flt = ((inputs.cohort or {}).get("flow") or {}).get("filter")
+    if not flt:
+        return
+    checklist_ok = inputs.checklist is None or inputs.checklist[0].get("redacted")
+    if not flt.get("redacted") or not checklist_ok:
+        raise ValueError(
+            "a redacted report needs the workflow filter's values as digests in its flow diagram and "
+            "checklist (build.redacted_inputs)"
+        )
 
 
 def _headline(inputs: ReportInputs) -> dict[str, Any]:
@@ -274,6 +290,7 @@ def _tables(inputs: ReportInputs) -> dict[str, Any]:
         "nested": _nested(inputs.metrics),
         "split_rows": inputs.split_summary.to_dict("records"),
         "excluded_rows": inputs.excluded.to_dict("records"),
+        "n_patient_rows": len(inputs.per_patient),
         "patient_columns": list(pp.columns),
         "patient_rows": [[fmt(v) for v in row] for row in pp.itertuples(index=False)],
     }

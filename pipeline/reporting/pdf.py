@@ -16,8 +16,15 @@ TIMEOUT_S = 180
 
 
 def find_browser(explicit: str | None = None) -> str:
-    """The Chromium to use: ``explicit``, ``$COHORTNET_BROWSER``, or the first on PATH."""
-    for name in (explicit, os.environ.get("COHORTNET_BROWSER"), *BROWSERS):
+    """The Chromium to use: ``explicit``, ``$COHORTNET_BROWSER``, or the first on PATH. A browser
+    that was named (``--browser`` or the variable) and is not there is an error, never replaced
+    silently by another one."""
+    for source, name in (("--browser", explicit), ("$COHORTNET_BROWSER", os.environ.get("COHORTNET_BROWSER"))):
+        if name:
+            if path := shutil.which(name):
+                return path
+            raise CohortnetError(f"{source} {name}: no such executable browser")
+    for name in BROWSERS:
         if name and (path := shutil.which(name)):
             return path
     raise CohortnetError(
