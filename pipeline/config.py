@@ -320,10 +320,20 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in extra.items():
         if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(dict(out[key]), value)
+            inherited = _scheme_keys(out[key], value) if key == "validation" else out[key]
+            out[key] = _merge(dict(inherited), value)
         else:
             out[key] = value
     return out
+
+
+def _scheme_keys(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """A base workflow's validation keys that a new ``scheme`` still reads: a nested workflow that
+    extends a k-fold one does not inherit its inner_val_fraction (``_SCHEME_KEYS``)."""
+    scheme = extra.get("scheme")
+    if scheme is None or scheme == base.get("scheme") or scheme not in _SCHEME_KEYS:
+        return dict(base)
+    return {k: v for k, v in base.items() if k == "scheme" or k in _SCHEME_KEYS[scheme]}
 
 
 def load_config(path: Path | str, overrides: Sequence[str] = (), check_files: bool = True) -> WorkflowConfig:
@@ -467,11 +477,11 @@ def _number_problems(cfg: WorkflowConfig) -> list[str]:
 
 # the validation keys each scheme reads; any other one set to a non-default value is refused
 # (validation.group with scheme kfold would silently give plain k-fold)
-_SCHEME_KEYS = {
-    "holdout": {"repeats"},
-    "kfold": {"folds", "inner_val_fraction", "repeats"},
-    "leave_one_group_out": {"group", "inner_val_fraction", "repeats"},
-    "nested": {"folds", "inner_folds", "repeats"},
+_SCHEME_KEYS: dict[str, set[str]] = {
+    "holdout": set(),
+    "kfold": {"folds", "inner_val_fraction", "repeats"},  # repeats: REPEATABLE_SCHEMES
+    "leave_one_group_out": {"group", "inner_val_fraction"},
+    "nested": {"folds", "inner_folds"},
 }
 
 

@@ -304,3 +304,14 @@ def test_a_validation_share_of_one_in_n_is_what_the_folds_get(tmp_path: Path, fr
     splits = kfold_splits(patients, 5, cfg.validation.inner_val_fraction, seed=0)
     per_fold = splits[splits["role"] != "test"].groupby("fold")["role"].apply(lambda r: (r == "val").mean())
     assert per_fold.to_numpy() == pytest.approx(fraction, abs=0.01)
+
+
+def test_a_workflow_that_changes_the_scheme_inherits_only_the_keys_the_new_scheme_reads(tmp_path: Path) -> None:
+    base = write(tmp_path, {"validation": {"scheme": "kfold", "folds": 3, "inner_val_fraction": 0.143, "repeats": 2}})
+    child = tmp_path / "nested.yaml"
+    child.write_text(yaml.safe_dump({"extends": base.name, "validation": {"scheme": "nested", "inner_folds": 2}}))
+    v = load_config(child).validation
+    assert (v.scheme, v.folds, v.inner_folds) == ("nested", 3, 2)
+    assert (v.inner_val_fraction, v.repeats) == (0.2, 1)  # k-fold's own keys are not inherited: defaults
+    same = load_config(base, ["validation.folds=4"]).validation  # the same scheme keeps every key
+    assert (same.folds, same.inner_val_fraction) == (4, 0.143)

@@ -142,3 +142,24 @@ def test_report_pdf_without_a_browser_is_refused_before_any_work(
     assert "apt-get install chromium" in err
     assert (run / "report.html").stat().st_mtime_ns == before
     assert not (run / "report.pdf").exists()
+
+
+def test_a_named_browser_that_is_not_there_is_an_error_never_another_browser(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.errors import CohortnetError
+    from pipeline.reporting.pdf import find_browser
+
+    fake = tmp_path / "bin" / "chromium"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(fake.parent))  # a chromium on PATH that must not be taken instead
+    monkeypatch.delenv("COHORTNET_BROWSER", raising=False)
+    with pytest.raises(CohortnetError, match="--browser /nonexistent/chrome: no such executable browser"):
+        find_browser("/nonexistent/chrome")
+    monkeypatch.setenv("COHORTNET_BROWSER", "no-such-chromium")
+    with pytest.raises(CohortnetError, match=r"\$COHORTNET_BROWSER no-such-chromium: no such executable"):
+        find_browser()
+    monkeypatch.delenv("COHORTNET_BROWSER")
+    assert find_browser() == str(fake)
