@@ -421,6 +421,8 @@ def check_semantics(cfg: WorkflowConfig, check_manifest: bool = True, check_file
     if check_manifest and not is_file(cfg.manifest):
         problems.append(f"manifest: file not found: {_short(str(cfg.manifest))}")
     problems += _data_problems(cfg) + _number_problems(cfg)
+    if check_files:  # a workflow about to run (a recorded config is read with check_files=False)
+        problems += _new_run_validation_problems(cfg.validation)
     if check_files and cfg.model.pretrained is not None and not is_file(cfg.model.pretrained):
         problems.append(f"model.pretrained: file not found: {cfg.model.pretrained}")
     return problems + _rule_problems(cfg)
@@ -492,20 +494,28 @@ def inner_val_groups(fraction: float) -> int:
 
 
 def _validation_problems(v: ValidationConfig) -> list[str]:
-    """Keys the scheme does not read, and a validation share the splitter cannot honour."""
+    """What no scheme can run with."""
     problems: list[str] = []
     if v.scheme == "kfold" and v.folds < 2:
         problems.append(f"validation.folds must be >= 2 for scheme kfold, got {v.folds}")
     if v.scheme == "leave_one_group_out" and not v.group:
         problems.append("validation.group must name a manifest column (site, scanner...) for leave_one_group_out")
+    if not 0 < v.inner_val_fraction < 1:
+        problems.append(f"validation.inner_val_fraction must be between 0 and 1, got {v.inner_val_fraction}")
+    return problems
+
+
+def _new_run_validation_problems(v: ValidationConfig) -> list[str]:
+    """Keys the scheme does not read, and a validation share the splitter cannot honour: refused in
+    a workflow about to run, not in the config a finished run recorded (an older run folder or
+    model.zip whose nested config kept k-fold's inner_val_fraction still reports and predicts)."""
+    problems: list[str] = []
     default = ValidationConfig()
     for key in ("folds", "inner_folds", "group", "inner_val_fraction"):
         if key not in _SCHEME_KEYS.get(v.scheme, {key}) and getattr(v, key) != getattr(default, key):
             problems.append(f"validation.{key} is not used by scheme {v.scheme}: remove it (or choose another scheme)")
     fraction = v.inner_val_fraction
-    if not 0 < fraction < 1:
-        problems.append(f"validation.inner_val_fraction must be between 0 and 1, got {fraction}")
-    elif "inner_val_fraction" in _SCHEME_KEYS.get(v.scheme, set()):
+    if 0 < fraction < 1 and "inner_val_fraction" in _SCHEME_KEYS.get(v.scheme, set()):
         n = inner_val_groups(fraction)
         if abs(1 / n - fraction) > VAL_FRACTION_TOLERANCE:
             nearest = sorted({max(2, math.floor(1 / fraction)), math.ceil(1 / fraction)})

@@ -515,21 +515,24 @@ def run_job_once(
     fold_dir = run.run_dir / job.folder
     with contextlib.ExitStack() as held:
         state: str | None = None
+        failure: CohortnetError | None = None
         if run.ctx.is_main:
-            fold_dir.mkdir(parents=True, exist_ok=True)
             try:
+                fold_dir.mkdir(parents=True, exist_ok=True)
                 held.enter_context(runfolder.locked(fold_dir))
                 artifacts.clean_stale_temporaries(fold_dir)  # a killed writer's leftovers (it held this lock)
                 state = "done" if runfolder.is_finished(fold_dir) else "run"
             except runfolder.RunLockedError as exc:
-                state = str(exc)
-        state = broadcast(run.ctx, state)  # every rank of a torchrun job follows rank 0
+                failure = exc
+            except OSError as exc:  # a full or read-only disk: every rank stops, none waits in a collective
+                failure = artifacts.explain_os_error(exc, fold_dir)
+        failure, state = broadcast(run.ctx, (failure, state))  # every rank of a torchrun job follows rank 0
+        if failure is not None:
+            raise failure
         if state == "done":
             log.info("%s: finished meanwhile by another process, skipping", job.label)
-        elif state == "run":
-            run_fold(cfg, run, job, items, table, label_col)
         else:
-            raise runfolder.RunLockedError(str(state))
+            run_fold(cfg, run, job, items, table, label_col)
 
 
 def role_items(prepared: Any, table: pd.DataFrame, part: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:

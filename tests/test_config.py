@@ -315,3 +315,14 @@ def test_a_workflow_that_changes_the_scheme_inherits_only_the_keys_the_new_schem
     assert (v.inner_val_fraction, v.repeats) == (0.2, 1)  # k-fold's own keys are not inherited: defaults
     same = load_config(base, ["validation.folds=4"]).validation  # the same scheme keeps every key
     assert (same.folds, same.inner_val_fraction) == (4, 0.143)
+
+
+def test_a_finished_runs_recorded_config_still_loads_where_a_new_run_would_be_refused(tmp_path: Path) -> None:
+    from pipeline.config import config_from_dict
+
+    # runs made before the scheme-key rule recorded nested CV with k-fold's inner_val_fraction
+    raw = {"study": "s", "manifest": "m.csv", "validation": {"scheme": "nested", "inner_val_fraction": 0.143}}
+    recorded = config_from_dict(raw, base_dir=tmp_path, source="config.yaml", check_files=False)
+    assert recorded.validation.scheme == "nested"
+    with pytest.raises(ValidationError, match="inner_val_fraction is not used by scheme nested"):
+        load_config(write(tmp_path, {"validation": raw["validation"]}))

@@ -118,3 +118,10 @@ def test_the_redacted_report_leaves_out_patients_images_paths_and_filter_values(
     assert "Grad-CAM figures and the cases they show are in the run folder only" in shared
     # every section the full report has keeps its heading, so the checklist's links still land
     assert set(re.findall(r'<h2 id="([^"]+)"', full)) == set(re.findall(r'<h2 id="([^"]+)"', shared))
+
+
+def test_pretrained_weights_leave_the_run_folder_by_their_file_name_only() -> None:
+    from pipeline.reporting import redact
+
+    assert redact.leaf("model.pretrained", "/secret/site/weights.pt") == "weights.pt"
+    assert redact.leaf("search.model.pretrained", ["/secret/a.pt", "/secret/b.pt"]) == ["a.pt", "b.pt"]

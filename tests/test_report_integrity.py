@@ -240,3 +240,11 @@ def test_the_rebuilt_report_lists_no_stale_pdf_and_prints_a_missing_interval(
     assert "per-patient AUC 1.000 [95% CI –, –]" in out
     assert "removed" in out
     assert not (run / "report.pdf").exists()
+
+
+def test_the_checklist_names_pretrained_weights_by_their_file_name_only() -> None:
+    cfg = _cfg()
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained="/secret/site/weights.pt"))
+    answers = " ".join(_answers(cfg).values())
+    assert "from local weights weights.pt" in answers
+    assert "/secret" not in answers

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -415,7 +416,8 @@ def _software(f: RunFacts) -> Answer:
 def _initialisation(f: RunFacts) -> Answer:
     p, t = f.cfg.model.pretrained, f.cfg.train
     seeds = f"seeds {', '.join(map(str, t.seeds))}" if len(t.seeds) > 1 else f"seed {t.seed}"
-    return FILLED, (f"from local weights {p}" if p else f"random (PyTorch defaults), {seeds}")
+    # the file's name only: the report (and its redacted copy) names no directory of the machine
+    return FILLED, (f"from local weights {Path(p).name}" if p else f"random (PyTorch defaults), {seeds}")
 
 
 def _model_selection(f: RunFacts) -> Answer:

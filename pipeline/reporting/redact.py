@@ -28,7 +28,9 @@ def leaf(key: str, value: Any) -> Any:
     """One resolved workflow value (``key``: its dotted name) as it may leave the run folder."""
     if key.startswith("filter."):
         return digest(value)
-    if key in PATH_KEYS:
+    if key in PATH_KEYS or any(key.endswith(f".{k}") for k in PATH_KEYS):  # search.model.pretrained too
+        if isinstance(value, list | tuple):
+            return [Path(str(v)).name if v else v for v in value]
         return Path(str(value)).name if value else value
     if key == _ROOTS:
         return [Path(str(p)).name for p in value or ()]
