@@ -51,6 +51,7 @@ from monai.utils import MetaKeys
 from torch import nn
 
 from pipeline.config import WorkflowConfig, load_config
+from pipeline.io.geometry import plane_affine
 from pipeline.manifest import Cohort, load_manifest
 from pipeline.nested import chosen_config
 from pipeline.privacy import redact
@@ -358,6 +359,18 @@ def _file_stem(image_id: str, used: set[str]) -> str:
     return name
 
 
+def ras_world(world: np.ndarray, meta: dict[str, Any], dims: int) -> np.ndarray:
+    """A point of the preprocessed image's world in RAS millimetres: a 2-D image's world is turned
+    into its own plane for MONAI (``geometry.plane_affine``), so a coronal or sagittal image's
+    point is turned back with the same rotation (an axial image's rotation is the identity)."""
+    original = meta.get(MetaKeys.ORIGINAL_AFFINE)
+    if dims != 2 or original is None:
+        return world
+    a = np.asarray(original, dtype=np.float64)
+    rotation = (plane_affine(a) @ np.linalg.inv(a))[:3, :3]
+    return rotation.T @ world
+
+
 def _explain_case(job: _Job, case: dict[str, Any], stem: str) -> dict[str, Any]:
     """Map, figure and (optionally) NIfTI of one case; returns its cases.csv row."""
     image_id = str(case[IMAGE_ID])
@@ -371,7 +384,7 @@ def _explain_case(job: _Job, case: dict[str, Any], stem: str) -> dict[str, Any]:
     dims = job.cfg.model.spatial_dims
     peak = [int(v) for v in np.unravel_index(int(np.argmax(cam)), cam.shape)]
     affine = np.asarray(image.affine, dtype=np.float64)
-    world = affine[:3, :dims] @ np.asarray(peak, dtype=np.float64) + affine[:3, 3]
+    world = ras_world(affine[:3, :dims] @ np.asarray(peak, dtype=np.float64) + affine[:3, 3], image.meta, dims)
     title = (
         f"{image_id} \u00b7 {case['category'].replace('_', ' ')} \u00b7 patient score {case[SCORE]:.3f} "
         f"(threshold {job.threshold:.3f}; this image {case['image_score']:.3f}) \u00b7 label {case['label']}"

@@ -68,10 +68,11 @@ DESCRIPTIVE_KEYWORDS: frozenset[str] = frozenset(
     {"SeriesDescription", "StudyDescription", "ProtocolName", "DerivationDescription"}
 )
 
-# Identifiers (VR LO/SH): every token counts, however many there are (no whole-phrase matching).
+# Identifiers (VR LO/SH): every token counts, however many there are (no whole-phrase matching);
+# not IssuerOfPatientID, whose words ("General Hospital") are ordinary ones.
 ID_KEYWORDS: frozenset[str] = frozenset(
     {
-        "PatientID", "OtherPatientIDs", "IssuerOfPatientID", "MedicalRecordLocator", "AccessionNumber",
+        "PatientID", "OtherPatientIDs", "MedicalRecordLocator", "AccessionNumber",
         "StudyID", "AdmissionID", "RequestedProcedureID", "ScheduledProcedureStepID", "PerformedProcedureStepID",
         "FillerOrderNumberImagingServiceRequest", "PlacerOrderNumberImagingServiceRequest",
         "DeviceSerialNumber", "DetectorID", "PlateID", "CassetteID", "GantryID",
@@ -82,7 +83,7 @@ SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9.]*")
 _MIN_TOKEN = 3
 _NAME_GROUPS = 3  # family, given and middle names; prefix and suffix ("Dr", "Jr") are not identifying
-_SHORT_NAME = re.compile(r"[A-Za-z]{1,2}")  # "Li", "Wu": matched as whole words only
+_SHORT_NAME = re.compile(r"[A-Za-z]{1,2}")  # "Li", "Wu": matched only within the whole name
 PHRASE_TOKENS = 3
 MAX_PHRASES = 100_000
 REDACTED = "[redacted]"
@@ -200,28 +201,31 @@ def tokens(text: str) -> set[str]:
     return out
 
 
-def name_tokens(name: str) -> set[str]:
-    """Tokens of a person name (``Family^Given^Middle^Prefix^Suffix``, groups separated by ``=``):
-    every component split on ``^`` and spaces, whatever their number, and 1–2 letter family, given
-    and middle names as well (``"Li^Wu"`` gives ``{"li", "wu"}``)."""
-    out: set[str] = set()
+def name_parts(name: str) -> tuple[set[str], set[str]]:
+    """(tokens, phrases) of a person name (``Family^Given^Middle^Prefix^Suffix``, groups separated
+    by ``=``): every component split on ``^`` and spaces, whatever their number, gives its tokens
+    of 3+ characters; a name with a part of one or two letters (``"Li^Wu"``, ``"Doe^John^W"``)
+    also gives the whole name as a phrase, family first and given first (``"li wu"``, ``"wu li"``),
+    because such a part alone is an ordinary word ("no", "de", "CT") and must never be redacted
+    on its own. A name of one short part only cannot be matched safely and is not."""
+    toks: set[str] = set()
+    phrases: set[str] = set()
     for group in name.split("="):
-        for i, component in enumerate(group.split("^")):
-            for part in component.split():
-                out |= tokens(part)
-                if i < _NAME_GROUPS and _SHORT_NAME.fullmatch(part.strip(".,")):
-                    out.add(part.strip(".,").lower())
-    return out
+        components = [[p.strip(".,") for p in c.split() if p.strip(".,")] for c in group.split("^")]
+        for component in components:
+            for part in component:
+                toks |= tokens(part)
+        named = components[:_NAME_GROUPS]
+        parts = [p for c in named for p in c]
+        if len(parts) >= 2 and any(_SHORT_NAME.fullmatch(p) for p in parts):
+            phrases.add(" ".join(parts).lower())
+            phrases.add(" ".join([p for c in named[1:] for p in c] + named[0]).lower())
+    return toks, phrases
 
 
-def _words(text: str) -> set[str]:
-    """Every token of ``text``, short ones included (short name parts match whole words only)."""
-    out: set[str] = set()
-    for match in _TOKEN.findall(text):
-        token = match.rstrip(".").lower()
-        out.add(token)
-        out.update(p for p in token.split(".") if not p.isdigit())
-    return out
+def _whole(phrase: str, folded: str) -> bool:
+    """``phrase`` in ``folded`` as whole words ("li wu" is not in "oli wun")."""
+    return re.search(rf"(?<![a-z0-9]){re.escape(phrase)}(?![a-z0-9])", folded) is not None
 
 
 def split_values(values: Iterable[str]) -> tuple[set[str], set[str]]:
@@ -232,7 +236,9 @@ def split_values(values: Iterable[str]) -> tuple[set[str], set[str]]:
     phrases: set[str] = set()
     for v in values:
         if "^" in v:
-            toks |= name_tokens(v)
+            name_toks, name_phrases = name_parts(v)
+            toks |= name_toks
+            phrases |= name_phrases
             continue
         t = tokens(v)
         if len(t) > PHRASE_TOKENS:
@@ -246,7 +252,7 @@ def contains_identifying(text: str, identifying: Iterable[str]) -> bool:
     """True if ``text`` contains a token of a short identifying value or a whole free-text value."""
     toks, phrases = split_values(identifying)
     folded = " ".join(text.lower().split())
-    return bool(toks & _words(text)) or any(p in folded for p in phrases)
+    return bool(toks & tokens(text)) or any(_whole(p, folded) for p in phrases)
 
 
 def clean_description(text: str | None, identifying: Iterable[str], max_len: int = 64) -> str:
@@ -266,7 +272,8 @@ def clean_description(text: str | None, identifying: Iterable[str], max_len: int
 class Redactor:
     """Registry of identifying tokens and data roots; ``redact(text)`` removes both.
 
-    Tokens are matched whole (``"jane"`` does not redact ``"janet"``, nor ``"li"`` ``"lipid"``), in
+    Tokens are matched whole (``"jane"`` does not redact ``"janet"``; a name with a one- or two-letter
+    part, ``"Li^Wu"``, is matched only as the whole name), in
     O(len(text)) per call however many values are registered. Paths under a registered root become ``<path>``.
     """
 
@@ -309,7 +316,8 @@ class Redactor:
         if self._phrases and self._phrase_re is None:
             with self._lock:
                 alternatives = "|".join(r"\s+".join(map(re.escape, p.split())) for p in sorted(self._phrases))
-                self._phrase_re = re.compile(alternatives, re.IGNORECASE)
+                # whole words only: the phrase "li wu" never cuts into "oli wun"
+                self._phrase_re = re.compile(rf"(?<![A-Za-z0-9])(?:{alternatives})(?![A-Za-z0-9])", re.IGNORECASE)
         if self._phrase_re is not None:
             text = self._phrase_re.sub(REDACTED, text)
         if not self._tokens:

@@ -402,3 +402,15 @@ def test_cases_are_patients_classified_as_the_study_classifies_them() -> None:
         select_cases(df, threshold=0.5, n_cases=10, aggregate="max")[0].set_index("patient_id").loc["Q", "predicted"]
         == 1
     )  # with max, Q's second image makes the call
+
+
+def test_a_coronal_images_peak_is_reported_in_ras() -> None:
+    from pipeline.explain import ras_world
+    from pipeline.io.geometry import plane_affine
+
+    coronal = np.array([[0.0, 0.7, 0, 10], [0, 0, 1, -30], [-0.5, 0, 0, 40], [0, 0, 0, 1]])  # rows along -S
+    voxel = np.array([3.0, 4.0, 0.0, 1.0])
+    turned = plane_affine(coronal) @ voxel  # what the preprocessed image's affine gives
+    ras = ras_world(turned[:3], {"original_affine": coronal}, dims=2)
+    assert ras == pytest.approx((coronal @ voxel)[:3])
+    assert ras_world(turned[:3], {"original_affine": coronal}, dims=3) == pytest.approx(turned[:3])

@@ -14,7 +14,6 @@ import struct
 from collections.abc import Iterable
 from typing import BinaryIO
 
-from pydicom.pixels.utils import _get_jpg_parameters
 from pydicom.uid import JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes
 
 from pipeline.errors import ScanError
@@ -36,10 +35,40 @@ def frame_size(frame: bytes, transfer_syntax: str) -> Size:
     header cannot be read. Only for syntaxes where ``declares_size``."""
     if transfer_syntax in JPEG2000TransferSyntaxes:
         return _j2k_size(frame)
-    info = _get_jpg_parameters(frame)  # pydicom's own SOF reader (JPEG and JPEG-LS)
-    if not info:
-        raise ValueError("no SOF segment")
-    return int(info["height"]), int(info["width"]), int(info["components"])
+    return _jpeg_size(frame)
+
+
+# markers that stand alone (no length field): TEM, RST0-7, SOI, EOI
+_STANDALONE = {0x01, *range(0xD0, 0xD8), 0xD8, 0xD9}
+# start-of-frame markers: SOF0-15 but DHT, JPG and DAC (ISO 10918-1 B.1.1.3), and JPEG-LS SOF55
+_SOF = {*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC} | {0xF7}
+_SOS = 0xDA
+
+
+def _jpeg_size(src: bytes) -> Size:
+    """Hand-written: pydicom's SOF reader does not step over the 0xFF fill bytes that may precede
+    any marker (ISO/IEC 10918-1 B.1.1.2), so a valid JPEG with fill bytes read as corrupt. A height
+    of 0 (given later by a DNL marker) is returned as 0."""
+    if src[:2] != b"\xff\xd8":
+        raise ValueError("no SOI marker")
+    offset = 2
+    while offset < len(src):
+        if src[offset] != 0xFF:
+            raise ValueError("no marker where one is due")
+        while offset < len(src) and src[offset] == 0xFF:  # fill bytes
+            offset += 1
+        marker = src[offset]
+        offset += 1
+        if marker in _STANDALONE:
+            continue
+        if marker == _SOS:
+            raise ValueError("scan data before any SOF segment")
+        (length,) = struct.unpack_from(">H", src, offset)
+        if marker in _SOF:
+            _precision, height, width, components = struct.unpack_from(">BHHB", src, offset + 2)
+            return height, width, components
+        offset += length
+    raise ValueError("no SOF segment")
 
 
 def _j2k_size(src: bytes) -> Size:
@@ -102,6 +131,8 @@ def check_frames(frames: Iterable[bytes], transfer_syntax: str, expected: Size, 
             size = frame_size(frame, transfer_syntax)
         except (ValueError, IndexError, struct.error):
             raise ScanError("corrupt_header", f"frame {n}: its codestream header cannot be read", source) from None
+        if size[0] == 0:  # the height comes later (DNL marker): the width and components still count
+            size = (expected[0], size[1], size[2])
         if size != expected:
             raise ScanError(
                 "corrupt_header",

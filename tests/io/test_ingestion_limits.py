@@ -230,3 +230,21 @@ def test_frames_that_are_slices_without_positions_are_not_averaged_as_time_point
         tmp_path / "gated.dcm", FrameIncrementPointer=[0x00540020, 0x00540070], DetectorVector=[1, 1, 1]
     )
     assert load_scan(gated, volumes="first").array.shape == (5, 6)
+
+
+def test_a_jpeg_sof_is_found_past_fill_bytes_and_standalone_markers() -> None:
+    import struct
+
+    from pydicom.uid import JPEGBaseline8Bit
+
+    from pipeline.io.codestream import frame_size
+
+    app0 = b"\xff\xe0" + struct.pack(">H", 16) + b"JFIF\x00" + bytes(9)
+    sof0 = b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, 101, 77, 1) + b"\x01\x11\x00"
+    fill = b"\xff\xff\xff"  # ISO 10918-1 B.1.1.2: any marker may be preceded by fill bytes
+    stream = b"\xff\xd8" + app0 + b"\xff\x01" + fill[:-1] + sof0 + b"\xff\xda"
+    assert frame_size(stream, JPEGBaseline8Bit) == (101, 77, 1)
+    later = stream.replace(struct.pack(">HBHHB", 11, 8, 101, 77, 1), struct.pack(">HBHHB", 11, 8, 0, 77, 1))
+    assert frame_size(later, JPEGBaseline8Bit) == (0, 77, 1)  # height given by a DNL marker later
+    with pytest.raises(ValueError, match="scan data before any SOF"):
+        frame_size(b"\xff\xd8\xff\xda\x00\x02", JPEGBaseline8Bit)

@@ -70,7 +70,7 @@ def test_descriptions_are_cleaned_against_the_headers_identifiers() -> None:
     ("name", "description", "kept"),
     [
         ("Nguyen^Thi Minh Anh", "Anh Nguyen MR", "Thin slices Anhydrous"),  # more than 3 name tokens
-        ("Li^Wu", "T1 Li Wu", "Lipid WUSTL T1"),  # 2-letter names, matched as whole words only
+        ("Li^Wu", "T1 Li Wu", "Lipid WUSTL T1"),  # 2-letter names: only the whole name, in either order
         ("Garcia Lopez^Maria Jose", "Maria Garcia T1 brain", "T1 brain"),
     ],
 )
@@ -86,6 +86,24 @@ def test_every_part_of_a_person_name_is_identifying(name: str, description: str,
         & set(name.lower().replace("^", " ").split())
         & set(out.lower().split())
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "kept"),
+    [
+        ("Doe^John^W", "CT HEAD W/O CONTRAST"),  # a middle initial is not the word "W"
+        ("Smith^Mary^L", "L-SPINE SAG T2"),
+        ("de la Cruz^Maria", "LA 4CH CINE"),  # name particles are ordinary words
+        ("CT^", "CT CHEST PE"),  # an operator's initials alone cannot be matched safely
+        ("Ge^Hong", "GE MEDICAL SYSTEMS Signa HDxt"),
+        ("No^A", "no series to load: a file"),
+    ],
+)
+def test_short_name_parts_never_redact_ordinary_words(name: str, kept: str) -> None:
+    assert clean_description(kept, [name]) == kept
+    r = Redactor()
+    r.register_values([name])
+    assert r.redact(kept) == kept
 
 
 def test_names_and_ids_in_headers_match_token_by_token(tmp_path: Path) -> None:
