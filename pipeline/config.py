@@ -511,15 +511,16 @@ def _new_run_validation_problems(v: ValidationConfig) -> list[str]:
     model.zip whose nested config kept k-fold's inner_val_fraction still reports and predicts)."""
     problems: list[str] = []
     default = ValidationConfig()
+    reads = _SCHEME_KEYS[v.scheme]
     for key in ("folds", "inner_folds", "group", "inner_val_fraction"):
-        if key not in _SCHEME_KEYS.get(v.scheme, {key}) and getattr(v, key) != getattr(default, key):
+        if key not in reads and getattr(v, key) != getattr(default, key):
             problems.append(f"validation.{key} is not used by scheme {v.scheme}: remove it (or choose another scheme)")
     fraction = v.inner_val_fraction
-    if 0 < fraction < 1 and "inner_val_fraction" in _SCHEME_KEYS.get(v.scheme, set()):
+    if 0 < fraction < 1 and "inner_val_fraction" in reads:
         n = inner_val_groups(fraction)
         if abs(1 / n - fraction) > VAL_FRACTION_TOLERANCE:
-            nearest = sorted({max(2, math.floor(1 / fraction)), math.ceil(1 / fraction)})
-            options = " or ".join(f"{1 / k:.3g} (1/{k})" for k in nearest if k >= 2)
+            nearest = sorted({max(2, math.floor(1 / fraction)), math.ceil(1 / fraction)})  # both >= 2
+            options = " or ".join(f"{1 / k:.3g} (1/{k})" for k in nearest)
             problems.append(
                 f"validation.inner_val_fraction {fraction}: the validation patients are one of n stratified "
                 f"groups of each fold's training patients, so the share is 1/n (at most 0.5); use {options}"

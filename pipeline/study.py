@@ -490,7 +490,7 @@ def run_jobs(cfg: WorkflowConfig, run: RunContext, jobs: list[tuple[FoldJob, dic
     table = cohort.table.set_index(IMAGE_ID)
     pending = []
     for job, items in jobs:
-        if (run.run_dir / job.folder / FOLD_DONE_FILE).is_file():
+        if runfolder.is_finished(run.run_dir / job.folder):
             log.info("%s: already done, skipping", job.label)
         else:
             pending.append((job, items))

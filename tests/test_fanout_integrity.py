@@ -24,19 +24,23 @@ SEAL = "0" * 64
 
 
 @pytest.fixture
-def sealed_run(tmp_path: Path, make_cohort: Callable[..., Path], make_workflow: Callable[..., Path]) -> dict[str, Any]:
-    """A run folder with this run's seal, the workflow's config text and a record of run_fold calls."""
-    wf = make_workflow(make_cohort(n_patients=4))
-    run_dir = tmp_path / "reports" / "tiny" / "r"
-    run_dir.mkdir(parents=True)
-    (run_dir / "seal.json").write_text(json.dumps({"digest": SEAL}))
-    return {"run_dir": run_dir, "config": dump_config(load_config(wf)), "calls": []}
-
-
-def _count_run_fold(monkeypatch: pytest.MonkeyPatch, calls: list[str]) -> None:
+def sealed_run(
+    tmp_path: Path,
+    make_cohort: Callable[..., Path],
+    make_workflow: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> dict[str, Any]:
+    """A run folder with this run's seal and an empty ``fold_0/``, the workflow's config text, and
+    ``calls``: the job folders ``run_fold`` was called for (it trains nothing here)."""
     import pipeline.study
 
+    wf = make_workflow(make_cohort(n_patients=4))
+    run_dir = tmp_path / "reports" / "tiny" / "r"
+    (run_dir / "fold_0").mkdir(parents=True)
+    (run_dir / "seal.json").write_text(json.dumps({"digest": SEAL}))
+    calls: list[str] = []
     monkeypatch.setattr(pipeline.study, "run_fold", lambda cfg, run, job, *rest: calls.append(job.folder))
+    return {"run_dir": run_dir, "config": dump_config(load_config(wf)), "calls": calls}
 
 
 def _task(run: dict[str, Any], run_dir: Path | None = None) -> tuple[str, CohortnetError | None]:
@@ -48,11 +52,9 @@ def _task(run: dict[str, Any], run_dir: Path | None = None) -> tuple[str, Cohort
 
 
 def test_a_retried_task_never_trains_a_finished_fold_again(
-    sealed_run: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    sealed_run: dict[str, Any],
 ) -> None:
-    _count_run_fold(monkeypatch, sealed_run["calls"])
     fold = sealed_run["run_dir"] / "fold_0"
-    fold.mkdir()
     (fold / "done.json").write_text(json.dumps({"seal": SEAL}))  # finished after the driver listed it
     assert _task(sealed_run) == ("fold_0", None)
     assert sealed_run["calls"] == []
@@ -64,11 +66,9 @@ def test_a_retried_task_never_trains_a_finished_fold_again(
 
 
 def test_a_task_on_a_held_fold_is_refused_and_never_writes_it(
-    sealed_run: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    sealed_run: dict[str, Any],
 ) -> None:
-    _count_run_fold(monkeypatch, sealed_run["calls"])
     fold = sealed_run["run_dir"] / "fold_0"
-    fold.mkdir()
     with runfolder.locked(fold):  # a task left running by an interrupted driver
         folder, problem = _task(sealed_run)
     assert folder == "fold_0"
@@ -78,14 +78,13 @@ def test_a_task_on_a_held_fold_is_refused_and_never_writes_it(
 
 
 def test_a_plain_rerun_refuses_a_fold_that_a_leftover_task_holds(
-    sealed_run: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    sealed_run: dict[str, Any],
 ) -> None:
     import torch
 
     from pipeline.distributed import SINGLE
     from pipeline.study import FoldJob, RunContext, run_job_once
 
-    _count_run_fold(monkeypatch, sealed_run["calls"])
     run_dir = sealed_run["run_dir"]
     cfg = load_config(Path(run_dir.parents[2] / "wf.yaml"))
     run = RunContext(SINGLE, torch.device("cpu"), SEAL, run_dir)
@@ -97,9 +96,8 @@ def test_a_plain_rerun_refuses_a_fold_that_a_leftover_task_holds(
 
 
 def test_a_worker_that_cannot_see_the_run_folder_says_so_and_creates_nothing(
-    sealed_run: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    sealed_run: dict[str, Any], tmp_path: Path
 ) -> None:
-    _count_run_fold(monkeypatch, sealed_run["calls"])
     elsewhere = tmp_path / "not-shared" / "r"
     folder, problem = _task(sealed_run, elsewhere)
     assert folder == "fold_0"
