@@ -19,6 +19,7 @@ from pydicom.uid import JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTr
 from pipeline.errors import ScanError
 
 PREFIX_BYTES = 1 << 20  # JPEG's SOF follows APP segments of at most 64 KiB each; J2K's SIZ follows SOC
+HEADER_BYTES = 64 << 10  # what holds the SOF or SIZ in nearly every file: read first, PREFIX_BYTES if not
 ITEM_TAG = (0xFFFE, 0xE000)
 JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 J2K_SOC_SIZ = b"\xff\x4f\xff\x51"
@@ -43,6 +44,15 @@ _STANDALONE = {0x01, *range(0xD0, 0xD8), 0xD8, 0xD9}
 # start-of-frame markers: SOF0-15 but DHT, JPG and DAC (ISO 10918-1 B.1.1.3), and JPEG-LS SOF55
 _SOF = {*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC} | {0xF7}
 _SOS = 0xDA
+
+
+def readable(frame: bytes, transfer_syntax: str) -> bool:
+    """Whether ``frame_size`` finds the declared size in these bytes."""
+    try:
+        frame_size(frame, transfer_syntax)
+    except (ValueError, IndexError, struct.error):
+        return False
+    return True
 
 
 def _jpeg_size(src: bytes) -> Size:

@@ -438,13 +438,19 @@ def _check_first_frame(ds: Dataset, path: Path, m: _Matrix, uid: str, source: st
         return
     elem = _pixel_element(ds)
     value = getattr(elem, "value", None)
-    try:
+
+    def first_bytes(limit: int) -> bytes:
         if isinstance(value, bytes | bytearray):
-            prefix = codestream.first_fragments(io.BytesIO(value))
-        else:
-            with path.open("rb") as fp:
-                fp.seek(elem.value_tell)
-                prefix = codestream.first_fragments(fp)
+            return codestream.first_fragments(io.BytesIO(value), limit)
+        with path.open("rb") as fp:
+            fp.seek(elem.value_tell)
+            return codestream.first_fragments(fp, limit)
+
+    try:
+        # the SOF or SIZ is near the start: read more only when the first bytes do not hold it
+        prefix = first_bytes(codestream.HEADER_BYTES)
+        if len(prefix) == codestream.HEADER_BYTES and not codestream.readable(prefix, uid):
+            prefix = first_bytes(codestream.PREFIX_BYTES)
     except (ValueError, OSError, TypeError):
         raise ScanError("corrupt_header", "encapsulated pixel data without a Basic Offset Table item", source) from None
     codestream.check_frames([prefix], uid, (m.rows, m.cols, m.samples), source)

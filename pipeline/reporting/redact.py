@@ -6,12 +6,13 @@ leaves out the per-patient table, the excluded images and the Grad-CAM cases
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from pipeline.privacy import plain_digest
 
 REDACTED_REPORT_FILE = "report_redacted.html"  # the report without patients, written when tracking is on
 PATH_KEYS = ("manifest", "output_dir", "model.pretrained", "tracking.mlflow")  # shown by their file name only
@@ -21,7 +22,7 @@ _OMITTED = "(left out of this copy: see {} in the run folder)"
 
 def digest(value: Any) -> str:
     """16 hex characters of SHA-256 of ``value`` as JSON: equal values, equal digests."""
-    return hashlib.sha256(json.dumps(value, default=str).encode()).hexdigest()[:16]
+    return plain_digest(json.dumps(value, default=str))
 
 
 def leaf(key: str, value: Any) -> Any:
