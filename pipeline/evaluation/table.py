@@ -30,6 +30,11 @@ def norm_label(value: Any) -> str:
     return str(value).strip()
 
 
+def label_texts(labels: pd.Series) -> pd.Series:
+    """``norm_label`` of each value; None where the label is missing or blank."""
+    return labels.map(lambda v: None if pd.isna(v) or str(v).strip() == "" else norm_label(v))
+
+
 def resolve_positive(labels: pd.Series, positive: Any) -> tuple[str | None, list[str]]:
     """The positive label (canonical text) and problems; 0/1 labels default to 1."""
     values = sorted({norm_label(v) for v in labels.dropna()})

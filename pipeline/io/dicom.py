@@ -400,8 +400,12 @@ def _check_size(ds: Dataset, path: Path, m: _Matrix, photometric: str, source: s
         )
 
 
+def _pixel_tag(ds: Dataset) -> int:
+    return next(t for t in PIXEL_TAGS if t in ds)
+
+
 def _pixel_element(ds: Dataset) -> Any:
-    return ds.get_item(next(t for t in PIXEL_TAGS if t in ds), keep_deferred=True)
+    return ds.get_item(_pixel_tag(ds), keep_deferred=True)
 
 
 def _pixel_bytes(ds: Dataset, path: Path) -> int | None:
@@ -417,14 +421,13 @@ def _pixel_bytes(ds: Dataset, path: Path) -> int | None:
 def _check_pixel_data(ds: Dataset, path: Path, m: _Matrix, source: str) -> None:
     """Pixel data must fit in the file and, when uncompressed, hold every sample; a compressed
     first frame must declare the header's size (``codestream``)."""
-    pixel_tag = next(t for t in PIXEL_TAGS if t in ds)
-    _check_deferred_lengths(ds, path, source, [pixel_tag])
+    _check_deferred_lengths(ds, path, source, [_pixel_tag(ds)])
     uid = UID(str(ds.file_meta.get("TransferSyntaxUID", "")))
     if uid.is_compressed:
         _check_first_frame(ds, path, m, uid, source)
         return
     expected = (m.n_samples * m.bits_allocated + 7) // 8
-    elem = ds.get_item(pixel_tag, keep_deferred=True)
+    elem = _pixel_element(ds)
     value = getattr(elem, "value", None)
     length = len(value) if isinstance(value, bytes | bytearray) else getattr(elem, "length", None)
     if length is not None and length != UNDEFINED_LENGTH and length < expected:

@@ -401,9 +401,9 @@ def write_metrics_and_report(
 def labelled_rows(table: pd.DataFrame, label: str) -> pd.DataFrame:
     """The rows of the patients that have a label, each row with its patient's label (canonical
     text, ``norm_label``): a blank row of a labelled patient takes the patient's label."""
-    from pipeline.evaluation.table import norm_label
+    from pipeline.evaluation.table import label_texts
 
-    text = table[label].map(lambda v: None if pd.isna(v) or str(v).strip() == "" else norm_label(v))
+    text = label_texts(table[label])
     text = text.fillna(text.groupby(table[PATIENT_ID]).transform("first"))
     return table.assign(**{label: text})[text.notna()].reset_index(drop=True)
 

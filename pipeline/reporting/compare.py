@@ -30,7 +30,7 @@ from scipy import stats
 from pipeline import __version__, crossval
 from pipeline.errors import ValidationError
 from pipeline.evaluation import bootstrap_paired_test, delong_ci, delong_paired_test, roc_table
-from pipeline.evaluation.table import binary_target, norm_label
+from pipeline.evaluation.table import binary_target, label_texts, norm_label
 from pipeline.reporting import artifacts
 from pipeline.schema import (
     FOLD,
@@ -153,7 +153,7 @@ def _read_patients(folder: Path, label_col: str, positive: str) -> tuple[pd.Data
         return None, 0, f"{PER_PATIENT_FILE} lacks column(s) {', '.join(missing)}"
     if table[PATIENT_ID].duplicated().any():
         return None, 0, f"{PER_PATIENT_FILE} has {int(table[PATIENT_ID].duplicated().sum())} repeated patient row(s)"
-    labels = table[label_col].map(lambda v: None if pd.isna(v) or str(v).strip() == "" else norm_label(v))
+    labels = label_texts(table[label_col])
     unlabelled = int(labels.isna().sum())
     table, labels = table[labels.notna()], labels[labels.notna()]
     scores = pd.to_numeric(table[SCORE], errors="coerce")
