@@ -29,17 +29,18 @@ MISSING = "missing"  # the content hash recorded for an image that is not there 
 
 
 def content_hash(path: Path | str) -> str:
-    """SHA-256 of a file, or of a folder (a DICOM series) as the hash of its files' relative names
-    and hashes in sorted order, or ``MISSING``. Names are hashed, never stored."""
+    """SHA-256 of a file, or of a folder (a DICOM series) as the hash of its files' hashes in
+    sorted order, or ``MISSING``. File names are left out: a series copied or re-exported under
+    other names (``cohortnet scan``'s layout, a PACS export) is the same content, and the leakage
+    guard must recognise it."""
     path = Path(path)
     if path.is_file():
         return file_sha256(path)
     if not path.is_dir():
         return MISSING
-    digest = hashlib.sha256()
-    for child in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(str(child.relative_to(path)).encode())
-        digest.update(file_sha256(child).encode())
+    digest = hashlib.sha256(b"series\n")
+    for file_hash in sorted(file_sha256(p) for p in path.rglob("*") if p.is_file()):
+        digest.update(file_hash.encode())
     return digest.hexdigest()
 
 

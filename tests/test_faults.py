@@ -60,6 +60,24 @@ def test_a_vanished_image_is_recorded_as_missing_not_as_an_empty_file(tmp_path: 
     assert content_hash(tmp_path / "series") != MISSING
 
 
+def test_a_series_hash_is_its_files_content_not_their_names(tmp_path: Path) -> None:
+    """A series re-exported under other file names (scan's layout, a PACS export) is the same
+    content, so the leakage guard recognises it; a changed or missing slice is not."""
+    original, renamed, changed = (tmp_path / n for n in ("orig", "renamed", "changed"))
+    for folder in (original, renamed, changed):
+        (folder / "sub").mkdir(parents=True)
+    (original / "IM1.dcm").write_bytes(b"slice one")
+    (original / "sub" / "IM2.dcm").write_bytes(b"slice two")
+    (renamed / "00001.dcm").write_bytes(b"slice two")
+    (renamed / "sub" / "00000.dcm").write_bytes(b"slice one")
+    (changed / "IM1.dcm").write_bytes(b"slice one")
+    (changed / "IM2.dcm").write_bytes(b"slice 2")
+    assert content_hash(original) == content_hash(renamed)
+    assert content_hash(changed) != content_hash(original)
+    (renamed / "00001.dcm").unlink()
+    assert content_hash(renamed) != content_hash(original)
+
+
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
