@@ -1,13 +1,17 @@
 """A finished study logged to MLflow (``tracking.mlflow``; the ``mlflow`` extra), where researchers
 already compare their runs: one parent run per study run with the resolved parameters, the final
-metrics and ``report.html`` (the redacted copy) / ``metrics.json`` as artifacts, and one nested
-run per fold with its per-epoch losses and validation AUC.
+metrics and ``report.html`` (the redacted copy) / ``metrics_redacted.json`` as artifacts, and one
+nested run per fold with its per-epoch losses and validation AUC.
 
 Nothing identifying goes to the store: paths are reduced to file names (the manifest by its name
-and SHA-256) and the filter's values to a digest; no patient id, table of patients or image is
-logged. The store's ``report.html`` is the run folder's ``report_redacted.html``: the report
-without the per-patient table, the excluded images' ids, the Grad-CAM cases and the command line
-(``reporting.redact``); ``metrics.json`` holds figures and subgroup values, never a patient's id.
+and SHA-256) and the filter's values to their number; no patient id, table of patients or image is
+logged, and no value of a sensitive column (the filter's and ``validation.group``'s: hospitals,
+scanners) in clear. The store's ``report.html`` is the run folder's ``report_redacted.html``: the
+report without the per-patient table, the excluded images' ids, the Grad-CAM cases and the command
+line, with those values as labels (``site 1``, ``site 2``; ``reporting.redact``); its metrics are
+``metrics_redacted.json``, ``metrics.json`` with the same labels (subgroup values, warnings), built
+with the report from one value map. Without them (a folder from before them, or a copy refused
+because a value would show) nothing is logged in their place, never the run folder's own files.
 The run folder stays the record; tracking is a copy. A store that cannot be reached is a warning,
 never a failed study, and ``tracking.json`` in the run folder names the MLflow run that was written.
 """
@@ -72,7 +76,7 @@ def params(cfg: WorkflowConfig, environment: dict[str, Any]) -> dict[str, str]:
                 walk(value, f"{prefix}{key}.")
             return
         key = prefix.rstrip(".")
-        # paths as file names, the filter's kept values (patients, hospitals) as a digest; roots counted
+        # paths as file names, the filter's kept values (patients, hospitals) by their number; roots counted
         node = len(node or ()) if key == "data.image_roots" else redact.leaf(key, node)
         flat[key] = str(node)[:500]  # MLflow's limit on a parameter value
 
@@ -165,15 +169,20 @@ def _log(mlflow: Any, uri: str, run_dir: Path, cfg: WorkflowConfig) -> dict[str,
 
 
 def _log_files(client: Any, rid: str, run_dir: Path) -> None:
-    """The redacted report (as the store's ``report.html``; never the run folder's own, which has
-    the patients) and ``metrics.json``."""
+    """The redacted report (as the store's ``report.html``) and ``metrics_redacted.json``; never the
+    run folder's own report (it has the patients) or ``metrics.json`` (the sensitive values)."""
     shared = run_dir / redact.REDACTED_REPORT_FILE
     if shared.is_file():
         client.log_text(rid, shared.read_text(encoding="utf-8"), REPORT_FILE)
     elif (run_dir / REPORT_FILE).is_file():
         log.warning("no %s in the run folder: no report logged to MLflow (cohortnet report rebuilds it)", shared.name)
-    if (run_dir / METRICS_FILE).is_file():
-        client.log_artifact(rid, str(run_dir / METRICS_FILE))
+    metrics = run_dir / redact.REDACTED_METRICS_FILE
+    if metrics.is_file():
+        client.log_artifact(rid, str(metrics))
+    elif (run_dir / METRICS_FILE).is_file():
+        log.warning(
+            "no %s in the run folder: no metrics file logged to MLflow (cohortnet report rebuilds it)", metrics.name
+        )
 
 
 def _job_descriptions(run_dir: Path) -> Any:

@@ -5,7 +5,11 @@ skipped decision curve. Every input is made by hand: nothing is trained."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
+import html as htmllib
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -13,6 +17,7 @@ from typing import Any
 import matplotlib
 import pandas as pd
 import pytest
+import yaml
 
 from pipeline.cli import main
 from pipeline.config import EvaluationConfig, TrainConfig, ValidationConfig, WorkflowConfig
@@ -21,12 +26,13 @@ from pipeline.reporting.checklist import RunFacts, fill_checklist
 from pipeline.reporting.html import ReportInputs, render_report
 
 PNG = b"\x89PNG not really"
-SECRETS = ("St Marys Hospital", "PATIENT-JOHN-DOE")
+SECRETS = ("St Marys Hospital", "Kings College Hospital", "Royal Infirmary")
 KEEP = {"site": SECRETS}
+SALT = b"a fixed key for the tests"
 
 
 def _flow() -> dict[str, Any]:
-    """A flow as ``cohort.flow_counts`` gives it, from a run whose filter kept two sites."""
+    """A flow as ``cohort.flow_counts`` gives it, from a run whose filter kept three sites."""
     return {
         "manifest": {"file": "manifest.csv", "images": 10, "patients": 10},
         "scan": None,
@@ -77,14 +83,74 @@ def _inputs(sections: dict[str, Any] | None = None, per_patient: pd.DataFrame | 
 # --------------------------------------------------------------------------- the redacted copy
 
 
-def test_the_redacted_flow_diagram_draws_the_filter_as_a_digest() -> None:
-    raw, shared = _flow(), cohort.redact_flow(_flow(), KEEP)
+def _logo_folder(run: Path) -> WorkflowConfig:
+    """A run folder's cohort records, written by hand: six patients of three sites, each site held
+    out by one fold (leave-one-site-out) and kept by the workflow's filter; site is a covariate and
+    a subgroup. Returns the run's workflow."""
+    run.mkdir()
+    patients = pd.DataFrame(
+        {"patient_id": [f"P{i}" for i in range(6)], "target": [i % 2 for i in range(6)], "sex": list("FMFMFM")}
+    )
+    patients["site"] = [SECRETS[i // 2] for i in range(6)]
+    patients.to_csv(run / "patients.csv", index=False)
+    pd.DataFrame({"image_id": [f"P{i}#1" for i in range(6)]}).to_csv(run / "data_hashes.csv", index=False)
+    rows = []
+    for fold, site in enumerate(SECRETS):
+        for pid, own in zip(patients["patient_id"], patients["site"], strict=True):
+            role = "test" if own == site else "val" if pid in ("P0", "P2") and own != site else "train"
+            rows.append({"fold": fold, "patient_id": pid, "role": role, "group": site})
+    pd.DataFrame(rows).to_csv(run / "splits.csv", index=False)
+    source = {"manifest": {"file": "manifest.csv", "images": 10, "patients": 10}, "scan": None}
+    source |= {"filter": {"rule": cohort.filter_rule(KEEP), "images": 4, "patients": 4}}
+    (run / "flow.json").write_text(json.dumps({**source, "eligible": {"images": 6, "patients": 6}}))
+    (run / "config.yaml").write_text(yaml.safe_dump({"study": "s", "filter": {"site": list(SECRETS)}}))
+    return _cfg(
+        filter=KEEP,
+        validation=ValidationConfig(scheme="leave_one_group_out", group="site"),
+        evaluation=EvaluationConfig(subgroups=("site", "sex")),
+        report=dataclasses.replace(WorkflowConfig(study="s", manifest=Path("m")).report, covariates=("site", "sex")),
+    )
+
+
+def _logo_metrics() -> dict[str, Any]:
+    groups = [{"value": s, "n": 2, "n_positive": 1, "auc": 1.0, "warnings": [f"subgroup site={s} has 1 positive"]}
+              for s in sorted(SECRETS)]  # fmt: skip
+    sexes = [{"value": v, "n": 3, "n_positive": 0, "auc": None} for v in "FM"]
+    per_fold = [{"fold": f, "n": 2, "n_positive": 1, "auc": 1.0} for f in range(3)]
+    return {
+        "auc": 0.75,
+        "n_patients": 6,
+        "n_positive": 3,
+        "subgroups": {"site": {"groups": groups}, "sex": {"groups": sexes}},
+        "folds": {"per_fold": per_fold},
+        "warnings": [g["warnings"][0] for g in groups] + ["subgroup sex=F has only one class"],
+    }
+
+
+def _logo_inputs(run: Path, cfg: WorkflowConfig) -> tuple[ReportInputs, RunFacts]:
+    metrics = _logo_metrics()
+    sections = build.cohort_sections(run, cfg)
+    facts = RunFacts(cfg, metrics, {}, cohort=sections)
+    training = {str(f): {"best_epoch": 1, "best_val_auc": 1.0, "held_out": s} for f, s in enumerate(SECRETS)}
+    inputs = dataclasses.replace(
+        _inputs(sections), metrics=metrics, fold_training=training, checklist=fill_checklist(facts)
+    )
+    return inputs, facts
+
+
+def _clear(page: str) -> list[str]:
+    """The secrets a page shows in clear (its figures' base64 data aside, its entities decoded)."""
+    text = htmllib.unescape(re.sub(r"base64,[A-Za-z0-9+/=]+", "base64,", page))
+    return [s for s in SECRETS if s.lower() in text.lower()]
+
+
+def test_the_redacted_flow_diagram_draws_the_filter_as_labels() -> None:
+    redaction = redact.Redaction.of(KEEP, salt=SALT)
+    raw, shared = _flow(), cohort.redact_flow(_flow(), redaction.keep(KEEP))
     assert all(s in "\n".join(figures.flow_texts(raw)) for s in SECRETS)  # the run folder's diagram
     drawn = "\n".join(figures.flow_texts(shared))
     assert [s for s in SECRETS if s in drawn] == []
-    assert f"site in {{digest {redact.digest(list(SECRETS))}}}" in drawn
-    # the digest is the one the redacted config shows for the same values
-    assert redact.digest(list(SECRETS)) == redact.workflow({"filter": {"site": list(SECRETS)}})["filter"]["site"]
+    assert "site in {site 1, site 2, site 3}" in drawn  # in the labels' order, whatever the filter's
     with matplotlib.rc_context({"svg.fonttype": "none"}):  # SVG text as text: what the figure really draws
         svg_raw, svg_shared = figures.flow_figure(raw)[1].decode(), figures.flow_figure(shared)[1].decode()
     assert SECRETS[0] in svg_raw
@@ -92,39 +158,92 @@ def test_the_redacted_flow_diagram_draws_the_filter_as_a_digest() -> None:
     assert cohort.redact_flow({**raw, "filter": None}, KEEP)["filter"] is None
 
 
-def test_the_redacted_report_shows_no_filter_value_in_the_checklist_or_the_flow(
+def test_the_value_map_numbers_by_a_keyed_hash_and_replaces_whole_words() -> None:
+    values = {"site": [*SECRETS, "unknown", ""], "sex": ["F", "M"]}
+    redaction = redact.Redaction.of(values, salt=SALT)
+    assert sorted(redaction.labels["site"].values()) == ["site 1", "site 2", "site 3"]  # no label for no value
+    orders = {tuple(redact.Redaction.of(values, salt=bytes([k])).labels["site"]) for k in range(20)}
+    assert len(orders) > 1  # the numbering follows the key, not the values' alphabetical order
+    label = redaction.labels["site"][SECRETS[0]]
+    assert redaction.text(f"subgroup site={SECRETS[0]} has 1 positive") == f"subgroup site={label} has 1 positive"
+    assert redaction.text(f"at {SECRETS[0].upper()}.") == f"at {label}."  # any case, as a whole word
+    assert redaction.text(f"{SECRETS[0]}s Annex") == f"{SECRETS[0]}s Annex"  # part of a longer word: not the value
+    female = redaction.labels["sex"]["F"]
+    assert redaction.text("subgroup sex=F; F and M") == f"subgroup sex={female}; F and M"  # short: where it stands
+    assert redaction.found(f"<td>{SECRETS[1].lower()}</td> M") == ["site"]
+    logo = _cfg(filter={"site": ("a",)}, validation=ValidationConfig(scheme="leave_one_group_out", group="hospital"))
+    assert redact.sensitive_columns(logo) == ("site", "hospital")
+    # the official split and the label name no one, and the report spells them: never labelled
+    cv = _cfg(filter={"split": ("train", "val"), "label": ("0", "1"), "scanner": ("X1",)})
+    assert redact.sensitive_columns(cv) == ("scanner",)
+    assert redact.leaf("filter.site", list(SECRETS)) == "3 values"  # a parameter: their number only
+
+
+def test_the_redacted_report_of_a_leave_one_site_out_study_names_no_site(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cfg = _cfg(filter=KEEP)
-    facts = RunFacts(cfg, {"auc": 0.75}, {}, cohort=_sections(_flow()))
-    inputs = dataclasses.replace(_inputs(_sections(_flow())), checklist=fill_checklist(facts))
-    full = render_report(tmp_path, inputs)
-    assert all(s in full for s in SECRETS)  # items 6b, 8 and 10 of the run folder's report
+    run = tmp_path / "run"
+    cfg = _logo_folder(run)
+    inputs, facts = _logo_inputs(run, cfg)
+    full = render_report(run, inputs)
+    assert _clear(full) == list(SECRETS)  # the run folder's report names them
     drawn: list[dict[str, Any]] = []
     real = figures.flow_figure
     monkeypatch.setattr(figures, "flow_figure", lambda flow: drawn.append(flow) or real(flow))
-    shared_inputs = build.redacted_inputs(inputs, facts)
-    shared = render_report(tmp_path, shared_inputs, redact=True)
-    assert [s for s in SECRETS if s in shared] == []
-    assert shared.count(redact.digest(list(SECRETS))) == 3  # eligibility (TRIPOD 6b, CLAIM 8) and subsets
-    assert len(drawn) == 1
+    redaction = build.redaction_of(run, cfg, inputs.metrics)
+    shared_inputs = build.redacted_inputs(run, inputs, facts, redaction)
+    shared = render_report(run, shared_inputs, redact=True)
+    assert _clear(shared) == []
+    labels = redaction.labels["site"]
+    assert sorted(labels) == sorted(SECRETS)
+    assert "site in {site 1, site 2, site 3}" in shared  # the filter's rule (flow diagram, checklist)
+    for fold, site in enumerate(SECRETS):
+        assert f"{fold}: {labels[site]} held out" in shared  # the fold table
+        assert f"<th>fold {fold}: {labels[site]}</th>" in shared  # Table 1's columns
+        assert f"fold {fold}: {labels[site]}: 2 tested" in shared  # the checklist's counts (TRIPOD 21)
+        assert f"subgroup site={labels[site]} has 1 positive" in shared  # the warnings
+        assert f'<td class="l">{labels[site]}</td><td>2</td>' in shared  # the subgroup table
+    assert "subgroup sex=F has only one class" in shared  # other columns keep their values
+    assert [s for s in SECRETS if s in "\n".join(figures.flow_texts(drawn[-1]))] == []  # the diagram, redrawn
+    assert [p["name"] for p in drawn[-1]["partitions"]] == [f"fold {f}: {labels[s]}" for f, s in enumerate(SECRETS)]
     assert shared_inputs.cohort is not None
-    assert shared_inputs.cohort["flow_png"] == real(drawn[0])[0]  # the embedded diagram is the redacted one
-    assert [s for s in SECRETS if s in "\n".join(figures.flow_texts(drawn[0]))] == []
+    assert shared_inputs.cohort["flow_png"] == real(drawn[-1])[0]  # the embedded diagram is the redacted one
     assert shared_inputs.checklist is not None
     assert inputs.checklist is not None
     assert list(shared_inputs.checklist[1]["where"]) == list(inputs.checklist[1]["where"])
+    digest = hashlib.sha256(json.dumps(list(SECRETS)).encode()).hexdigest()[:16]
+    assert digest not in shared  # no unkeyed hash of the values to recompute either
+    assert "filter:\n  site:\n  - site 1\n  - site 2\n  - site 3\n" in shared  # the resolved workflow
+    assert (run / "table1.csv").read_text().count(SECRETS[0]) >= 1  # the run folder's records keep the values
 
 
-def test_a_redacted_report_of_an_unredacted_filter_is_refused(tmp_path: Path) -> None:
+def test_a_redacted_report_without_its_value_map_or_with_a_value_is_refused(tmp_path: Path) -> None:
     facts = RunFacts(_cfg(filter=KEEP), {"auc": 0.75}, {}, cohort=_sections(_flow()))
     inputs = dataclasses.replace(_inputs(_sections(_flow())), checklist=fill_checklist(facts))
-    with pytest.raises(ValueError, match="filter"):
+    redaction = redact.Redaction.of(KEEP, salt=SALT)
+    with pytest.raises(ValueError, match="value map"):
         render_report(tmp_path, inputs, redact=True)
-    redacted_flow = _sections(cohort.redact_flow(_flow(), KEEP))
+    with pytest.raises(ValueError, match="filter"):
+        render_report(tmp_path, dataclasses.replace(inputs, redaction=redaction), redact=True)
+    redacted_flow = _sections(cohort.redact_flow(_flow(), redaction.keep(KEEP)))
     with pytest.raises(ValueError, match="checklist"):  # a redacted diagram beside the raw checklist
-        render_report(tmp_path, dataclasses.replace(inputs, cohort=redacted_flow), redact=True)
-    assert render_report(tmp_path, _inputs(None), redact=True)  # no filter: nothing to check
+        render_report(tmp_path, dataclasses.replace(inputs, cohort=redacted_flow, redaction=redaction), redact=True)
+    # the last check: any value left in the page's text, whatever built it
+    leaky = dataclasses.replace(_inputs(redacted_flow), redaction=redaction, study=f"{SECRETS[2]} study")
+    with pytest.raises(redact.RedactionError, match=re.escape("column(s) site in clear")) as refused:
+        render_report(tmp_path, leaky, redact=True)
+    assert [s for s in SECRETS if s in str(refused.value)] == []  # the error names the column, not the value
+    assert render_report(tmp_path, dataclasses.replace(_inputs(None), redaction=redact.Redaction()), redact=True)
+
+
+def test_the_write_time_check_reads_the_text_not_the_figures() -> None:
+    redaction = redact.Redaction.of({"site": ["St Mary's Hospital", "Royal Infirmary"]}, salt=SALT)
+    figure = "data:image/png;base64," + base64.b64encode(b"Royal Infirmary").decode()
+    html.check_redacted_page(f'<img src="{figure}"><p>site 1 and site 2; 0.001</p>', redaction)
+    with pytest.raises(redact.RedactionError, match="site"):
+        html.check_redacted_page("<p>at st mary&#39;s hospital</p>", redaction)  # an entity is the character
+    with pytest.raises(redact.RedactionError, match=re.escape("report_redacted.html is not written")):
+        html.check_redacted_page('<td title="fold 0: Royal Infirmary">', redaction)
 
 
 # --------------------------------------------------------------------------- checklist answers

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,13 @@ from pipeline.reporting import artifacts, cohort, figures
 from pipeline.reporting.checklist import RunFacts, fill_checklist
 from pipeline.reporting.explanations import load_explanations
 from pipeline.reporting.html import ReportInputs, render_report
-from pipeline.reporting.redact import REDACTED_REPORT_FILE
+from pipeline.reporting.redact import (
+    REDACTED_METRICS_FILE,
+    REDACTED_REPORT_FILE,
+    Redaction,
+    RedactionError,
+    sensitive_columns,
+)
 from pipeline.schema import (
     CALIBRATION_FIGURE_FILE,
     CHECKLIST_FILE,
@@ -48,6 +55,7 @@ from pipeline.schema import (
 )
 
 EXTERNAL_ROLE = "external"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -108,11 +116,48 @@ def write_report(
     )
     page, inputs = render_linked(run_dir, inputs)
     artifacts.write_text(run_dir / REPORT_FILE, page)
-    if cfg.tracking.mlflow:  # the copy the MLflow store gets: no patient, image or path (reporting.redact)
-        shared = redacted_inputs(inputs, facts)
-        artifacts.write_text(run_dir / REDACTED_REPORT_FILE, render_report(run_dir, shared, redact=True))
-    else:  # a rebuild without tracking leaves no copy of an older report
-        (run_dir / REDACTED_REPORT_FILE).unlink(missing_ok=True)
+    write_redacted(run_dir, inputs, facts)
+
+
+def write_redacted(run_dir: Path, inputs: ReportInputs, facts: RunFacts) -> None:
+    """With tracking on, the copies that go to the MLflow store: ``report_redacted.html`` (no patient,
+    image or path; the sensitive columns' values as labels) and ``metrics_redacted.json``, through one
+    value map (``redact.Redaction``). A copy that would still show a value in clear is not written
+    (logged as an error: the run folder stands). Without tracking, no stale copy is left."""
+    targets = (run_dir / REDACTED_REPORT_FILE, run_dir / REDACTED_METRICS_FILE)
+    for path in targets:
+        path.unlink(missing_ok=True)  # a rebuild without tracking (or a refused copy) leaves no older one
+    if not facts.cfg.tracking.mlflow:
+        return
+    redaction = redaction_of(run_dir, facts.cfg, inputs.metrics)
+    shared = redacted_inputs(run_dir, inputs, facts, redaction)
+    try:
+        artifacts.write_text(targets[0], render_report(run_dir, shared, redact=True))  # which checks the page
+    except RedactionError as exc:
+        log.error("%s", exc)
+    try:  # the JSON's text as read (non-ASCII as itself, not escaped) is what is checked
+        redaction.refuse(json.dumps(shared.metrics, ensure_ascii=False, default=str), REDACTED_METRICS_FILE)
+        artifacts.write_json(targets[1], shared.metrics)
+    except RedactionError as exc:
+        log.error("%s", exc)
+
+
+def redaction_of(run_dir: Path, cfg: WorkflowConfig, metrics: dict[str, Any]) -> Redaction:
+    """The value map of a run's copies for outside its folder: every value the run knows of in each
+    sensitive column (``redact.sensitive_columns``): the filter's, ``patients.csv``'s, the held-out
+    groups of ``splits.csv`` and the subgroups' of ``metrics``."""
+    columns = sensitive_columns(cfg)
+    values: dict[str, list[Any]] = {c: list(cfg.filter.get(c, ())) for c in columns}
+    if (run_dir / PATIENTS_FILE).is_file():
+        patients = pd.read_csv(run_dir / PATIENTS_FILE, dtype=str, keep_default_na=False)
+        for c in columns:
+            values[c] += patients[c].tolist() if c in patients.columns and c != PATIENT_ID else []
+    if cfg.validation.group and (run_dir / SPLITS_FILE).is_file():
+        splits = pd.read_csv(run_dir / SPLITS_FILE, dtype=str, keep_default_na=False)
+        values[cfg.validation.group] += splits[GROUP].tolist() if GROUP in splits.columns else []
+    for c in columns:
+        values[c] += [g.get("value") for g in ((metrics.get("subgroups") or {}).get(c) or {}).get("groups") or []]
+    return Redaction.of(values)
 
 
 def render_linked(run_dir: Path, inputs: ReportInputs) -> tuple[str, ReportInputs]:
@@ -130,19 +175,77 @@ def render_linked(run_dir: Path, inputs: ReportInputs) -> tuple[str, ReportInput
     return render_report(run_dir, inputs), inputs
 
 
-def redacted_inputs(inputs: ReportInputs, facts: RunFacts) -> ReportInputs:
-    """The inputs of the copy that leaves the run folder (``render_report(..., redact=True)``): the
-    workflow filter's values as their digest in the flow diagram (drawn again) and in the checklist
-    (filled again from that flow, keeping the links ``render_linked`` checked)."""
-    if inputs.cohort is None or not inputs.cohort["flow"].get("filter"):
-        return inputs
-    flow = cohort.redact_flow(inputs.cohort["flow"], facts.cfg.filter)
-    sections = {**inputs.cohort, "flow": flow, "flow_png": figures.flow_figure(flow)[0]}
+def redacted_inputs(run_dir: Path, inputs: ReportInputs, facts: RunFacts, redaction: Redaction) -> ReportInputs:
+    """The inputs of the copy that leaves the run folder (``render_report(..., redact=True)``), with
+    ``redaction`` applied to what the sections are built from: the run folder's cohort records
+    (patients.csv, splits.csv, flow.json: the flow diagram, drawn again, and Table 1), the metrics
+    (subgroups, warnings), the folds' held-out groups and the texts; the checklist is filled again
+    from them, keeping the links ``render_linked`` checked."""
+    cfg = facts.cfg
+    metrics = redaction.metrics(inputs.metrics)
+    group = cfg.validation.group or ""
+    training = {
+        fold: {**t, "held_out": redaction.value(group, t["held_out"])} if "held_out" in t else dict(t)
+        for fold, t in inputs.fold_training.items()
+    }
+    records = _cohort_records(run_dir, inputs.excluded) if inputs.cohort is not None else None
+    sections = _sections(_redacted_records(records, cfg, redaction), cfg)[0] if records is not None else None
     checklist = inputs.checklist
     if checklist is not None:
-        header, table = fill_checklist(dataclasses.replace(facts, cohort=sections))
+        header, table = fill_checklist(dataclasses.replace(facts, cohort=sections, metrics=metrics))
         checklist = (header, table.assign(where=checklist[1]["where"].to_numpy()))
-    return dataclasses.replace(inputs, cohort=sections, checklist=checklist)
+    return dataclasses.replace(
+        inputs,
+        study=redaction.text(inputs.study),
+        scheme_text=redaction.text(inputs.scheme_text),
+        model_text=redaction.text(inputs.model_text),
+        metrics=metrics,
+        fold_training=training,
+        cohort=sections,
+        checklist=checklist,
+        redaction=redaction,
+    )
+
+
+@dataclass(frozen=True)
+class _CohortRecords:
+    """What the flow diagram and Table 1 are built from (``cohort_sections``)."""
+
+    source: dict[str, Any] | None  # flow.json
+    images: list[str]  # the eligible images' ids (data_hashes.csv)
+    excluded: pd.DataFrame
+    patients: pd.DataFrame
+    splits: pd.DataFrame  # the first member's (crossval.primary_splits)
+
+
+def _cohort_records(run_dir: Path, excluded: pd.DataFrame | None = None) -> _CohortRecords | None:
+    needed = (SPLITS_FILE, PATIENTS_FILE, DATA_HASHES_FILE)
+    if not all((run_dir / name).is_file() for name in needed):
+        return None
+    source = json.loads((run_dir / FLOW_FILE).read_text()) if (run_dir / FLOW_FILE).is_file() else None
+    # with members (seeds, repeats) the flow and Table 1 show the first member's partitions
+    splits = crossval.primary_splits(pd.read_csv(run_dir / SPLITS_FILE, dtype={PATIENT_ID: str}))
+    return _CohortRecords(
+        source=source,
+        images=pd.read_csv(run_dir / DATA_HASHES_FILE, dtype=str)[IMAGE_ID].tolist(),
+        excluded=_excluded(run_dir) if excluded is None else excluded,
+        patients=pd.read_csv(run_dir / PATIENTS_FILE, dtype=str, keep_default_na=False),
+        splits=splits,
+    )
+
+
+def _redacted_records(records: _CohortRecords, cfg: WorkflowConfig, redaction: Redaction) -> _CohortRecords:
+    """``records`` with every value of a sensitive column as its label: the patients' cells, the
+    held-out groups, the filter's rule (and any value in flow.json's texts, the manifest's name say)."""
+    columns = [c for c in redaction.columns if c != PATIENT_ID]  # a filter on ids: the ids stay the keys
+    splits = records.splits
+    if cfg.validation.group and GROUP in splits.columns:
+        splits = splits.assign(**{GROUP: splits[GROUP].map(lambda v: redaction.value(str(cfg.validation.group), v))})
+    source = records.source
+    if source is not None:
+        source = cohort.redact_flow(redaction.json(source), redaction.keep(cfg.filter))
+    patients = redaction.frame(records.patients, columns)
+    return dataclasses.replace(records, source=source, patients=patients, splits=splits)
 
 
 def _excluded(run_dir: Path) -> pd.DataFrame:
@@ -156,27 +259,29 @@ def cohort_sections(run_dir: Path, cfg: WorkflowConfig, excluded: pd.DataFrame |
     """The patient flow (``flow.svg``, embedded as PNG) and Table 1 (``table1.csv``) of a run
     folder (``excluded``: its excluded.csv, read when not given), or None for a folder from
     before ``patients.csv``."""
-    needed = (SPLITS_FILE, PATIENTS_FILE, DATA_HASHES_FILE)
-    if not all((run_dir / name).is_file() for name in needed):
+    records = _cohort_records(run_dir, excluded)
+    if records is None:
         return None
-    excluded = _excluded(run_dir) if excluded is None else excluded
-    source = json.loads((run_dir / FLOW_FILE).read_text()) if (run_dir / FLOW_FILE).is_file() else None
-    images = pd.read_csv(run_dir / DATA_HASHES_FILE, dtype=str)[IMAGE_ID]
-    patients = pd.read_csv(run_dir / PATIENTS_FILE, dtype=str, keep_default_na=False)
-    # with members (seeds, repeats) the flow and Table 1 show the first member's partitions
-    splits = crossval.primary_splits(pd.read_csv(run_dir / SPLITS_FILE, dtype={PATIENT_ID: str}))
-    flow = cohort.flow_counts(source, images.tolist(), excluded, patients, splits)
-    png, svg = figures.flow_figure(flow)
+    sections, svg = _sections(records, cfg)
     artifacts.write_bytes(run_dir / FLOW_FIGURE_FILE, svg)
-    per_patient_images = cohort.usable_images(images.tolist(), excluded)[1][PATIENT_ID].value_counts()
-    partition = cohort.patient_partition(splits)
+    artifacts.write_csv(
+        run_dir / TABLE1_FILE, cohort.table_one_frame(sections["table1_columns"], sections["table1_rows"])
+    )
+    return sections
+
+
+def _sections(records: _CohortRecords, cfg: WorkflowConfig) -> tuple[dict[str, Any], bytes]:
+    """(the cohort sections of the report, the flow diagram as SVG) from ``records``."""
+    flow = cohort.flow_counts(records.source, records.images, records.excluded, records.patients, records.splits)
+    png, svg = figures.flow_figure(flow)
+    per_patient_images = cohort.usable_images(records.images, records.excluded)[1][PATIENT_ID].value_counts()
+    partition = cohort.patient_partition(records.splits)
     partition = partition[partition.index.isin(per_patient_images.index)]
-    columns, rows = cohort.table_one(patients, partition, cfg.report.covariates, per_patient_images)
+    columns, rows = cohort.table_one(records.patients, partition, cfg.report.covariates, per_patient_images)
     random_folds = cfg.validation.scheme in ("kfold", "nested")
     if random_folds:  # random folds differ by chance only: the differences are shown, not flagged
         rows = [{**r, "large": False} for r in rows]
-    artifacts.write_csv(run_dir / TABLE1_FILE, cohort.table_one_frame(columns, rows))
-    return {
+    sections = {
         "flow": flow,
         "flow_png": png,
         "flow_problems": cohort.flow_problems(flow),
@@ -185,6 +290,7 @@ def cohort_sections(run_dir: Path, cfg: WorkflowConfig, excluded: pd.DataFrame |
         "large_smd": cohort.LARGE_SMD,
         "random_partitions": random_folds,
     }
+    return sections, svg
 
 
 def study_text(cfg: WorkflowConfig) -> dict[str, str]:

@@ -591,7 +591,7 @@ FILLS: dict[str, Fill] = {
 def fill_checklist(facts: RunFacts) -> tuple[dict[str, Any], pd.DataFrame]:
     """(header, one row per item: guideline, item, section, title, status, answer, where)."""
     header, items = load_items()
-    # a flow whose filter values are digests (cohort.redact_flow): the checklist may leave the run folder
+    # a flow whose filter values are labels (cohort.redact_flow): the checklist may leave the run folder
     header["redacted"] = bool((_flow(facts).get("filter") or {}).get("redacted"))
     rows = []
     for item in items:

@@ -9,6 +9,7 @@ starts), ``data_hashes.csv`` (every eligible image), ``excluded.csv`` (images th
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.reporting.redact import digest
 from pipeline.schema import FOLD, GROUP, IMAGE_ID, PATIENT_ID, ROLE, TARGET
 
 LARGE_SMD = 0.1  # conventional flag for imbalance between groups (Austin 2009)
@@ -66,25 +66,21 @@ def flow_source(
     }
 
 
-def filter_rule(keep: Mapping[str, Sequence[Any]], *, redact: bool = False) -> str:
-    """The workflow filter in words, ``site in {A, B}``; ``redact``: each column's kept values as
-    their digest (``redact.digest``, as the redacted config shows them), for copies that leave the
-    run folder (the values may name patients or hospitals)."""
-
-    def values(vals: Sequence[Any]) -> str:
-        return f"digest {digest(list(vals))}" if redact else ", ".join(map(str, vals))
-
-    return "; ".join(f"{col} in {{{values(vals)}}}" for col, vals in keep.items())
+def filter_rule(keep: Mapping[str, Sequence[Any]]) -> str:
+    """The workflow filter in words, ``site in {A, B}`` (``keep``: the workflow's ``filter``, or its
+    labelled copy ``redact.Redaction.keep`` for a copy that leaves the run folder)."""
+    return "; ".join(f"{col} in {{{', '.join(map(str, vals))}}}" for col, vals in keep.items())
 
 
 def redact_flow(flow: dict[str, Any], keep: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
-    """``flow`` with the filter's rule (``flow_counts``) as ``filter_rule(keep, redact=True)``;
-    ``keep``: the run's ``filter``. A flow with a filter but no ``keep`` to digest (a config without
-    one) shows no values at all. The filter block is marked ``redacted``."""
+    """``flow`` (``flow_counts``, or the ``flow.json`` it starts from) with the filter's rule as
+    ``filter_rule(keep)``; ``keep``: the run's filter with its values as labels
+    (``redact.Redaction.keep``). A flow with a filter but no ``keep`` (a config without one) shows no
+    values at all. The filter block is marked ``redacted``."""
     flt = flow.get("filter")
     if not flt:
         return flow
-    rule = filter_rule(keep, redact=True) if keep else "values left out of this copy"
+    rule = filter_rule(keep) if keep else "values left out of this copy"
     return {**flow, "filter": {**flt, "rule": rule, "redacted": True}}
 
 
@@ -318,11 +314,13 @@ def table_one(
 
 
 def _partition_order(name: str) -> tuple[int, Any]:
+    """Roles in their order, then folds by number ("fold 10" after "fold 9"; "fold 2: site 1", a
+    leave-one-group-out fold, by its fold, not by the held-out group's name or label)."""
     roles = {"train": 0, "val": 1, "test": 2}
     if name in roles:
         return (0, roles[name])
-    tail = name.rsplit(maxsplit=1)[-1]
-    return (1, int(tail)) if tail.isdigit() else (2, name)
+    fold = re.match(r"fold (\d+)(?::|$)", name)
+    return (1, int(fold.group(1))) if fold else (2, name)
 
 
 def _num(x: float) -> str:

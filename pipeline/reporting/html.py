@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import html as htmllib
 import json
 import math
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from pipeline import __version__
-from pipeline.reporting import redact as redaction
+from pipeline.reporting import redact as redacting
 from pipeline.schema import ENVIRONMENT_FILE, EXCLUDED_FILE, PER_PATIENT_FILE, RESOLVED_CONFIG_FILE, SCORE_SINGLE
 
 THRESHOLD_METRICS = ("sensitivity", "specificity", "ppv", "npv", "accuracy", "balanced_accuracy", "f1")
@@ -60,6 +61,9 @@ class ReportInputs:
     cohort: dict[str, Any] | None = None  # patient flow and Table 1 (build.cohort_sections)
     external: dict[str, Any] | None = None  # a prediction on a labelled cohort: internal against external
     record_file: str = ENVIRONMENT_FILE  # the JSON record shown under "Reproduce"
+    # the copy for outside the run folder only (build.redacted_inputs): the sensitive columns' values
+    # and their labels, applied to the inputs above and checked against the page; never shown
+    redaction: redacting.Redaction | None = None
 
 
 def _b64(data: bytes | None) -> str | None:
@@ -174,9 +178,10 @@ _HEADLINE_KEYS = (
 def render_report(run_dir: Path, inputs: ReportInputs, *, redact: bool = False) -> str:
     """The report's HTML; ``redact``: the copy that leaves the run folder (the MLflow store's), without
     the per-patient table, the excluded images' ids, the Grad-CAM cases and the command line, with
-    the workflow's paths as file names and the filter's values as a digest (``reporting.redact``)."""
-    if redact:
-        _check_redacted(inputs)
+    the workflow's paths as file names and the sensitive columns' values as labels (``inputs`` from
+    ``build.redacted_inputs``; ``reporting.redact``). A redacted page that still shows such a value
+    raises ``redact.RedactionError``."""
+    redaction = _check_redacted(inputs) if redact else None
     env = Environment(
         loader=PackageLoader("pipeline.reporting", "templates"),
         autoescape=select_autoescape(["html"]),
@@ -197,31 +202,46 @@ def render_report(run_dir: Path, inputs: ReportInputs, *, redact: bool = False) 
         "cohort": _cohort(inputs.cohort),
         "checklist": _checklist(inputs.checklist),
         "explanations": _explanations(inputs.explanations),
-        **_provenance(run_dir, inputs.record_file, redact),
+        **_provenance(run_dir, inputs.record_file, redaction),
     }
-    if redact:  # the template says where the left-out parts are
-        for key in ("patient_columns", "patient_rows", "n_patient_rows", "excluded_rows", "explanations"):
-            del context[key]
-        context["redacted"] = {
-            "explanations": inputs.explanations is not None,
-            "patients_file": PER_PATIENT_FILE,
-            "excluded_file": EXCLUDED_FILE,
-        }
-    return env.get_template("report.html").render(**context)
+    if redaction is None:
+        return env.get_template("report.html").render(**context)
+    for key in ("patient_columns", "patient_rows", "n_patient_rows", "excluded_rows", "explanations"):
+        del context[key]
+    context["redacted"] = {  # the template says where the left-out parts are
+        "explanations": inputs.explanations is not None,
+        "patients_file": PER_PATIENT_FILE,
+        "excluded_file": EXCLUDED_FILE,
+        "columns": redaction.columns,
+    }
+    page = env.get_template("report.html").render(**context)
+    check_redacted_page(page, redaction)
+    return page
 
 
-def _check_redacted(inputs: ReportInputs) -> None:
-    """A redacted copy shows the workflow filter's values only as digests: its flow (diagram and
-    checklist answers) must come from ``cohort.redact_flow`` (``build.redacted_inputs``)."""
+def check_redacted_page(page: str, redaction: redacting.Redaction) -> None:
+    """The last check before ``report_redacted.html`` is written: no value of a sensitive column in
+    the page's text (its figures' base64 data aside; HTML entities read as the characters they are).
+    Raises ``redact.RedactionError`` naming the column, never the value."""
+    redaction.refuse(htmllib.unescape(page), redacting.REDACTED_REPORT_FILE)
+
+
+def _check_redacted(inputs: ReportInputs) -> redacting.Redaction:
+    """A redacted copy is built from inputs with the sensitive columns' values as labels
+    (``build.redacted_inputs``): it has the value map, and its flow (diagram and checklist answers)
+    shows the workflow filter as labels (``cohort.redact_flow``)."""
+    if inputs.redaction is None:
+        raise ValueError("a redacted report needs the inputs of build.redacted_inputs (the value map)")
     flt = ((inputs.cohort or {}).get("flow") or {}).get("filter")
     if not flt:
-        return
+        return inputs.redaction
     checklist_ok = inputs.checklist is None or inputs.checklist[0].get("redacted")
     if not flt.get("redacted") or not checklist_ok:
         raise ValueError(
-            "a redacted report needs the workflow filter's values as digests in its flow diagram and "
+            "a redacted report needs the workflow filter's values as labels in its flow diagram and "
             "checklist (build.redacted_inputs)"
         )
+    return inputs.redaction
 
 
 def _headline(inputs: ReportInputs) -> dict[str, Any]:
@@ -296,20 +316,24 @@ def _tables(inputs: ReportInputs) -> dict[str, Any]:
     }
 
 
-def _provenance(run_dir: Path, record_file: str, redact: bool = False) -> dict[str, Any]:
+def _provenance(run_dir: Path, record_file: str, redaction: redacting.Redaction | None = None) -> dict[str, Any]:
     """The resolved config, the environment (or prediction) record and the folder's file listing
-    (``redact``: as ``reporting.redact`` lets them leave the run folder)."""
+    (``redaction``: as ``reporting.redact`` lets them leave the run folder, the filter's values and
+    any sensitive value in their texts as labels)."""
     config_path = run_dir / RESOLVED_CONFIG_FILE
     env_path = run_dir / record_file
     record = json.loads(env_path.read_text()) if env_path.is_file() else {}
     commit = record.get("git_commit") or (record.get("code") or {}).get("git_commit")
     config_text = config_path.read_text() if config_path.is_file() else ""
-    if redact:
-        config_text, record = redaction.config_text(config_text), redaction.record(record, record_file)
+    listing = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("."))
+    if redaction is not None:
+        config_text = redacting.config_text(config_text, redaction)
+        record = redaction.json(redacting.record(record, record_file))
+        listing = [redaction.text(name) for name in listing]
     return {
         "git_commit": commit,
         "config_text": config_text,
         "environment_text": json.dumps(record, indent=2) if record else "",
         "files": {"config": RESOLVED_CONFIG_FILE, "environment": record_file},
-        "listing": sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")),
+        "listing": listing,
     }
