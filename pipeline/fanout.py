@@ -23,6 +23,8 @@ import pandas as pd
 
 from pipeline.config import WorkflowConfig, config_from_dict, dump_config, yaml_load
 from pipeline.errors import CohortnetError, ValidationError
+from pipeline.logs import setup_worker
+from pipeline.privacy import registered_roots
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +40,14 @@ def fold_task(
     items: dict[str, list[dict[str, Any]]],
     table: pd.DataFrame,
     label: str,
+    roots: tuple[str, ...] = (),
 ) -> tuple[str, CohortnetError | None]:
     """One job on a worker (``pipeline.study.FoldJob`` and plain values): train, predict, write its
     folder under the folder's own lock. Returns (folder, None), or (folder, the error) for a
     problem of the study itself (NaN scores, say), which a retry would only repeat; anything else
-    raises, and Dask retries it (a lost worker, a full disk)."""
+    raises, and Dask retries it (a lost worker, a full disk). First of all, the worker's logs and
+    warnings are redacted as the driver's are (``roots``: the driver's registered data roots)."""
+    setup_worker(roots)
     import torch
 
     from pipeline import runfolder
@@ -148,6 +153,7 @@ def run_folds(
                 items,
                 table,
                 label,
+                registered_roots(),
                 key=f"cohortnet-fold-{_task_id(run_dir, seal)}-{job.folder.replace('/', '-')}",
                 retries=RETRIES,
                 pure=False,

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 FORMAT = "%(asctime)s %(levelname)-7s %(message)s"
 _LOGGER = "pipeline"
+_WORKER_LOCK = threading.Lock()
 
 
 class _CurrentStderr(logging.StreamHandler):
@@ -37,14 +40,33 @@ def setup_logging(verbose: bool = False) -> logging.Logger:
         handler.setFormatter(logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
         logger.addHandler(handler)
     logger.propagate = False
-    for noisy in ("monai", "pydicom", "nibabel", "PIL", "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    _quiet_readers()
     logging.captureWarnings(True)
-    warnings.filterwarnings("ignore", module=r"monai\..*")
     from pipeline.privacy import install_redaction
 
     install_redaction(logger)
     return logger
+
+
+def _quiet_readers() -> None:
+    for noisy in ("monai", "pydicom", "nibabel", "PIL", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"monai\..*")
+
+
+def setup_worker(roots: Iterable[str] = ()) -> None:
+    """The first thing a task does in a worker process (Dask): the redaction of ``setup_logging``
+    (a log-record factory and the warnings hook, so records of any logger and warnings are redacted
+    there too) and the third-party readers silenced, with the driver's registered ``roots``
+    (``privacy.registered_roots()``, passed with the task); the worker registers the identifying
+    values itself, from the headers it reads. Idempotent: every task of a worker calls it."""
+    from pipeline.privacy import install_redaction, register_root, registered_roots
+
+    with _WORKER_LOCK:  # a worker's threads start tasks at the same time
+        _quiet_readers()
+        install_redaction()
+        for root in set(roots) - set(registered_roots()):
+            register_root(root)
 
 
 def add_run_log(folder: Path) -> logging.Handler:

@@ -15,6 +15,7 @@ and exception texts. Three mechanisms keep them out of cohortnet's outputs:
 
 from __future__ import annotations
 
+import datetime
 import functools
 import hashlib
 import hmac
@@ -84,6 +85,7 @@ _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9.]*")
 _MIN_TOKEN = 3
 _NAME_GROUPS = 3  # family, given and middle names; prefix and suffix ("Dr", "Jr") are not identifying
 _SHORT_NAME = re.compile(r"[A-Za-z]{1,2}")  # "Li", "Wu": matched only within the whole name
+_GAP = "[^a-z0-9]*"  # between the words of a phrase (lower-cased text, or IGNORECASE)
 PHRASE_TOKENS = 3
 MAX_PHRASES = 100_000
 REDACTED = "[redacted]"
@@ -207,7 +209,9 @@ def name_parts(name: str) -> tuple[set[str], set[str]]:
     of 3+ characters; a name with a part of one or two letters (``"Li^Wu"``, ``"Doe^John^W"``)
     also gives the whole name as a phrase, family first and given first (``"li wu"``, ``"wu li"``),
     because such a part alone is an ordinary word ("no", "de", "CT") and must never be redacted
-    on its own. A name of one short part only cannot be matched safely and is not."""
+    on its own. A phrase matches whole words, whatever is or is not between its words ("Li Wu",
+    "Wu, Li", "Li-Wu", "Li^Wu", "LiWu"; not "LIWUX"). A name of one short part only cannot be
+    matched safely and is not."""
     toks: set[str] = set()
     phrases: set[str] = set()
     for group in name.split("="):
@@ -223,9 +227,106 @@ def name_parts(name: str) -> tuple[set[str], set[str]]:
     return toks, phrases
 
 
+def _phrase_pattern(phrase: str) -> str:
+    """A phrase's words with any run of non-alphanumeric characters, or none, between them:
+    "ng bo" matches "Ng Bo", "Ng^Bo", "Ng_Bo", "Ng, Bo" and "NgBo"."""
+    return _GAP.join(map(re.escape, phrase.split()))
+
+
 def _whole(phrase: str, folded: str) -> bool:
-    """``phrase`` in ``folded`` as whole words ("li wu" is not in "oli wun")."""
-    return re.search(rf"(?<![a-z0-9]){re.escape(phrase)}(?![a-z0-9])", folded) is not None
+    """``phrase`` in ``folded`` as whole words ("li wu" is not in "oli wun", "liwu" not in "liwux")."""
+    return re.search(rf"(?<![a-z0-9]){_phrase_pattern(phrase)}(?![a-z0-9])", folded) is not None
+
+
+_YEAR = r"(?:18|19|20)\d\d"
+_MONTH_NAME = (
+    r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|sep(?:t(?:ember)?)?"
+    r"|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)\.?(?![a-z])"
+)
+# A calendar date as it is usually written, not inside a longer number or a dotted version or UID
+# ("1.2.840.10008", "1.25", "5.0"): ISO and compact (with a DT's time), day or month first with a
+# four- or two-digit year, and with a month name.
+_DATE = re.compile(
+    rf"""(?<!\d)(?<!\d[./-])(?:
+      (?P<iy>{_YEAR})(?P<isep>[-./])(?P<im>\d\d?)(?P=isep)(?P<id>\d\d?)
+    | (?P<cy>{_YEAR})(?P<cm>0[1-9]|1[0-2])(?P<cd>0[1-9]|[12]\d|3[01])(?:T?\d{{4}}(?:\d\d(?:\.\d{{1,6}})?)?)?
+    | (?P<a>\d\d?)(?P<nsep>[-./])(?P<b>\d\d?)(?P=nsep)(?P<ny>{_YEAR}|\d\d)
+    | (?P<td>\d\d?)[ .-]?(?P<tm>{_MONTH_NAME})[ .,-]*(?P<ty>{_YEAR}|\d\d)
+    | (?<![a-z])(?P<um>{_MONTH_NAME})[ ]?(?P<ud>\d\d?)(?:st|nd|rd|th)?,?[ ]?(?P<uy>{_YEAR})
+    )(?![./-]?\d)""",
+    re.IGNORECASE | re.VERBOSE,
+)
+# A DA or DT value as a header holds it (YYYYMMDD, an old ACR-NEMA YYYY.MM.DD, a DT's time and offset).
+_HEADER_DATE = re.compile(
+    rf"({_YEAR})\.?(0[1-9]|1[0-2])\.?(0[1-9]|[12]\d|3[01])(?:\d{{2,6}}(?:\.\d{{1,6}})?)?(?:[+-]\d{{4}})?"
+)
+
+
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+
+
+def _month_number(name: str) -> int:
+    return _MONTHS.index(name[:3].lower()) + 1
+
+
+def _years(text: str) -> list[int]:
+    """A four-digit year, or both centuries of a two-digit one ("70": 1970 and 2070)."""
+    return [int(text)] if len(text) == 4 else [1900 + int(text), 2000 + int(text)]
+
+
+def _candidates(g: dict[str, str | None]) -> list[tuple[int, int, int]]:
+    """(year, month, day) that a ``_DATE`` match's groups can mean ("03/04/21": 4 March or 3 April, 1921 or 2021)."""
+    if g["iy"]:
+        return [(int(g["iy"]), int(g["im"] or 0), int(g["id"] or 0))]
+    if g["cy"]:
+        return [(int(g["cy"]), int(g["cm"] or 0), int(g["cd"] or 0))]
+    if g["a"]:
+        a, b = int(g["a"]), int(g["b"] or 0)
+        return [(y, m, d) for y in _years(g["ny"] or "") for m, d in ((b, a), (a, b))]
+    if g["tm"]:
+        return [(y, _month_number(g["tm"]), int(g["td"] or 0)) for y in _years(g["ty"] or "")]
+    return [(int(g["uy"] or 0), _month_number(g["um"] or ""), int(g["ud"] or 0))]
+
+
+def _valid(ymd: Iterable[tuple[int, int, int]]) -> set[str]:
+    out = set()
+    for y, m, d in ymd:
+        try:
+            out.add(datetime.date(y, m, d).strftime("%Y%m%d"))
+        except ValueError:  # not a date (month 13, 31 April)
+            continue
+    return out
+
+
+def _is_calendar_date(match: re.Match[str]) -> bool:
+    """A ``_DATE`` match that is a date whatever the header says. A two-digit year only in
+    "DD.MM.YY" (day first) and "MM/DD/YY" (month first), with two-digit day and month: "01.02.70"
+    and "12/31/99" are dates; "1.2.10", "12.30.45" (a time) and "10-20-30" are not."""
+    g = match.groupdict()
+    if g["a"] and len(g["ny"] or "") == 2:
+        a, b, sep = g["a"], g["b"] or "", g["nsep"]
+        if len(a) < 2 or len(b) < 2 or sep not in "./":
+            return False
+        order = (int(b), int(a)) if sep == "." else (int(a), int(b))
+        return bool(_valid([(y, *order) for y in _years(g["ny"] or "")]))
+    return bool(_valid(_candidates(g)))
+
+
+def dates_in(text: str) -> set[str]:
+    """YYYYMMDD of every reading of every date in ``text``, however rendered ("2021-03-04",
+    "04.03.2021", "3/4/21", "04-MAR-2021", "March 4, 2021", "20210304")."""
+    return {day for m in _DATE.finditer(text) for day in _valid(_candidates(m.groupdict()))}
+
+
+def contains_date(text: str) -> bool:
+    """True if ``text`` holds a calendar date (any of the renderings of ``dates_in``; two-digit
+    years only as "DD.MM.YY"/"MM/DD/YY"). Protocol words ("T1 3D", "5.0 mm", "1.25", "2:1") are not dates."""
+    return any(_is_calendar_date(m) for m in _DATE.finditer(text))
+
+
+def header_dates(values: Iterable[str]) -> set[str]:
+    """YYYYMMDD of the values that are a header's DA or DT (``"19700101"``, ``"20210304093000.5"``)."""
+    return {"".join(m.groups()) for v in values if (m := _HEADER_DATE.fullmatch(v.strip()))}
 
 
 def split_values(values: Iterable[str]) -> tuple[set[str], set[str]]:
@@ -249,24 +350,40 @@ def split_values(values: Iterable[str]) -> tuple[set[str], set[str]]:
 
 
 def contains_identifying(text: str, identifying: Iterable[str]) -> bool:
-    """True if ``text`` contains a token of a short identifying value or a whole free-text value."""
-    toks, phrases = split_values(identifying)
+    """True if ``text`` contains a token of a short identifying value, a whole free-text value or
+    name phrase, or one of the header's dates however it is written ("01.01.1970" for 19700101)."""
+    values = list(identifying)
+    toks, phrases = split_values(values)
+    return _contains(text, toks, phrases, header_dates(values))
+
+
+def _contains(text: str, toks: set[str], phrases: set[str], dates: set[str]) -> bool:
     folded = " ".join(text.lower().split())
-    return bool(toks & tokens(text)) or any(_whole(p, folded) for p in phrases)
+    if toks & tokens(text) or any(_whole(p, folded) for p in phrases):
+        return True
+    return bool(dates and dates & dates_in(text))
 
 
 def clean_description(text: str | None, identifying: Iterable[str], max_len: int = 64) -> str:
     """A descriptive text (SeriesDescription) safe for a QC column, or ``[redacted]``.
 
-    Redacts the whole text when it contains an identifying value of the same header; drops
-    characters outside a conservative set and a leading formula character (CSV injection).
+    Redacts the whole text when it contains an identifying value of the same header or any
+    calendar date (a description needs none); drops characters outside a conservative set and a
+    leading formula character (CSV injection). The text is checked as found and again once
+    filtered, since dropping characters can join what they separated ("Ng^Bo" into "NgBo").
     """
     if not text:
         return ""
-    if contains_identifying(text, identifying):
-        return REDACTED
-    kept = re.sub(r"[^A-Za-z0-9 _.+\-()/:,*#%]", "", text).strip()[:max_len]
-    return kept.lstrip("=+-@") if kept[:1] in "=+-@" else kept
+    values = list(identifying)
+    toks, phrases = split_values(values)
+    dates = header_dates(values)
+    filtered = re.sub(r"[^A-Za-z0-9 _.+\-()/:,*#%]", "", text).strip()
+    kept = filtered[:max_len]
+    kept = kept.lstrip("=+-@") if kept[:1] in "=+-@" else kept
+    for candidate in dict.fromkeys((text, filtered, kept)):
+        if _contains(candidate, toks, phrases, dates) or contains_date(candidate):
+            return REDACTED
+    return kept
 
 
 class Redactor:
@@ -274,19 +391,27 @@ class Redactor:
 
     Tokens are matched whole (``"jane"`` does not redact ``"janet"``; a name with a one- or two-letter
     part, ``"Li^Wu"``, is matched only as the whole name), in
-    O(len(text)) per call however many values are registered. Paths under a registered root become ``<path>``.
+    O(len(text)) per call however many values are registered; a registered DA/DT value also in its
+    other renderings ("1970-01-01", "01.01.1970", "1/1/70" for 19700101). Paths under a registered
+    root become ``<path>``.
     """
 
     def __init__(self) -> None:
         self._tokens: set[str] = set()
         self._phrases: set[str] = set()
         self._phrase_re: re.Pattern[str] | None = None
+        self._dates: set[str] = set()
         self._roots: list[str] = []
         self._root_re: re.Pattern[str] | None = None
         self._lock = threading.Lock()
 
     def register_values(self, values: Iterable[str]) -> None:
+        values = list(values)
         new, phrases = split_values(values)
+        dates = header_dates(values)
+        if dates - self._dates:
+            with self._lock:
+                self._dates |= dates
         if new - self._tokens:
             with self._lock:
                 self._tokens |= new
@@ -302,11 +427,17 @@ class Redactor:
             pattern = "|".join(re.escape(r) for r in self._roots)
             self._root_re = re.compile(rf"(?:{pattern})[^\s'\"]*")
 
+    @property
+    def roots(self) -> tuple[str, ...]:
+        """The registered roots (as given and resolved), for a worker process's redactor."""
+        return tuple(self._roots)
+
     def clear(self) -> None:
         with self._lock:
             self._tokens = set()
             self._phrases = set()
             self._phrase_re = None
+            self._dates = set()
             self._roots = []
             self._root_re = None
 
@@ -315,11 +446,14 @@ class Redactor:
             text = self._root_re.sub(PATH_REDACTED, text)
         if self._phrases and self._phrase_re is None:
             with self._lock:
-                alternatives = "|".join(r"\s+".join(map(re.escape, p.split())) for p in sorted(self._phrases))
-                # whole words only: the phrase "li wu" never cuts into "oli wun"
+                alternatives = "|".join(_phrase_pattern(p) for p in sorted(self._phrases))
+                # whole words only: the phrase "li wu" never cuts into "oli wun" (nor "liwu" into "liwux")
                 self._phrase_re = re.compile(rf"(?<![A-Za-z0-9])(?:{alternatives})(?![A-Za-z0-9])", re.IGNORECASE)
         if self._phrase_re is not None:
             text = self._phrase_re.sub(REDACTED, text)
+        if self._dates:  # a registered date however written: "01.01.1970", "1970-01-01", "1/1/70"
+            dates = self._dates
+            text = _DATE.sub(lambda m: REDACTED if _valid(_candidates(m.groupdict())) & dates else m.group(0), text)
         if not self._tokens:
             return text
         registered = self._tokens
@@ -348,6 +482,12 @@ def register_identifying(values: Iterable[str]) -> None:
 def register_root(root: str | Path) -> None:
     """Paths under ``root`` (a scanned data folder) are replaced by ``<path>`` in logs."""
     REDACTOR.register_root(root)
+
+
+def registered_roots() -> tuple[str, ...]:
+    """The roots registered in this process: what a worker process needs to redact the same paths
+    (the identifying values it registers itself, from the headers it reads)."""
+    return REDACTOR.roots
 
 
 def redact(text: str) -> str:

@@ -19,9 +19,12 @@ sys.path.insert(0, str(Path(__file__).parent / "io"))
 from factories import find_canary  # tests/io is not a package (see tests/io/conftest.py)
 
 CANARY = "ZZCANARYZZ"
+RENDERED_DATES = ("2021-03-04", "01.01.1970")
 PLANTED = {
     "PatientName": f"{CANARY}^JANE",
     "PatientBirthDate": "19700101",
+    "StudyDate": "20210304",
+    "SeriesDescription": "CT 2021-03-04 DOB 01.01.1970",  # the header's dates, written otherwise
     "AccessionNumber": f"{CANARY}ACC",
     "InstitutionName": f"{CANARY} Hospital",
     "ReferringPhysicianName": f"{CANARY}^REF",
@@ -68,8 +71,9 @@ def test_a_study_on_the_raw_export_writes_no_identifying_text(
         evaluation={"subgroups": ["site"], "n_bootstrap": 100},
     )
     assert main(["run", str(wf)]) == 0
-    assert find_canary([tmp_path / "reports"], CANARY) == []
-    assert not any(v in "".join(capfd.readouterr()) for v in (CANARY, "19700101"))
+    for planted in (CANARY, *RENDERED_DATES):
+        assert find_canary([tmp_path / "reports"], planted) == []
+    assert not any(v in "".join(capfd.readouterr()) for v in (CANARY, "19700101", *RENDERED_DATES))
 
 
 def test_scan_pseudonymise_then_study_leaks_nothing(
@@ -113,8 +117,10 @@ def test_scan_pseudonymise_then_study_leaks_nothing(
     )
     assert main(["run", str(wf)]) == 0
     REDACTOR.clear()
-    assert find_canary([out, tmp_path / "reports"], CANARY) == []
+    for planted in (CANARY, *RENDERED_DATES):
+        assert find_canary([out, tmp_path / "reports"], planted) == []
+    assert set(scanned["series_description"]) == {"[redacted]"}
     streams = "".join(capfd.readouterr())
-    assert CANARY not in streams
-    assert "19700101" not in streams
+    for planted in (CANARY, "19700101", *RENDERED_DATES):
+        assert planted not in streams
     assert CANARY in (tmp_path / "secret" / "reid.csv").read_text()  # the controller's table maps back

@@ -23,8 +23,10 @@ from typing import Any
 from pipeline import runfolder
 from pipeline.errors import CohortnetError, ValidationError
 from pipeline.fanout import client_for, gather
+from pipeline.logs import setup_worker
 from pipeline.predict.merge import merge_shards
 from pipeline.predict.run import PredictOptions, PredictResult
+from pipeline.privacy import registered_roots
 from pipeline.reporting import artifacts
 
 RETRIES = 3
@@ -37,8 +39,11 @@ def shard_folder(out: Path, i: int, n: int) -> Path:
     return out / "shards" / f"{i}-of-{n}"
 
 
-def predict_share(source: str, manifest: str, out: str, options: PredictOptions) -> str:
-    """One task: share ``options.shard`` of the cohort, on a worker (arguments are plain values)."""
+def predict_share(source: str, manifest: str, out: str, options: PredictOptions, roots: tuple[str, ...] = ()) -> str:
+    """One task: share ``options.shard`` of the cohort, on a worker (arguments are plain values).
+    First of all, the worker's logs and warnings are redacted as the driver's are (``roots``: the
+    driver's registered data roots; the worker registers the values of the headers it reads)."""
+    setup_worker(roots)
     import torch
 
     from pipeline.predict.run import open_model, predict_cohort, read_cohort
@@ -60,12 +65,15 @@ def dask_predict(
         client, cluster = client_for(scheduler)
         try:
             n = shard_count(out, n_shards, wait_for_workers(client, scheduler))
+            roots = registered_roots()  # paths, never identifying values: a worker registers those itself
             futures = []
             for i in range(n):
                 share = dataclasses.replace(options, shard=(i, n), progress=False)
                 folder = str(shard_folder(out, i, n))
                 futures.append(
-                    client.submit(predict_share, str(source), str(manifest), folder, share, retries=RETRIES, pure=False)
+                    client.submit(
+                        predict_share, str(source), str(manifest), folder, share, roots, retries=RETRIES, pure=False
+                    )
                 )
             folders = [Path(f) for f in gather(client, futures, f"predict into {out}")]
         finally:

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import io
 import logging
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,8 @@ from pipeline.privacy import (
     IDENTIFYING_KEYWORDS,
     Redactor,
     clean_description,
+    contains_date,
+    contains_identifying,
     install_redaction,
     pseudonym,
     register_identifying,
@@ -104,6 +107,103 @@ def test_short_name_parts_never_redact_ordinary_words(name: str, kept: str) -> N
     r = Redactor()
     r.register_values([name])
     assert r.redact(kept) == kept
+
+
+HEADER_DATES = ["20210304", "19700101", "20210304093000.250000+0100"]  # StudyDate, PatientBirthDate, a DT
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "20210304", "2021-03-04", "2021/03/04", "2021.03.04", "04.03.2021", "04/03/2021", "04-03-2021",
+        "03/04/2021", "4.3.2021", "3/4/2021", "04.03.21", "03/04/21", "04-MAR-2021", "4 March 2021",
+        "March 4, 2021", "01.01.1970", "1970-01-01", "01/01/70", "1.1.1970", "1 Jan 1970",
+    ],
+)  # fmt: skip
+def test_a_header_date_is_identifying_however_it_is_written(written: str) -> None:
+    assert contains_identifying(f"CT {written} f/u", HEADER_DATES)
+    assert clean_description(f"CT {written} f/u", HEADER_DATES) == "[redacted]"
+    r = Redactor()
+    r.register_values(HEADER_DATES)
+    assert r.redact(f"slice of {written}: spacing 5.0") == "slice of [redacted]: spacing 5.0"
+
+
+def test_another_date_is_not_the_headers_but_no_description_keeps_a_date() -> None:
+    assert not contains_identifying("CT 2021-03-05 prior", HEADER_DATES)
+    assert not contains_identifying("CT 05.03.2021", HEADER_DATES)
+    r = Redactor()
+    r.register_values(HEADER_DATES)
+    assert r.redact("run 2021-03-05 at 1.2.840.10008.5.1.4") == "run 2021-03-05 at 1.2.840.10008.5.1.4"
+    for dated in ("Prior 2019-05-01", "CT 12/31/99", "f/u 01.02.70", "14 Feb 2020 CT", "CT20190501"):
+        assert contains_date(dated)
+        assert clean_description(dated, []) == "[redacted]"
+
+
+@pytest.mark.parametrize(
+    "protocol",
+    [
+        "T1 MPRAGE 3D", "AX T2 5.0 mm", "CHEST 1.25 B31f", "C- ABD PELVIS", "SENSE 2:1", "DWI b50-400-800",
+        "Head 5/5 Bone", "3D 1.0/0.7 iso", "ASL 1.2.10", "FOV 512/512/16", "CTA 10-20-30 s", "Ax T2 FSE 3.0.12",
+        "Perfusion 12.30.45", "MARKERS 2021", "DEC 3 PHASES", "SAG T1 MAY 5",
+    ],
+)  # fmt: skip
+def test_protocol_words_are_not_dates(protocol: str) -> None:
+    assert not contains_date(protocol)
+    assert clean_description(protocol, HEADER_DATES) == protocol
+    r = Redactor()
+    r.register_values(HEADER_DATES)
+    assert r.redact(protocol) == protocol
+
+
+@pytest.mark.parametrize(
+    ("name", "written"),
+    [
+        ("Ng^Bo", "CT Ng^Bo f/u"), ("Ng^Bo", "CT NgBo f/u"), ("Ng^Bo", "CT Ng_Bo"), ("Ng^Bo", "Bo, Ng T1"),
+        ("Li^Wu", "CT Wu, Li"), ("Li^Wu", "Li-Wu T2"), ("Li^Wu", "LIWU T2"), ("Li^Wu", "Li. Wu"),
+        ("Doe^John^W", "John W. Doe"),
+    ],
+)  # fmt: skip
+def test_a_short_name_matches_whatever_separates_its_parts(name: str, written: str) -> None:
+    assert clean_description(written, [name]) == "[redacted]"
+    r = Redactor()
+    r.register_values([name])
+    assert "[redacted]" in r.redact(written)
+    assert not {"ng", "bo", "li", "wu", "ngbo", "liwu"} & set(re.split(r"[^a-z]+", r.redact(written).lower()))
+
+
+@pytest.mark.parametrize(
+    ("name", "kept"),
+    [
+        ("Li^Wu", "LIWUX T1"),
+        ("Li^Wu", "T1 oliwu"),
+        ("Ng^Bo", "NGBOX scout"),
+        ("Ng^Bo", "ANG BO3 T2"),
+        ("Li^Wu", "Li 3 Wu"),
+    ],
+)
+def test_a_short_name_without_separators_is_still_a_whole_word(name: str, kept: str) -> None:
+    assert clean_description(kept, [name]) == kept
+    r = Redactor()
+    r.register_values([name])
+    assert r.redact(kept) == kept
+
+
+def test_descriptions_are_checked_again_once_filtered() -> None:
+    """Dropping characters outside the kept set can join a value that they had split."""
+    assert clean_description("T1 J\u2019ane", ["Doe^Jane"]) == "[redacted]"
+    assert clean_description("DOB 1970\u200b01\u200b01", []) == "[redacted]"
+    assert clean_description("CT J\u2019ane", ["Doe^Jo"]) == "CT Jane"
+
+
+def test_a_scanned_description_loses_header_dates_and_short_names(tmp_path: Path) -> None:
+    root = tmp_path / "export"
+    dates = {"StudyDate": "20210304", "PatientBirthDate": "19700101", "PatientID": "P1"}
+    write_series(root / "a", PatientName="Ng^Bo", SeriesDescription="CT 2021-03-04 DOB 01.01.1970", **dates)
+    write_series(root / "b", PatientName="Ng^Bo", SeriesDescription="CT Ng^Bo f/u", **dates)
+    write_series(root / "c", PatientName="Ng^Bo", SeriesDescription="T1 3D 5.0 mm 1.25 C- 2:1", **dates)
+    scan_tree(root, tmp_path / "out" / "manifest.csv", ScanOptions(progress=False))
+    descriptions = pd.read_csv(tmp_path / "out" / "manifest.csv")["series_description"]
+    assert sorted(descriptions) == ["T1 3D 5.0 mm 1.25 C- 2:1", "[redacted]", "[redacted]"]
 
 
 def test_names_and_ids_in_headers_match_token_by_token(tmp_path: Path) -> None:
