@@ -92,8 +92,9 @@ def test_study_patients_are_refused_unless_allowed(
 
     own = tmp_path / "cohort" / "manifest.csv"
     assert main(["predict", str(study), str(own), "--out", str(tmp_path / "p")]) == 2
-    assert "12 patient(s), 13 image(s) were part of the study" in caplog.text
-    assert plain_digest("P000") in caplog.text
+    assert "12 patient(s), 13 image(s) of this cohort trained or validated the study's models" in caplog.text
+    assert f"manifest lines 2-14 of {own}" in caplog.text  # named by line, never by id or digest
+    assert plain_digest("P000") not in caplog.text
     assert "P000" not in caplog.text
     assert "P011" not in caplog.text
     assert not (tmp_path / "p" / "predictions.csv").exists()

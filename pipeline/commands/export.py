@@ -1,5 +1,7 @@
-"""``cohortnet export RUN_DIR model.zip`` writes a study's portable model; ``cohortnet export
---verify model.zip`` checks one (exit 0 when intact, 2 with every problem listed)."""
+"""``cohortnet export RUN_DIR model.zip`` writes a study's portable model and, beside it, its
+leakage key ``model.zip.leakage-key`` (mode 0600; it stays with the data controller: whoever holds
+it can test whether a given patient id trained the model, and the archive alone cannot);
+``cohortnet export --verify model.zip`` checks one (exit 0 when intact, 2 with every problem listed)."""
 
 from __future__ import annotations
 
@@ -27,6 +29,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if len(args.paths) != 2:
         raise CohortnetError("export takes RUN_DIR and the archive to write")
-    hashes = export_model(args.paths[0], args.paths[1])
-    print(f"wrote {args.paths[1]} ({len(hashes)} files)")
+    archive = args.paths[1]
+    hashes, key_file = export_model(args.paths[0], archive)
+    print(f"wrote {archive} ({len(hashes)} files)")
+    print(
+        f"wrote {key_file}, the archive's leakage key (owner-only). Keep it with the data controller, apart from "
+        "the archive: whoever holds it can test whether a given patient id trained or validated the model. "
+        f"{archive.name} can be shared without it; `cohortnet predict` reads the key from beside the archive or "
+        "from --leakage-key-file, and checks patient ids only with it"
+    )
     return 0

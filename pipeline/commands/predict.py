@@ -2,7 +2,9 @@
 
 INPUT is a manifest CSV or a raw DICOM/NIfTI folder (scanned first, exactly as ``cohortnet scan``
 does, into ``DIR/scan/``). Exit code 0 when every image was scored, 8 when some were excluded
-(see ``excluded.csv``), 2 for bad arguments or a refused leakage check.
+(see ``excluded.csv``), 2 for bad arguments, a refused leakage check or a leakage key that is not
+the archive's. The patient-id part of the leakage check of a model.zip needs its leakage key:
+``--leakage-key-file`` or ``model.zip.leakage-key`` beside the archive (else only images are checked).
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--workers", type=int, default=None, help="preprocessing processes (default: one per CPU, up to 8)")
     add("--device", choices=DEVICES, default="auto", help="where the networks run (default: auto)")
     add("--allow-study-patients", action="store_true", help="predict patients the study trained or validated on")
+    add(
+        "--leakage-key-file",
+        type=Path,
+        metavar="F",
+        help="a model.zip's leakage key, for its patient-id check (default: MODEL.zip.leakage-key beside it, if there)",
+    )
     add("--retry-failed", action="store_true", help="try again the images that failed in an earlier run")
     add("--pseudonymize-key-file", type=Path, help="key for pseudonymous ids when INPUT is a folder to scan")
     add("--shard", metavar="I/N", help="score share I of N (0-based; I=auto reads SLURM_ARRAY_TASK_ID)")
@@ -98,7 +106,7 @@ def _fan_out(args: argparse.Namespace, model: Any, cohort: Any, options: Any) ->
     if options.shard is not None:
         raise ValidationError(["--dask makes its own shards; drop --shard"], "predict")
     chosen_folds(model, options.folds)  # a fold the model lacks is refused before any shard is started
-    refuse_leakage(leakage(model, cohort), options.allow_study_patients)
+    refuse_leakage(leakage(model, cohort), options.allow_study_patients, cohort.manifest_path)
     return dask_predict(args.model, cohort.manifest_path, args.out, options, args.dask, args.dask_shards)
 
 
@@ -113,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     if args.model is None or args.input is None:
         raise ValidationError(["give the model and the input, or --merge with shard folders"], "predict")
     shard = parse_shard(args.shard, dict(os.environ))
-    model = open_model(args.model)
+    model = open_model(args.model, args.leakage_key_file)
     cohort = read_cohort(_manifest(args), model)
     options = PredictOptions(
         folds=args.folds,
@@ -124,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed,
         progress=not args.no_progress,
         shard=shard,
+        leakage_key_file=None if args.model.is_dir() or not args.leakage_key_file else args.leakage_key_file.resolve(),
     )
     result = _fan_out(args, model, cohort, options) if args.dask else predict_cohort(model, cohort, args.out, options)
     print(f"{result.n_predicted} of {result.n_images} images scored, {result.n_excluded} excluded: {result.out}")

@@ -1,7 +1,11 @@
 """``model.zip``: a study's model that travels without its run folder.
 
 The archive holds the files of ``pipeline.predict.model.model_files`` plus ``archive.json``, which
-lists the SHA-256 of every other file. ``read_archive`` verifies the archive before anything in it
+lists the SHA-256 of every other file. ``export_model`` draws a random leakage key for it and
+writes the key beside the archive, ``model.zip.leakage-key`` (hex text, mode 0600 from its first
+byte, atomically), never inside: the archive can be shared without revealing which patient ids
+trained the model, and whoever holds the key can test whether a given id did (it stays with the
+data controller). ``read_archive`` verifies the archive before anything in it
 is parsed: only the expected names (no paths that leave the archive), the declared sizes within
 this machine's memory budget (checked before decompressing), every hash as listed, nothing
 missing and nothing extra. The weights are state_dicts read with ``torch.load(weights_only=True)``
@@ -13,7 +17,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import re
+import tempfile
 import zipfile
 import zlib
 from collections import Counter
@@ -22,7 +28,7 @@ from typing import IO
 
 from pipeline import __version__
 from pipeline.errors import CohortnetError, ValidationError
-from pipeline.predict.model import LEAKAGE_FILE, MODEL_INFO_FILE, model_files
+from pipeline.predict.model import LEAKAGE_FILE, MODEL_INFO_FILE, key_file_for, model_files, new_leakage_key
 from pipeline.reporting import artifacts
 from pipeline.resources import physical_memory
 from pipeline.schema import MODEL_FILE, RESOLVED_CONFIG_FILE
@@ -35,9 +41,43 @@ _NAMES = re.compile(
 _DEFAULT_LIMIT = 16 << 30  # bytes of decompressed content when the machine's memory is unknown
 
 
-def export_model(run_dir: Path, out: Path) -> dict[str, str]:
-    """Write ``out`` (atomically) from a finished run folder; returns name -> SHA-256."""
-    return write_archive(model_files(run_dir), out)
+def export_model(run_dir: Path, out: Path) -> tuple[dict[str, str], Path]:
+    """Write ``out`` (atomically) from a finished run folder, and its leakage key beside it
+    (``key_file_for(out)``); returns name -> SHA-256 and the key file. The key goes first: an
+    archive is never left without the key its digests were made with."""
+    key = new_leakage_key()
+    files = model_files(run_dir, key)
+    key_file = write_leakage_key(key_file_for(out), key)
+    return write_archive(files, out), key_file
+
+
+def write_leakage_key(path: Path, key: bytes) -> Path:
+    """``key`` as hex text in ``path``: a temporary file that ``mkstemp`` creates with mode 0600,
+    synced and renamed over ``path``, so no other user can read it at any moment."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp_{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise artifacts.explain_os_error(exc, path) from None
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(key.hex() + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise artifacts.explain_os_error(exc, path) from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
 
 
 def write_archive(files: dict[str, bytes], out: Path) -> dict[str, str]:

@@ -11,6 +11,13 @@ and input hashes, and every table carries its ``predict_id``. A labelled cohort 
 ``metrics.json`` from ``evaluate_predictions`` at the locked threshold (external validation), on
 the patients that have a label, when they hold both classes (else a warning says why there are
 none); blank or one-class labels never stop the scoring.
+
+The leakage guard (``leakage``, ``refuse_leakage``) runs before anything is written: images whose
+content the study used, and patients whose id trained or validated a model, compared by the
+model's keyed digest (HMAC-SHA256). An archive's key comes from ``--leakage-key-file`` or from
+``model.zip.leakage-key`` beside it; without it only the image check runs, and a warning says
+so. A run folder is keyed with a random key held in memory, so its check always runs. The
+refusal names no patient id and no digest of one: it gives the counts and the manifest lines.
 """
 
 from __future__ import annotations
@@ -33,8 +40,17 @@ from pipeline import __version__, runfolder
 from pipeline.errors import CohortnetError, ValidationError
 from pipeline.manifest import Cohort, load_manifest
 from pipeline.predict.ledger import Ledger
-from pipeline.predict.model import StudyModel, model_files, patient_digest
-from pipeline.privacy import plain_digest
+from pipeline.predict.model import (
+    HMAC_DIGEST,
+    LEAKAGE_KEY_SUFFIX,
+    PLAIN_DIGEST,
+    StudyModel,
+    key_file_for,
+    model_files,
+    new_leakage_key,
+    read_leakage_key,
+    study_image_roots,
+)
 from pipeline.provenance import content_hash, file_sha256, git_commit
 from pipeline.reporting import artifacts
 from pipeline.schema import (
@@ -53,6 +69,8 @@ log = logging.getLogger("pipeline")
 STAMP_FILE = "predict.json"
 DECISION = "decision"  # 1 when the patient's (or image's) score reaches the locked threshold
 SCORE_SD = "score_sd"
+LINE = "_manifest_line"  # a cohort row's line in its manifest (header: line 1), kept through sharding
+MAX_RANGES = 20  # manifest line ranges a leakage message lists before "... and N more"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +79,8 @@ class PredictOptions:
     ``chunk``: images per part file; ``workers``: preprocessing processes (None: per CPU);
     ``allow_study_patients``: predict patients or images the study trained or validated on (the
     outputs then say so); ``retry_failed``: try again the images that failed before; ``shard``:
-    (i, N) scores only the patients of share i of N (``merge_shards`` joins the N folders)."""
+    (i, N) scores only the patients of share i of N (``merge_shards`` joins the N folders);
+    ``leakage_key_file``: the archive's leakage key (read again where a shard runs)."""
 
     folds: str = "all"
     chunk: int = 256
@@ -71,26 +90,56 @@ class PredictOptions:
     retry_failed: bool = False
     progress: bool = True
     shard: tuple[int, int] | None = None  # (i, N): this run's share, 0 <= i < N, grouped by patient
+    leakage_key_file: Path | None = None
 
 
-def open_model(source: Path) -> StudyModel:
-    """A run folder or a ``model.zip`` (verified first)."""
+def open_model(source: Path, leakage_key_file: Path | None = None) -> StudyModel:
+    """A run folder (its patient check keyed with a random key made now, in memory) or a
+    ``model.zip`` (verified first; keyed with ``leakage_key_file``, else with the key file
+    beside it when there is one)."""
     if source.is_dir():
-        return StudyModel.from_files(model_files(source))
+        if leakage_key_file is not None:
+            log.warning("--leakage-key-file is for a model archive: a run folder's patients are checked without it")
+        key = new_leakage_key()
+        model = StudyModel.from_files(model_files(source, key)).with_leakage_key(key, "the run folder's key")
+        return dataclasses.replace(model, image_roots=study_image_roots(source), from_run_dir=True)
     from pipeline.predict.archive import read_archive
 
     if not source.is_file():
         raise CohortnetError(f"{source}: neither a run folder nor a model archive")
-    return StudyModel.from_files(read_archive(source))
+    model = dataclasses.replace(StudyModel.from_files(read_archive(source)), expected_key_file=key_file_for(source))
+    if model.patient_scheme == PLAIN_DIGEST and model.leaked_patients:
+        log.warning(
+            "%s is a format-1 model archive: it lists the study's patients by the plain SHA-256 of their ids, "
+            "which anyone who can guess the ids (record numbers, study codes) reverses. Its patient check "
+            "still runs; re-export it from its run folder (cohortnet export RUN_DIR model.zip: keyed digests) "
+            "and share the new archive, without its .leakage-key file",
+            source,
+        )
+    key_file = leakage_key_file or key_file_for(source)
+    if leakage_key_file is None and not key_file.is_file():
+        return model  # the patient check does not run: ``leakage`` says so
+    return keyed(model, key_file)
+
+
+def keyed(model: StudyModel, key_file: Path) -> StudyModel:
+    """An archive's model with the key of ``key_file`` (a run folder's, or a format-1 model, as it is)."""
+    if model.from_run_dir or model.patient_scheme != HMAC_DIGEST:
+        return model
+    return model.with_leakage_key(read_leakage_key(key_file), str(key_file))
 
 
 def read_cohort(manifest: Path, model: StudyModel) -> Cohort:
     """The cohort to predict; labelled (external validation) when the study's label column holds
     values. The labels are read as they are, not by the study's rules: every row is scored, blank
-    labels included, and ``external_metrics`` says whether the labelled patients can be evaluated."""
+    labels included, and ``external_metrics`` says whether the labelled patients can be evaluated.
+    Image paths are relative to the manifest's folder and must stay under it (or under a run
+    folder's ``data.image_roots``: an archive carries no roots of the study machine).
+    Each row keeps its manifest line (``LINE``) for the leakage guard's messages."""
     label = model.info["label_col"]
-    cohort = load_manifest(manifest, label_col=None, image_roots=model.config.data.image_roots)
-    table = cohort.table
+    cohort = load_manifest(manifest, label_col=None, image_roots=model.image_roots)
+    table = cohort.table.assign(**{LINE: cohort.table.index + 2})  # the numbering of load_manifest's messages
+    cohort = dataclasses.replace(cohort, table=table)
     if label not in table.columns or not (table[label].str.strip() != "").any():
         return cohort
     table = table.assign(**{label: table[label].str.strip()})
@@ -155,25 +204,57 @@ def _check_stamp(out: Path, stamp: dict[str, Any]) -> None:
 
 
 def leakage(model: StudyModel, cohort: Cohort) -> pd.DataFrame:
-    """Rows of the cohort whose patient or image content was part of the study."""
+    """Rows of the cohort whose image content, or patient (by the model's keyed digest of the id),
+    was part of the study, with their manifest line; a warning when the patient check cannot run."""
     table = cohort.table
-    by_patient = table[PATIENT_ID].map(patient_digest).isin(model.leaked_patients)
+    if not model.checks_patients:
+        log.warning(
+            "the patient-id check was not run: the leakage key of this model archive is not available (give it "
+            "with --leakage-key-file F, or put it beside the archive as %s); only images the study used are "
+            "recognised, by their content",
+            model.expected_key_file or f"MODEL.zip{LEAKAGE_KEY_SUFFIX}",
+        )
+    by_patient = model.study_patients(table[PATIENT_ID])
     by_image = table["path"].map(content_hash).isin(model.leaked_images)
     found = table[by_patient | by_image]
-    return found.assign(why=np.where(by_patient[found.index], "patient", "image"))[[PATIENT_ID, IMAGE_ID, "why"]]
+    lines = found[LINE] if LINE in found.columns else pd.Series(found.index + 2, index=found.index)
+    return pd.DataFrame(
+        {
+            PATIENT_ID: found[PATIENT_ID],
+            IMAGE_ID: found[IMAGE_ID],
+            "why": np.where(by_patient[found.index], "patient", "image"),
+            LINE: lines.astype(int),
+        }
+    )
 
 
-def refuse_leakage(found: pd.DataFrame, allowed: bool) -> None:
+def line_ranges(lines: Sequence[int] | pd.Series, limit: int = MAX_RANGES) -> str:
+    """``[2, 3, 4, 9, 12]`` -> ``"2-4, 9, 12"``; at most ``limit`` ranges, then "... and N more"."""
+    ranges: list[list[int]] = []
+    for n in sorted({int(x) for x in lines}):
+        if ranges and n == ranges[-1][1] + 1:
+            ranges[-1][1] = n
+        else:
+            ranges.append([n, n])
+    shown = [f"{a}-{b}" if b > a else str(a) for a, b in ranges[:limit]]
+    if len(ranges) > limit:
+        shown.append(f"... and {len(ranges) - limit} more")
+    return ", ".join(shown)
+
+
+def refuse_leakage(found: pd.DataFrame, allowed: bool, manifest: Path | None = None) -> None:
+    """Refuse (or, ``allowed``, warn about) the rows ``leakage`` found. The message names no patient
+    id and no digest of one (a digest of a guessable id is the id): counts and manifest lines."""
     if found.empty:
         return
-    # the ids as a digest (the first 16 hex digits of the SHA-256 that leakage.json holds), never as written
-    patients = sorted({plain_digest(p) for p in found[PATIENT_ID]})
+    lines = found[LINE] if LINE in found.columns else pd.Series(dtype=int)
+    where = f"manifest lines {line_ranges(lines)}" + (f" of {manifest}" if manifest is not None else "")
+    by_id = int((found["why"] == "patient").sum())
     text = (
-        f"{len(patients)} patient(s), {len(found)} image(s) were part of the study "
-        "(patients by the SHA-256 digest of their id): " + ", ".join(patients[:20])
+        f"{found[PATIENT_ID].nunique()} patient(s), {len(found)} image(s) of this cohort trained or validated "
+        f"the study's models ({where}; {by_id} image(s) recognised by patient id, {len(found) - by_id} by "
+        "image content)"
     )
-    if len(patients) > 20:
-        text += f", ... and {len(patients) - 20} more"
     if not allowed:
         raise ValidationError([text + " (use --allow-study-patients to predict them anyway)"], "leakage guard")
     log.warning("leakage guard overridden: %s", text)
@@ -191,10 +272,12 @@ class PredictResult:
 def predict_cohort(model: StudyModel, cohort: Cohort, out: Path, options: PredictOptions) -> PredictResult:
     """Score every image of ``cohort`` into ``out`` (resumable; see the module docstring)."""
     folds = chosen_folds(model, options.folds)
+    if options.leakage_key_file is not None:  # a shard on a worker opened the archive without it
+        model = keyed(model, options.leakage_key_file)
     if options.shard is not None:
         cohort = take_shard(cohort, *options.shard)
     found = leakage(model, cohort)
-    refuse_leakage(found, options.allow_study_patients)
+    refuse_leakage(found, options.allow_study_patients, cohort.manifest_path)
     out.mkdir(parents=True, exist_ok=True)
     with runfolder.locked(out):
         artifacts.clean_stale_temporaries(out)
