@@ -3,7 +3,9 @@
 Each precision trains the workflow's first fold through the study's training code (``OurRun``)
 from the same initial weights, shuffling and augmentation, epochs interleaved; the cohort is
 preprocessed once for all of them. Reported: speed, epochs with NaN or Inf steps, the held-out
-AUC of each and a paired DeLong test of bf16 against fp32.
+AUC of each and a paired DeLong test of bf16 against fp32. The fp32 variant runs in full fp32:
+TF32 (cuDNN's default for fp32 convolutions on CUDA) is turned off for its epochs and predictions
+and restored after each; the TF32 flags each variant ran with are in the result.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.benchmarks.compute import device_name
+from pipeline.benchmarks.compute import device_name, tf32_flags
 from pipeline.benchmarks.runs import OurRun, Predictions, auc, format_auc, warm_median
 from pipeline.config import WorkflowConfig
 from pipeline.evaluation.compare import delong_paired_test
@@ -34,10 +36,15 @@ def _variants(cfg: WorkflowConfig, device: torch.device, unchecked: bool) -> dic
     return variants
 
 
-def _variant_row(precision: Precision, stats: list[EpochStats], pred: Predictions) -> dict[str, Any]:
+# TF32 per variant: off for fp32 (full fp32 on CUDA), torch's flags as they are for bf16
+_TF32 = {"fp32": False}
+
+
+def _variant_row(run: OurRun, stats: list[EpochStats], pred: Predictions) -> dict[str, Any]:
     finite = bool(np.isfinite(pred.logits).all())
     return {
-        "precision": precision.describe(),
+        "precision": run.precision.describe(),
+        "tf32": run.tf32_flags,
         "warm_epoch_samples_per_s": warm_median(stats),
         "median_epoch_s": statistics.median(e.seconds for e in stats),
         "slowest_epoch_s": max(e.seconds for e in stats),
@@ -60,7 +67,8 @@ def precision_benchmark(
     runs: dict[str, OurRun] = {}
     for name, p in variants.items():  # one preprocessing, shared by the precisions
         first = next(iter(runs.values()), None)
-        runs[name] = OurRun(cfg, cohort, device, p, epochs, shared=first.prepared if first else None)
+        shared = first.prepared if first else None
+        runs[name] = OurRun(cfg, cohort, device, p, epochs, shared=shared, tf32=_TF32.get(name))
     stats: dict[str, list[EpochStats]] = {name: [] for name in runs}
     for epoch in range(1, epochs + 1):
         for name, run in runs.items():
@@ -74,7 +82,8 @@ def precision_benchmark(
         "epochs": epochs,
         "n_train": len(runs["fp32"].train_items),
         "n_held_out": len(runs["fp32"].val_items),
-        "variants": {name: _variant_row(variants[name], stats[name], predictions[name]) for name in runs},
+        "tf32_after": tf32_flags(),
+        "variants": {name: _variant_row(run, stats[name], predictions[name]) for name, run in runs.items()},
     }
     v = out["variants"]
     out["bf16_vs_fp32_speed"] = v["bf16"]["warm_epoch_samples_per_s"] / v["fp32"]["warm_epoch_samples_per_s"]
@@ -82,6 +91,13 @@ def precision_benchmark(
     if np.isfinite(fp32.logits).all() and np.isfinite(bf16.logits).all() and 0 < fp32.y.sum() < len(fp32.y):
         out["auc_comparison"] = delong_paired_test(fp32.y, bf16.logits, fp32.logits)  # bf16 - fp32
     return out
+
+
+def _tf32_text(flags: dict[str, bool] | None) -> str:
+    if not flags:
+        return ""
+    on = [what for what, key in (("convolutions", "cudnn_conv"), ("matmuls", "cuda_matmul")) if flags.get(key)]
+    return f"; TF32 on CUDA for fp32 {' and '.join(on)}" if on else "; TF32 off (full fp32 on CUDA)"
 
 
 def format_precision(result: dict[str, Any]) -> str:
@@ -107,5 +123,5 @@ def format_precision(result: dict[str, Any]) -> str:
             f"AUC difference (bf16 - fp32) {cmp['auc_difference']:+.3f} [{cmp['ci_low']:+.3f}, {cmp['ci_high']:+.3f}], "
             f"paired DeLong p = {cmp['p_value']:.2f} ({cmp['n']} held-out images)"
         )
-    lines += [f"{name}: {v['precision']}" for name, v in result["variants"].items()]
+    lines += [f"{name}: {v['precision']}{_tf32_text(v.get('tf32'))}" for name, v in result["variants"].items()]
     return "\n".join(lines)

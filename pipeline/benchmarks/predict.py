@@ -8,8 +8,13 @@ Three measurements, each through ``predict_cohort`` itself:
   preprocessing alone is timed too: on a CPU the workers and the networks share the cores, so
   their costs add up and ``1 / (1/model + 1/preprocessing)`` is the limit end to end can reach.
 - **memory**: peak RSS of a fresh process predicting 1,000, 10,000 and 100,000 small images
-  (32x32 2D NIfTI written on the fly), and of its preprocessing workers; flat means streaming.
-- **dask**: ``--dask local:2`` (two single-threaded workers, one shard each) against one process.
+  (32x32 2D NIfTI written on the fly); flat means streaming. (The preprocessing workers' own
+  memory is not reported: their ``ru_maxrss`` counts the pages inherited from the parent.)
+- **dask**: ``--dask local:2`` (two single-threaded workers, one shard each) against one process,
+  the same ``PredictOptions`` on both sides, alternated ``repeats`` times, medians; only the work
+  after the cluster is up is timed (its start-up and shut-down are reported beside).
+
+Everything runs on ``device`` (``--device``; the networks, and the workers of the Dask cluster).
 
 Without ``--model`` the model is synthetic (a ResNet-10 2D on 32x32, random weights, written as a
 model archive): the benchmark times data paths, not accuracy. With ``--model RUN_OR_ZIP --input
@@ -96,9 +101,9 @@ def synthetic_cohort(folder: Path, n: int, seed: int = 0) -> Path:
     return manifest
 
 
-def _model_only(model: Any, manifest: Path, chunk: int) -> tuple[float, float]:
+def _model_only(model: Any, manifest: Path, chunk: int, device: str = "cpu") -> tuple[float, float]:
     """Seconds to prepare the cohort's tensors (the workers alone), and for the fold networks
-    alone on them, chunk by chunk."""
+    alone on them on ``device``, chunk by chunk (after one untimed chunk)."""
     import torch
 
     from pipeline.datasets import guarded_chain
@@ -112,32 +117,38 @@ def _model_only(model: Any, manifest: Path, chunk: int) -> tuple[float, float]:
     start = time.perf_counter()
     tensors = [t for t, _ in chain if t is not None]
     prepared = time.perf_counter() - start
-    nets = model.networks()
+    on = torch.device(device)
+    nets = {f: net.to(on) for f, net in model.networks().items()}
+    batch = cfg.train.batch_size * 2
+    if tensors:
+        _ensemble(tensors[:chunk], nets, on, batch)  # warm-up: cuDNN autotunes the batch shapes here
     start = time.perf_counter()
     for k in range(0, len(tensors), chunk):
-        _ensemble(tensors[k : k + chunk], nets, torch.device("cpu"), cfg.train.batch_size * 2)
+        _ensemble(tensors[k : k + chunk], nets, on, batch)
     return prepared, time.perf_counter() - start
 
 
-def _end_to_end(model: Any, manifest: Path, out: Path, chunk: int) -> float:
+def _end_to_end(model: Any, manifest: Path, out: Path, chunk: int, device: str = "cpu") -> float:
     from pipeline.predict.run import PredictOptions, predict_cohort, read_cohort
 
     cohort = read_cohort(manifest, model)
     start = time.perf_counter()
-    predict_cohort(model, cohort, out, PredictOptions(chunk=chunk, progress=False, device="cpu"))
+    predict_cohort(model, cohort, out, PredictOptions(chunk=chunk, progress=False, device=device))
     return time.perf_counter() - start
 
 
-def throughput(source: Path, manifest: Path, work: Path, repeats: int = 3, chunk: int = 256) -> dict[str, Any]:
-    """Median images/s end to end and model-only, alternated ``repeats`` times, and their ratio."""
+def throughput(
+    source: Path, manifest: Path, work: Path, repeats: int = 3, chunk: int = 256, device: str = "cpu"
+) -> dict[str, Any]:
+    """Median images/s end to end and model-only on ``device``, alternated ``repeats`` times, and their ratio."""
     from pipeline.predict.run import open_model
 
     model = open_model(source)
     n = len(pd.read_csv(manifest))
     e2e, limit, prep = [], [], []
     for r in range(repeats):
-        e2e.append(n / _end_to_end(model, manifest, work / f"e2e-{r}", chunk))
-        prep_s, model_s = _model_only(model, manifest, chunk)
+        e2e.append(n / _end_to_end(model, manifest, work / f"e2e-{r}", chunk, device))
+        prep_s, model_s = _model_only(model, manifest, chunk, device)
         prep.append(n / prep_s)
         limit.append(n / model_s)
     a, b, c = statistics.median(e2e), statistics.median(limit), statistics.median(prep)
@@ -161,22 +172,20 @@ from pipeline.predict.run import PredictOptions, open_model, predict_cohort, rea
 model = open_model(Path(sys.argv[1]))
 start = time.perf_counter()
 predict_cohort(model, read_cohort(Path(sys.argv[2]), model), Path(sys.argv[3]),
-               PredictOptions(chunk=256, progress=False, device="cpu"))
+               PredictOptions(chunk=256, progress=False, device=sys.argv[4]))
 seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds,
-                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+print(json.dumps({"seconds": seconds, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
-def memory(source: Path, work: Path, scales: tuple[int, ...] = SCALES) -> list[dict[str, Any]]:
+def memory(source: Path, work: Path, scales: tuple[int, ...] = SCALES, device: str = "cpu") -> list[dict[str, Any]]:
     """Peak RSS of a fresh ``predict_cohort`` process per cohort size (files written first, untimed)."""
     rows = []
     for n in scales:
         manifest = synthetic_cohort(work / "cohort", n)
         out = work / f"mem-{n}"
         done = subprocess.run(
-            [sys.executable, "-c", _CHILD, str(source), str(manifest), str(out)],
+            [sys.executable, "-c", _CHILD, str(source), str(manifest), str(out), device],
             check=True,
             capture_output=True,
             text=True,
@@ -186,46 +195,91 @@ def memory(source: Path, work: Path, scales: tuple[int, ...] = SCALES) -> list[d
     return rows
 
 
-def dask_speed(source: Path, manifest: Path, work: Path, workers: int = 2) -> dict[str, Any]:
-    """Seconds for ``--dask local:N`` (N shards) against one process on the same cohort."""
+def _warm_worker() -> None:
+    """Run once on each Dask worker before the timed runs: the imports a shard needs."""
+    import pipeline.predict.run  # noqa: F401
+
+
+def _predict_once(source: Path, manifest: Path, out: Path, options: Any) -> float:
+    """Seconds of what one ``cohortnet predict`` process does: open the model, read the cohort, predict."""
+    from pipeline.predict.run import open_model, predict_cohort, read_cohort
+
+    start = time.perf_counter()
+    model = open_model(source)
+    predict_cohort(model, read_cohort(manifest, model), out, options)
+    return time.perf_counter() - start
+
+
+def dask_speed(
+    source: Path, manifest: Path, work: Path, workers: int = 2, repeats: int = 3, device: str = "cpu"
+) -> dict[str, Any]:
+    """Seconds for ``--dask`` on a ``LocalCluster`` of ``workers`` (one shard each) against one
+    process on the same cohort with the same options, alternated ``repeats`` times; medians. The
+    cluster is started (and its workers' imports done) before, and closed after, the timed runs."""
+    from distributed import Client, LocalCluster
+
     from pipeline.predict.fanout import dask_predict
-    from pipeline.predict.run import PredictOptions, open_model
+    from pipeline.predict.run import PredictOptions
 
     n = len(pd.read_csv(manifest))
-    single = _end_to_end(open_model(source), manifest, work / "single", 256)
+    options = PredictOptions(chunk=256, progress=False, device=device, workers=0)
     start = time.perf_counter()
-    options = PredictOptions(chunk=256, progress=False, device="cpu", workers=0)
-    dask_predict(source, manifest, work / "dask", options, f"local:{workers}", n_shards=workers)
-    fanned = time.perf_counter() - start
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    with Client(cluster) as client:
+        client.run(_warm_worker)
+    startup = time.perf_counter() - start
+    single, fanned = [], []
+    try:
+        for r in range(repeats):
+            single.append(_predict_once(source, manifest, work / f"single-{r}", options))
+            start = time.perf_counter()
+            dask_predict(source, manifest, work / f"dask-{r}", options, cluster.scheduler_address, n_shards=workers)
+            fanned.append(time.perf_counter() - start)
+    finally:
+        start = time.perf_counter()
+        cluster.close()
+        shutdown = time.perf_counter() - start
+    a, b = statistics.median(single), statistics.median(fanned)
     return {
         "n_images": n,
-        "single_img_s": n / single,
-        "dask_img_s": n / fanned,
+        "single_img_s": n / a,
+        "dask_img_s": n / b,
         "workers": workers,
-        "ratio": single / fanned,
+        "ratio": a / b,
+        "repeats": repeats,
+        "single_s": single,
+        "dask_s": fanned,
+        "cluster_startup_s": startup,
+        "cluster_shutdown_s": shutdown,
     }
 
 
 def predict_benchmark(
-    model: Path | None = None, cohort: Path | None = None, repeats: int = 3, quick: bool = False
+    model: Path | None = None, cohort: Path | None = None, repeats: int = 3, quick: bool = False, device: str = "cpu"
 ) -> dict[str, Any]:
-    """Every measurement above, in a temporary folder; ``quick`` shrinks the sizes (not the reported figures)."""
+    """Every measurement above on ``device``, in a temporary folder; ``quick`` shrinks the sizes
+    (not the reported figures)."""
     scales = tuple(n // 50 for n in SCALES) if quick else SCALES
     with tempfile.TemporaryDirectory(prefix="cohortnet-bench-predict-") as tmp:
         work = Path(tmp)
         synthetic = synthetic_model(work / "synthetic.zip")
         small = synthetic_cohort(work / "cohort", scales[0] * 2)
-        result: dict[str, Any] = {"throughput": {"synthetic": throughput(synthetic, small, work / "t", repeats)}}
+        result: dict[str, Any] = {"device": device, "repeats": repeats}
+        result["throughput"] = {"synthetic": throughput(synthetic, small, work / "t", repeats, device=device)}
         if model is not None and cohort is not None:
-            result["throughput"]["study"] = throughput(model, cohort, work / "s", repeats)
-        result["memory"] = memory(synthetic, work, scales)
-        result["dask"] = dask_speed(synthetic, small, work / "d")
+            result["throughput"]["study"] = throughput(model, cohort, work / "s", repeats, device=device)
+        result["memory"] = memory(synthetic, work, scales, device)
+        try:
+            result["dask"] = dask_speed(synthetic, small, work / "d", repeats=repeats, device=device)
+        except ImportError:
+            result["dask_skipped"] = "dask.distributed is not installed (pip install 'cohortnet[dask]')"
     return result
 
 
 def format_predict(r: dict[str, Any]) -> str:
+    runs = f"on {r['device']}, median of {r['repeats']} alternated runs" if "device" in r else "median"
     lines = [
-        "predict throughput (median images/s; model only = the fold networks on prepared tensors; "
+        f"predict throughput ({runs}, images/s; model only = the fold networks on prepared tensors; "
         "preprocessing only = the workers alone;",
         "  shared bound = both on the same CPUs, 1 / (1/model + 1/preprocessing): the CPU limit)",
         f"  {'cohort':<10} {'images':>7} {'end to end':>11} {'model only':>11} {'ratio':>6} "
@@ -238,18 +292,22 @@ def format_predict(r: dict[str, Any]) -> str:
             f"{t['ratio_to_shared_bound']:>6.2f}"
         )
     lines.append("peak RSS of one predict process (32x32 images, chunk 256)")
-    lines.append(f"  {'images':>8} {'img/s':>7} {'main MB':>8} {'worker MB':>10}")
+    lines.append(f"  {'images':>8} {'img/s':>7} {'main MB':>8}")
     for m in r["memory"]:
-        lines.append(f"  {m['n_images']:>8} {m['img_s']:>7.0f} {m['rss_mb']:>8.0f} {m['worker_rss_mb']:>10.0f}")
+        lines.append(f"  {m['n_images']:>8} {m['img_s']:>7.0f} {m['rss_mb']:>8.0f}")
     mem = r["memory"]
     if len(mem) > 1:
         growth = mem[-1]["rss_mb"] / mem[-2]["rss_mb"] - 1
         lines.append(f"  growth from {mem[-2]['n_images']} to {mem[-1]['n_images']} images: {growth:+.1%}")
+    if "dask_skipped" in r:
+        lines.append(f"dask: skipped, {r['dask_skipped']}")
     if "dask" not in r:
         return "\n".join(lines)
     d = r["dask"]
     lines.append(
-        f"dask local:{d['workers']} against one process ({d['n_images']} images): "
-        f"{d['dask_img_s']:.0f} vs {d['single_img_s']:.0f} images/s ({d['ratio']:.2f}x)"
+        f"dask local:{d['workers']} against one process ({d['n_images']} images, same options, median of "
+        f"{d['repeats']} alternated runs after the cluster is up): {d['dask_img_s']:.0f} vs {d['single_img_s']:.0f} "
+        f"images/s ({d['ratio']:.2f}x); cluster start-up {d['cluster_startup_s']:.1f} s, "
+        f"shut-down {d['cluster_shutdown_s']:.1f} s, not timed in either"
     )
     return "\n".join(lines)

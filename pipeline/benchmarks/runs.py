@@ -23,7 +23,7 @@ from monai.transforms import Compose
 from sklearn.metrics import roc_auc_score
 
 from pipeline.augment import make_augmentation
-from pipeline.benchmarks.compute import sync
+from pipeline.benchmarks.compute import sync, tf32_enabled, tf32_flags
 from pipeline.config import WorkflowConfig
 from pipeline.datasets import PreparedCohort, prepare_for_workflow, targets
 from pipeline.inference import predict_logits
@@ -120,7 +120,8 @@ def _fold_spec(cfg: WorkflowConfig, device: torch.device, precision: Precision, 
 
 class OurRun:
     """Our pipeline from the files, through the study's training code: preprocessing once into the
-    cache, then epochs from the cache."""
+    cache, then epochs from the cache. ``tf32``: TF32 for fp32 convolutions and matmuls during its
+    epochs and predictions (False: full fp32; None: torch's flags as they are), restored after each."""
 
     def __init__(
         self,
@@ -130,10 +131,11 @@ class OurRun:
         precision: Precision,
         epochs: int,
         shared: Prepared | None = None,
+        tf32: bool | None = None,
     ) -> None:
         """``shared``: another run's preprocessing of the same cohort (hashes and cache), reused."""
         train_table, held_out = fold0(cfg, cohort)
-        self.cfg, self.device, self.precision = cfg, device, precision
+        self.cfg, self.device, self.precision, self.tf32 = cfg, device, precision, tf32
         seed_everything(cfg.train.seed, cfg.train.deterministic)  # the initial weights depend on the seed only
         self.model = build_model(cfg.model).to(device)
         keep_in_fp32(self.model, precision.fp32_layers)
@@ -143,24 +145,35 @@ class OurRun:
         self.val_items = self.prepared.cohort.items(held_out[IMAGE_ID].tolist())
         self.spec = _fold_spec(cfg, device, precision, epochs)
         self.trainer = make_trainer(self.model, self.train_items, self.spec)
+        with tf32_enabled(tf32):
+            self.tf32_flags = tf32_flags()  # the TF32 flags its epochs and predictions run with
+
+    @property
+    def remainder_batch(self) -> int:
+        """The size of the last, smaller batch of an epoch (0: none; a batch of one is dropped)."""
+        rest = len(self.train_items) % self.cfg.train.batch_size
+        return 0 if rest == 1 else rest
 
     def epoch(self, epoch: int) -> EpochStats:
         """Train epoch ``epoch`` (1-based), its shuffling and augmentation drawn as a study draws them."""
-        seed_epoch(self.spec, self.trainer, epoch)
-        return train_epoch(self.spec, self.trainer)
+        with tf32_enabled(self.tf32):
+            seed_epoch(self.spec, self.trainer, epoch)
+            return train_epoch(self.spec, self.trainer)
 
     def predict(self) -> Predictions:
         """Labels, logits and seconds over the held-out images (``predict_logits``, as a study)."""
-        start = time.perf_counter()
-        logits = predict_logits(
-            self.model,
-            self.val_items,
-            device=self.device,
-            bf16=self.precision.bf16,
-            batch_size=self.cfg.train.batch_size * 2,
-        )
-        sync(self.device)
-        return Predictions(targets(self.val_items), np.asarray(logits, dtype=float), time.perf_counter() - start)
+        with tf32_enabled(self.tf32):
+            start = time.perf_counter()
+            logits = predict_logits(
+                self.model,
+                self.val_items,
+                device=self.device,
+                bf16=self.precision.bf16,
+                batch_size=self.cfg.train.batch_size * 2,
+            )
+            sync(self.device)
+            seconds = time.perf_counter() - start
+        return Predictions(targets(self.val_items), np.asarray(logits, dtype=float), seconds)
 
 
 def _records(table: pd.DataFrame) -> list[dict[str, Any]]:

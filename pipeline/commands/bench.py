@@ -31,7 +31,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--epochs", type=int, help="training: epochs end to end, the first one cold (default: the workflow's)"
     )
-    parser.add_argument("--repeats", type=int, default=10, help="training: timed compute steps (median)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        help="training: timed compute steps (median; default 10); predict: alternated runs of each measure (default 3)",
+    )
     parser.add_argument(
         "--baseline", action="store_true", help="training: also run the MONAI tutorial loop side by side"
     )
@@ -61,7 +65,7 @@ def _training(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     cfg, cohort = _workflow(args, "training")
     options = TrainingBench(
         epochs=max(2, args.epochs or cfg.train.epochs),
-        repeats=args.repeats,
+        repeats=args.repeats or 10,
         baseline=args.baseline,
         peak_tflops=args.peak_tflops,
     )
@@ -109,13 +113,32 @@ def _ingestion(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     return result, ingestion.format_ingestion(result)
 
 
+def _predict_device(name: str) -> str:
+    """``--device`` for the predict suite: ``auto`` is CUDA when there is one; ``cuda`` without
+    one is refused."""
+    import torch
+
+    from pipeline.errors import ValidationError
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValidationError(["--device cuda: torch sees no CUDA device here"], "command line")
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
 def _predict(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     from pipeline.benchmarks import predict
     from pipeline.errors import ValidationError
 
     if (args.model is None) != (args.input is None):
         raise ValidationError(["--model and --input go together"], "command line")
-    result = predict.predict_benchmark(args.model, args.input, repeats=min(args.repeats, 3), quick=args.quick)
+    repeats = 3 if args.repeats is None else args.repeats
+    if repeats < 1:
+        raise ValidationError([f"--repeats must be 1 or more, got {repeats}"], "command line")
+    device = _predict_device(args.device)
+    log.info("predict benchmark on %s, %d alternated runs of each measure", device, repeats)
+    result = predict.predict_benchmark(args.model, args.input, repeats=repeats, quick=args.quick, device=device)
     return result, predict.format_predict(result)
 
 
