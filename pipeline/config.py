@@ -364,6 +364,14 @@ def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
         raise ValidationError([f"{path}: 'extends' forms a cycle"], "workflow")
     try:
         raw = yaml_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ValidationError(
+            [f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at line {line}): save it as UTF-8"],
+            "workflow",
+        ) from None
+    except OSError as exc:  # no permission, a folder, a name over the file system's limit
+        raise ValidationError([f"{path}: cannot be read ({exc.strerror or exc})"], "workflow") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

@@ -188,10 +188,28 @@ def _read_table(path: Path) -> pd.DataFrame:
         raise ValidationError(
             [f"manifest {path.name[:80]}: cannot be read ({exc.strerror or exc})"], "manifest"
         ) from None
+    # EmptyDataError and ParserError are ValueErrors: caught before the NUL-byte case below
+    except pd.errors.EmptyDataError:
+        raise ValidationError(
+            [f"{path} is empty: a manifest needs a header row and one row per image"], "manifest"
+        ) from None
+    except pd.errors.ParserError as exc:
+        raise ValidationError([f"{path} is not a well-formed CSV{_parser_where(exc)}"], "manifest") from None
     except ValueError as exc:  # a NUL byte in the path
         raise ValidationError([f"manifest path is not valid: {exc}"], "manifest") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise ValidationError([f"{path} is not a readable CSV: {type(exc).__name__}"], "manifest") from None
+
+
+def _parser_where(exc: Exception) -> str:
+    """Where pandas' parser stopped, e.g. ``: line 7 has 4 fields where 3 were expected`` (or nothing)."""
+    found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(exc))
+    if found:
+        expected, line, saw = found.groups()
+        return f": line {line} has {saw} fields where {expected} were expected"
+    found = re.search(r"starting at row (\d+)", str(exc))  # rows count from the header, 0
+    if found:
+        return f": a quoted value starting on line {int(found.group(1)) + 1} is never closed"
+    found = re.search(r"line (\d+)", str(exc))
+    return f": malformed at line {found.group(1)}" if found else f": {str(exc).strip()[:200]}"
 
 
 def _id_problems(df: pd.DataFrame, rows: pd.Index, columns: list[str]) -> list[str]:

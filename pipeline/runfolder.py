@@ -12,6 +12,9 @@
   kernel releases it when the process dies, so a lock left by a killed run is simply taken over;
   a second live run on the folder is refused at once, naming the holder's process id.
 - **Names stay inside** ``output_dir``: run ids are plain names.
+- **Damaged files** (empty, truncated, not UTF-8, a column missing): ``read_table`` and
+  ``read_record`` are the run folder's readers; they refuse such a file with a ValidationError
+  naming it (exit 2), never a traceback and never a report made from half a table.
 """
 
 from __future__ import annotations
@@ -27,13 +30,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from pipeline import __version__
 from pipeline.errors import CohortnetError, ValidationError
 from pipeline.provenance import package_versions
 from pipeline.reporting import artifacts
-from pipeline.schema import FOLD, FOLD_DONE_FILE, INNER, LOCK_FILE, PATIENT_ID, ROLE, SEAL_FILE
+from pipeline.schema import FOLD, FOLD_DONE_FILE, INNER, LOCK_FILE, PATIENT_ID, ROLE, SCORE, SEAL_FILE, TARGET
 
 # keys that change how fast a run goes, never what it computes, and the manifest's path (its
 # content is sealed by hash): a resume may change them
@@ -67,6 +71,76 @@ def check_run_id(run_id: str) -> None:
             [f"--run-id must be a plain name (letters, digits, '.', '_', '-'; no path), got {run_id!r}"],
             "command line",
         )
+
+
+# columns a run folder's tables hold as whole numbers (fold numbers, 0/1 targets) or as numbers
+_INTEGER_COLUMNS = (FOLD, TARGET)
+_NUMERIC_COLUMNS = (SCORE,)
+
+
+def damaged(path: Path, run_dir: Path, why: str) -> ValidationError:
+    """The error for a run-folder file that cannot be used: it names the folder, the file and why."""
+    try:
+        name = Path(path).relative_to(run_dir).as_posix()
+    except ValueError:
+        name = str(path)
+    return ValidationError(
+        [f"run folder {run_dir}: {name} is damaged ({why}): rerun the study or restore the file"], "run folder"
+    )
+
+
+def _read_problem(exc: Exception) -> str:
+    """Why a file could not be read or parsed, in a few words."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x})"
+    if isinstance(exc, pd.errors.EmptyDataError):
+        return "the file is empty"
+    if isinstance(exc, json.JSONDecodeError):
+        return (
+            "the file is empty" if not exc.doc.strip() else f"not valid JSON at line {exc.lineno}, column {exc.colno}"
+        )
+    if isinstance(exc, pd.errors.ParserError):
+        detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+        return f"not a well-formed CSV: {detail.removeprefix('Error tokenizing data. C error: ')[:200]}"
+    if isinstance(exc, OSError):
+        return f"cannot be read: {exc.strerror or type(exc).__name__}"
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+def read_record(path: Path, run_dir: Path) -> dict[str, Any]:
+    """A run-folder JSON record (``seal.json``, a fold's ``done.json``, ``nested.json``) as a mapping;
+    a missing, truncated or unreadable file is a ValidationError naming it."""
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise damaged(path, run_dir, "the file is missing") from None
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise damaged(path, run_dir, _read_problem(exc)) from None
+    if not isinstance(record, dict):
+        raise damaged(path, run_dir, f"expected a JSON object, found a {type(record).__name__}")
+    return record
+
+
+def read_table(path: Path, run_dir: Path, required: tuple[str, ...] = (), **read_csv: Any) -> pd.DataFrame:
+    """A run-folder CSV (``predictions.csv``, ``splits.csv`` ...) with the ``required`` columns; fold
+    numbers and targets must be whole numbers and scores numbers. A missing, empty, malformed or
+    non-UTF-8 file, or one without a required column, is a ValidationError naming it."""
+    try:
+        table = pd.read_csv(path, **read_csv)
+    except FileNotFoundError:
+        raise damaged(path, run_dir, "the file is missing") from None
+    except (OSError, ValueError) as exc:  # EmptyDataError, ParserError and UnicodeDecodeError are ValueErrors
+        raise damaged(path, run_dir, _read_problem(exc)) from None
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise damaged(path, run_dir, f"no column {', '.join(repr(c) for c in missing)}")
+    for column in (c for c in required if c in _INTEGER_COLUMNS + _NUMERIC_COLUMNS):
+        values = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=float)
+        bad = ~np.isfinite(values) | ((values != np.round(values)) if column in _INTEGER_COLUMNS else False)
+        if bad.any():
+            kind = "whole numbers" if column in _INTEGER_COLUMNS else "numbers"
+            raise damaged(path, run_dir, f"column {column!r} holds {int(bad.sum())} value(s) that are not {kind}")
+    return table
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -194,17 +268,29 @@ def fold_record(seal_digest: str, predictions: pd.DataFrame) -> dict[str, Any]:
     return {"seal": seal_digest, "n_test": int(counts.get("test", 0)), "n_val": int(counts.get("val", 0))}
 
 
+def recorded_seal(run_dir: Path) -> str | None:
+    """The digest in the run's ``seal.json``; None for a run folder from before the seal."""
+    path = run_dir / SEAL_FILE
+    if not path.is_file():
+        return None
+    digest = read_record(path, run_dir).get("digest")
+    if not isinstance(digest, str):
+        raise damaged(path, run_dir, "it records no digest")
+    return digest
+
+
 def check_fold_records(run_dir: Path, folds: list[int], seal_digest: str | None = None) -> list[dict[str, Any]]:
-    """The folds' ``done.json`` records; raises when one is missing or made under another seal."""
-    digest = seal_digest or json.loads((run_dir / SEAL_FILE).read_text(encoding="utf-8"))["digest"]
+    """The folds' ``done.json`` records, in the order of ``folds``; raises when one is missing,
+    damaged or made under another seal (a run folder from before the seal has none to compare)."""
+    digest = seal_digest or recorded_seal(run_dir)
     records, problems = [], []
     for fold in folds:
         done = run_dir / f"fold_{fold}" / FOLD_DONE_FILE
         if not done.is_file():
             problems.append(f"fold {fold} is not finished ({done.name} missing)")
             continue
-        record = json.loads(done.read_text(encoding="utf-8"))
-        if record.get("seal") != digest:
+        record = read_record(done, run_dir)
+        if digest is not None and record.get("seal") != digest:
             problems.append(f"fold {fold} was made from other inputs than this run's seal")
         records.append(record)
     if problems:
@@ -216,7 +302,7 @@ def job_record(done: Path, seal_digest: str) -> dict[str, Any]:
     """A finished job's ``done.json`` (an inner fold of nested CV), made under this run's seal."""
     if not done.is_file():
         raise ValidationError([f"{done.parent.name} is not finished ({done.name} missing)"], str(done.parent.parent))
-    record: dict[str, Any] = json.loads(done.read_text(encoding="utf-8"))
+    record = read_record(done, done.parent.parent)
     if record.get("seal") != seal_digest:
         raise ValidationError([f"{done.parent.name} was made from other inputs than this run's seal"], str(done.parent))
     return record
@@ -227,7 +313,7 @@ def check_predictions_complete(run_dir: Path, test: pd.DataFrame, val: pd.DataFr
     if not (run_dir / SEAL_FILE).is_file():
         return  # a run folder from before the seal: nothing to check against
     folds = sorted(int(f) for f in splits[FOLD].unique())
-    records = {int(r["fold"]): r for r in check_fold_records(run_dir, folds)}
+    records = dict(zip(folds, check_fold_records(run_dir, folds), strict=True))
     problems = []
     for fold in folds:
         for role, frame, key in (("test", test, "n_test"), ("val", val, "n_val")):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -302,9 +301,9 @@ class RunCohort:
                     keep=cfg.filter,
                 )
             )
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
         label = cfg.task.label
-        table[TARGET] = table[TARGET].astype(int)
+        table = runfolder.read_table(path, run_dir, (PATIENT_ID, TARGET, label), dtype=str, keep_default_na=False)
+        table[TARGET] = pd.to_numeric(table[TARGET]).astype(int)  # whole numbers: read_table checked
         positives = table.loc[table[TARGET] == 1, label]
         positive = str(positives.iloc[0]) if len(positives) else str(cfg.task.positive)
         return cls(label, positive, table.drop(columns=[label]))
@@ -380,6 +379,7 @@ def run_study(
     from pipeline.distributed import broadcast, init_from_env
 
     start = time.perf_counter()
+    check_start(cfg, run_id)  # before the run folder exists
     ctx = init_from_env(cfg.train.device)
     if dask and ctx.enabled:
         raise ValidationError(["--dask runs folds as cluster tasks: start it once, not under torchrun"], "command line")
@@ -393,8 +393,6 @@ def run_study(
         check_scheduler(dask)  # before hours of preprocessing, not after
     if dask and cfg.data.cache == "auto":  # tasks read cache files, rather than each getting a copy of the cohort
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache="disk"))
-    if run_id is not None:
-        runfolder.check_run_id(run_id)
     run_dir = broadcast(ctx, new_run_dir(cfg, run_id) if ctx.is_main else None)
     assert run_dir is not None
     with runfolder.locked(run_dir) if ctx.is_main else contextlib.nullcontext():
@@ -402,6 +400,17 @@ def run_study(
             artifacts.clean_stale_temporaries(run_dir)
         metrics = _run_locked(cfg, cohort, run_dir, ctx, progress, dask)
     return StudyResult(run_dir, metrics, time.perf_counter() - start)
+
+
+def check_start(cfg: WorkflowConfig, run_id: str | None = None) -> None:
+    """What a run refuses before it makes its run folder (``run --check`` asks the same): a run id
+    that is not a plain name, and a ``train.device`` this machine does not have."""
+    if run_id is not None:
+        runfolder.check_run_id(run_id)
+    if cfg.train.device == "cuda":  # torch is imported only when it matters: --check stays quick
+        from pipeline.training import resolve_device
+
+        resolve_device(cfg.train.device)
 
 
 def _run_locked(
@@ -602,7 +611,7 @@ def _pool_folds(run: RunContext, splits: pd.DataFrame, ensemble: str) -> None:
     folds = sorted(int(str(f)) for f in splits[FOLD].unique())
     runfolder.check_fold_records(run.run_dir, folds, run.seal)
     parts = [run.run_dir / f"fold_{f}" / PREDICTIONS_FILE for f in folds]
-    pooled = pd.concat([pd.read_csv(p, dtype={PATIENT_ID: str, IMAGE_ID: str}) for p in parts], ignore_index=True)
+    pooled = pd.concat([_read_predictions(run.run_dir, p, (ROLE,)) for p in parts], ignore_index=True)
     if crossval.has_members(splits):
         pooled = pooled.join(splits.groupby(FOLD)[[REPEAT, SEED]].first(), on=FOLD)
         artifacts.write_csv(run.run_dir / MEMBER_PREDICTIONS_FILE, pooled)
@@ -719,13 +728,11 @@ def run_fold(
         ctx=ctx,
         stop_after=job.stop_after,
     )
+    # nested refit: the inner folds' validation rows of the chosen point, read before the training
+    adopted = [_read_predictions(run.run_dir, run.run_dir / f / PREDICTIONS_FILE, (ROLE,)) for f in job.adopt_val]
     result = train_fold(model, items["train"], items["val"], spec)
     predictions = _predict_roles(cfg, run, job.fold, model, precision, items, table, label_col)
-    if job.adopt_val:  # nested refit: the inner folds' validation rows of the chosen point
-        adopted = [
-            pd.read_csv(run.run_dir / f / PREDICTIONS_FILE, dtype={PATIENT_ID: str, IMAGE_ID: str})
-            for f in job.adopt_val
-        ]
+    if adopted:
         predictions = pd.concat([predictions, *(a[a[ROLE] == "val"] for a in adopted)], ignore_index=True)
     if ctx.is_main:
         seconds = time.perf_counter() - start
@@ -832,9 +839,9 @@ def finalize_run(run_dir: Path, cfg: WorkflowConfig | None = None, cohort: Cohor
         cfg = load_config(run_dir / RESOLVED_CONFIG_FILE, check_files=False)
     known = RunCohort.from_cohort(cohort) if cohort is not None else RunCohort.from_run(run_dir, cfg)
     label = known.label_col
-    preds = pd.read_csv(run_dir / PREDICTIONS_FILE, dtype={PATIENT_ID: str, IMAGE_ID: str})
-    val = pd.read_csv(run_dir / VAL_PREDICTIONS_FILE, dtype={PATIENT_ID: str, IMAGE_ID: str})
-    splits = pd.read_csv(run_dir / SPLITS_FILE, dtype={PATIENT_ID: str})
+    preds = _read_predictions(run_dir, run_dir / PREDICTIONS_FILE, (label,))
+    val = _read_predictions(run_dir, run_dir / VAL_PREDICTIONS_FILE, (label,))
+    splits = runfolder.read_table(run_dir / SPLITS_FILE, run_dir, (FOLD, PATIENT_ID, ROLE), dtype={PATIENT_ID: str})
     members = _read_members(run_dir, preds, val, splits)
     for frame in (preds, val):
         frame[label] = frame[label].astype(str)
@@ -858,7 +865,7 @@ def finalize_run(run_dir: Path, cfg: WorkflowConfig | None = None, cohort: Cohor
     if members is not None:
         metrics["members"] = _members_section(members, preds, columns, cfg)
     if (run_dir / NESTED_FILE).is_file():  # nested CV: each outer fold's choice and its stability
-        metrics["nested"] = json.loads((run_dir / NESTED_FILE).read_text())
+        metrics["nested"] = runfolder.read_record(run_dir / NESTED_FILE, run_dir)
     artifacts.write_json(run_dir / METRICS_FILE, metrics)
     if cohort is not None:  # a rebuilt report (no cohort, perhaps no images) keeps the explanations it has
         _explain(run_dir, cfg, cohort)
@@ -881,10 +888,16 @@ def _read_members(run_dir: Path, preds: pd.DataFrame, val: pd.DataFrame, splits:
     if not crossval.has_members(splits) or not path.is_file():
         runfolder.check_predictions_complete(run_dir, preds, val, splits)
         return None
-    members = pd.read_csv(path, dtype={PATIENT_ID: str, IMAGE_ID: str})
+    members = _read_predictions(run_dir, path, (ROLE,))
     by_role = [members[members[ROLE] == r].drop(columns=ROLE) for r in ("test", "val")]
     runfolder.check_predictions_complete(run_dir, by_role[0], by_role[1], splits)
     return members
+
+
+def _read_predictions(run_dir: Path, path: Path, extra: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A run folder's prediction table, refused with a ValidationError naming it when it is damaged."""
+    required = (PATIENT_ID, FOLD, SCORE, *extra)
+    return runfolder.read_table(path, run_dir, required, dtype={PATIENT_ID: str, IMAGE_ID: str})
 
 
 def _members_section(members: pd.DataFrame, preds: pd.DataFrame, columns: Any, cfg: WorkflowConfig) -> dict[str, Any]:

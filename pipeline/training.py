@@ -33,7 +33,7 @@ from pipeline.augment import BatchAugment, split_augmentation
 from pipeline.config import TrainConfig
 from pipeline.datasets import sample_dataset, targets
 from pipeline.distributed import SINGLE, DistContext, barrier
-from pipeline.errors import CohortnetError, NonFiniteError
+from pipeline.errors import CohortnetError, NonFiniteError, ValidationError
 from pipeline.inference import predict_logits
 from pipeline.precision import Precision, keep_in_fp32
 from pipeline.reporting import artifacts
@@ -70,9 +70,14 @@ class _State:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, key: str = "train.device") -> torch.device:
+    """The torch device ``name`` (auto, cpu, cuda) asks for; ``key`` names the setting in the error
+    (a ValidationError, exit 2) when it asks for CUDA on a machine without it."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is cuda but no CUDA device is available")
+        raise ValidationError(
+            [f"{key} is cuda but no CUDA device is available on this machine: use auto or cpu"],
+            "command line" if key.startswith("-") else "workflow",
+        )
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)

@@ -45,14 +45,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.commands.evaluate import folder_problem
     from pipeline.reporting.compare import CompareOptions, compare_runs, comparison_row, write_comparison
     from pipeline.reporting.html import fmt, fmt_p
 
     problems = []
     if args.n_bootstrap < 100:
         problems.append(f"--n-bootstrap must be at least 100, got {args.n_bootstrap}")
+    if args.seed < 0:
+        problems.append(f"--seed must be 0 or more, got {args.seed}")
     if not 0.5 <= args.level < 1.0:
         problems.append(f"--level must be in [0.5, 1), got {args.level}")
+    problem = folder_problem(args.out, "--out (the folder that receives compare.json and compare.html)")
+    problems += [problem] if problem else []
     if problems:
         raise ValidationError(problems, "compare options")
     options = CompareOptions(

@@ -34,6 +34,23 @@ def run(args: argparse.Namespace) -> int:
 
     if not str(args.out).lower().endswith((".nii", ".nii.gz")):
         raise ValidationError(["the output file must end in .nii or .nii.gz"], "convert arguments")
+    if _same_file(args.src, args.out):
+        raise ValidationError(
+            [f"the output {args.out} is the source file itself: write the conversion to another file"],
+            "convert arguments",
+        )
+    if args.out.is_dir():
+        raise ValidationError(
+            [f"the output {args.out} is a folder: give the .nii or .nii.gz file to write"], "convert arguments"
+        )
     out = convert(args.src, args.out, volumes=args.volumes, nonfinite=args.nonfinite, source="input")
     log.info("wrote %s", out.name)
     return 0
+
+
+def _same_file(src: Path, out: Path) -> bool:
+    """Whether writing ``out`` would replace ``src`` (the same path, a link to it, or a hard link)."""
+    try:
+        return out.resolve() == src.resolve() or (out.exists() and src.is_file() and out.samefile(src))
+    except OSError:  # a name the file system cannot hold: convert reports it
+        return False

@@ -38,8 +38,12 @@ def run(args: argparse.Namespace) -> int:
     workflow = args.workflow or _default("workflows/demo.yaml")
     if args.patients < 10:
         raise ValidationError([f"--patients must be at least 10, got {args.patients}"], "command line")
-    raw = read_workflow(workflow)
-    manifest = (workflow.parent / str(raw.get("manifest", "../data_manifests/demo.csv"))).resolve()
+    raw = read_workflow(workflow, args.overrides)  # --set manifest=... moves the cohort too
+    named = raw.get("manifest", "../data_manifests/demo.csv")
+    if not isinstance(named, str) or not named.strip():
+        raise ValidationError([f"{workflow}: manifest must be a file name, got {named!r}"], "workflow")
+    # the cohort goes where the workflow reads it; a manifest the generator did not write is refused
+    manifest = (workflow.parent / named).resolve()
     start = time.perf_counter()
     spec = CohortSpec(n_patients=args.patients, seed=args.seed)
     table = make_demo_cohort(manifest.parent / manifest.stem, manifest, spec)

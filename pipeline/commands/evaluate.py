@@ -96,6 +96,9 @@ def _read_csv(path: Path, what: str, problems: list[str]) -> pd.DataFrame | None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         problems.append(f"{what} {path} is not a readable CSV: {exc}")
         return None
+    except OSError as exc:  # no permission
+        problems.append(f"{what} {path} cannot be read: {exc.strerror or exc}")
+        return None
 
 
 def _option_problems(args: argparse.Namespace) -> list[str]:
@@ -108,11 +111,49 @@ def _option_problems(args: argparse.Namespace) -> list[str]:
         problems.append(f"--threshold-rule: {exc}")
     if args.bootstrap < 100:
         problems.append(f"--bootstrap must be at least 100, got {args.bootstrap}")
+    if args.seed < 0:
+        problems.append(f"--seed must be 0 or more, got {args.seed}")
     if not 0.5 <= args.level < 1.0:
         problems.append(f"--level must be in [0.5, 1), got {args.level}")
     if args.recalibrate and not (args.val_table or args.threshold_split_col):
         problems.append("--recalibrate needs validation rows (--val-table or --threshold-split-col)")
+    problems += _column_problems(args)
+    problem = folder_problem(output_folder(args), f"--out (the folder that receives {METRICS_FILE} and {ROC_FILE})")
+    return problems + ([problem] if problem else [])
+
+
+def folder_problem(folder: Path, what: str) -> str | None:
+    """Why ``folder`` cannot be an output folder (it, or the nearest part of it that exists, is a
+    file), checked before any work; None when it can be."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is None or existing.is_dir():
+        return None
+    return f"{what}: {existing} exists and is not a folder"
+
+
+def _column_problems(args: argparse.Namespace) -> list[str]:
+    """Score columns, --classes and --compare that name one task unambiguously."""
+    scores = list(args.score_col)
+    problems = []
+    if len(set(scores)) < len(scores):
+        problems.append(f"--score-col names a column more than once: {scores}")
+    if len(scores) > 1 and not args.classes:
+        problems.append(
+            f"{len(scores)} --score-col columns make a multi-class task: give --classes with the class of each "
+            "column, in order (one --score-col for a binary task)"
+        )
+    if args.classes and len(scores) == 1:
+        problems.append("--classes is for a multi-class task with one --score-col per class; got one --score-col")
+    elif args.classes and len(args.classes) != len(scores):
+        problems.append(f"--classes names {len(args.classes)} classes for {len(scores)} --score-col columns")
+    if args.compare is not None and args.compare in scores:
+        problems.append(f"--compare {args.compare!r} is the --score-col column itself: name another score column")
     return problems
+
+
+def output_folder(args: argparse.Namespace) -> Path:
+    """Where metrics.json and roc.csv go: --out, or ``<TABLE name>_evaluation`` next to TABLE."""
+    return args.out if args.out is not None else args.table.parent / f"{args.table.stem}_evaluation"
 
 
 def _split(df: pd.DataFrame, args: argparse.Namespace, problems: list[str]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
@@ -214,7 +255,7 @@ def _roc_frame(df: pd.DataFrame, args: argparse.Namespace, metrics: dict[str, An
 def _write(df: pd.DataFrame, args: argparse.Namespace, metrics: dict[str, Any]) -> Path:
     from pipeline.reporting.artifacts import write_csv, write_json
 
-    out = args.out if args.out is not None else args.table.parent / f"{args.table.stem}_evaluation"
+    out = output_folder(args)
     write_json(out / METRICS_FILE, metrics)
     if metrics.get("task") == "binary":
         write_csv(out / ROC_FILE, _roc_frame(df, args, metrics, args.score_col[0]))

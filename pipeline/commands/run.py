@@ -28,12 +28,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.study import run_study, validate_workflow
+    from pipeline.study import check_start, run_study, validate_workflow
 
     cfg, cohort = validate_workflow(args.workflow, args.overrides)
     n_patients = cohort.table[PATIENT_ID].nunique()
     log.info("workflow %s is valid: %d images of %d patients", args.workflow, len(cohort.table), n_patients)
     if args.check:
+        check_start(cfg, args.run_id)  # the run id and the device, as the run would refuse them
         if args.dask:  # a bad --dask value, or a scheduler that does not answer (run_study checks it too)
             from pipeline.fanout import check_scheduler
 

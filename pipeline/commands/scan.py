@@ -49,9 +49,31 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _output_problems(args: argparse.Namespace) -> list[str]:
+    """The files scan writes must be files: checked before the scan, not after it."""
+    problems = []
+    exclusions = args.exclusions or args.out.with_name(args.out.stem + ".exclusions.csv")  # scan's default
+    named = "--exclusions" if args.exclusions else "the exclusions table"
+    for option, path in (("--out", args.out), (named, exclusions), ("--reid-table", args.reid_table)):
+        if path is None:
+            continue
+        if path.is_dir():
+            example = f", e.g. {path / 'manifest.csv'}" if option == "--out" else ""
+            problems.append(f"{option} {path} is a folder: give the CSV file to write{example}")
+            continue
+        existing = next((p for p in path.parents if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            problems.append(f"{option} {path}: {existing} exists and is not a folder")
+    return problems
+
+
 def run(args: argparse.Namespace) -> int:
+    from pipeline.errors import ValidationError
     from pipeline.io.scan import ScanOptions, scan_tree
 
+    problems = _output_problems(args)
+    if problems:
+        raise ValidationError(problems, "scan arguments")
     options = ScanOptions(
         exclusions_out=args.exclusions,
         labels_csv=args.labels,

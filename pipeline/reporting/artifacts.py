@@ -34,15 +34,23 @@ os.umask(_UMASK)
 
 
 def explain_os_error(exc: BaseException, path: Path) -> OutputError:
+    """Why ``path`` could not be written, in the user's terms; the path is named in full."""
+    path = Path(path)
     errno = getattr(exc, "errno", None)
     text = str(exc)
+    # EEXIST, ENOTDIR: the nearest existing folder of the path is a file
+    existing = next((p for p in path.parents if p.exists()), None) if errno in (17, 20) else None
     if errno == 28 or "No space left" in text or "unexpected pos" in text:  # torch.save reports ENOSPC so
         why = f"the disk holding {path.parent} is full"
     elif errno in (13, 30):
         why = f"{path.parent} is not writable (permission denied or a read-only file system)"
+    elif existing is not None and not existing.is_dir():
+        why = f"{existing} exists and is not a folder"
+    elif errno == 21:  # EISDIR
+        why = f"{path} is a folder, not a file"
     else:
         why = f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or text[:200]}"
-    return OutputError(f"cannot write {path.name}: {why}")
+    return OutputError(f"cannot write {path}: {why}")
 
 
 def write_with(path: Path, write: Callable[[IO[Any]], object], binary: bool = True) -> Path:

@@ -9,6 +9,7 @@ Three ``SITES`` differ in noise, slice spacing, DICOM storage conventions and fi
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import shutil
@@ -46,7 +47,9 @@ MANIFEST_COLUMNS = (
     SITE, SCANNER, SEX, AGE, VISIT, FORMAT,
 )  # fmt: skip
 
-_MARKER = ".cohortnet-demo"
+_MARKER = ".cohortnet-demo"  # in the image folder: the generator wrote it, and which manifest goes with it
+_MARKER_TEXT = "written by pipeline.synthetic.make_demo_cohort; safe to delete\n"
+_MANIFEST_LINE = "manifest: "
 
 
 @dataclass(frozen=True)
@@ -346,8 +349,9 @@ def write_scan(plan: ScanPlan, out_dir: Path) -> tuple[Path, dict[str, Any]]:
     return folder, info
 
 
-def _prepare_out_dir(out_dir: Path) -> None:
-    """Empty the cohort's own subfolders; refuse a non-empty folder this module did not write."""
+def _prepare_out_dir(out_dir: Path, manifest_path: Path) -> None:
+    """Empty the cohort's own subfolders; refuse a non-empty folder this module did not write. The
+    folder's marker names the manifest that goes with it (its hash follows once it is written)."""
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / _MARKER).is_file():
         from pipeline.errors import ValidationError
 
@@ -358,7 +362,49 @@ def _prepare_out_dir(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for sub in ("dicom", "nifti"):
         shutil.rmtree(out_dir / sub, ignore_errors=True)
-    artifacts.write_text(out_dir / _MARKER, "written by pipeline.synthetic.make_demo_cohort; safe to delete\n")
+    _write_marker(out_dir, manifest_path, None)
+
+
+def _write_marker(out_dir: Path, manifest_path: Path, sha256: str | None) -> None:
+    named = f"{_MANIFEST_LINE}{Path(os.path.relpath(manifest_path, out_dir)).as_posix()}"
+    artifacts.write_text(out_dir / _MARKER, f"{_MARKER_TEXT}{named}{f' sha256={sha256}' if sha256 else ''}\n")
+
+
+def _is_own_manifest(manifest_path: Path, out_dir: Path) -> bool:
+    """Whether the generator wrote the file at ``manifest_path``: the image folder's marker names it
+    (with its content hash, when the generator got to record it). A marker from before the marker
+    named its manifest accepts a CSV with exactly the demo's header."""
+    try:
+        marker = (out_dir / _MARKER).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    if not manifest_path.is_file() or manifest_path.is_symlink():
+        return False
+    named = [line.removeprefix(_MANIFEST_LINE) for line in marker.splitlines() if line.startswith(_MANIFEST_LINE)]
+    if not named:  # a marker from before it named the manifest
+        with manifest_path.open(encoding="utf-8", errors="replace") as fh:
+            return fh.readline(4096).strip() == ",".join(MANIFEST_COLUMNS)
+    relative, _, sha256 = named[0].partition(" sha256=")
+    if (out_dir / relative).resolve() != manifest_path.resolve():
+        return False
+    return not sha256 or hashlib.sha256(manifest_path.read_bytes()).hexdigest() == sha256
+
+
+def _check_manifest(manifest_path: Path, out_dir: Path) -> None:
+    """Refuse to replace or remove a file at ``manifest_path`` that the generator did not write."""
+    if not manifest_path.exists() and not manifest_path.is_symlink():
+        return
+    if _is_own_manifest(manifest_path, out_dir):
+        return
+    from pipeline.errors import ValidationError
+
+    raise ValidationError(
+        [
+            f"{manifest_path} exists and was not written by the demo generator (or was changed since); refusing "
+            "to replace it: point the workflow's manifest at a new file, or move this one away"
+        ],
+        "demo manifest",
+    )
 
 
 def _manifest_row(plan: ScanPlan, image: Path, manifest_dir: Path) -> dict[str, Any]:
@@ -374,14 +420,20 @@ def _manifest_row(plan: ScanPlan, image: Path, manifest_dir: Path) -> dict[str, 
 def make_demo_cohort(out_dir: Path, manifest_path: Path, spec: CohortSpec | None = None) -> pd.DataFrame:
     """Write the seeded demo cohort ``spec`` (default ``CohortSpec()``) under ``out_dir`` and its manifest CSV.
 
+    An existing ``out_dir`` is reused only when it is empty or the generator wrote it (its marker
+    file), an existing manifest replaced only when that marker names it and its content is what the
+    generator wrote; anything else is refused (ValidationError) before a file is touched.
+
     Images: ``dicom/<patient>/STnn/SEnn/`` series folders and ``nifti/<patient>_ses-N_ct.nii.gz``
     files. Manifest (at ``manifest_path``): one row per scan with ``MANIFEST_COLUMNS``; ``image`` is
     relative to the manifest's folder. The same spec gives the same bytes (UIDs are seeded too).
     Returns the manifest table.
     """
     plans = plan_cohort(spec)
-    out_dir, manifest_path = Path(out_dir).resolve(), Path(manifest_path).resolve()
-    _prepare_out_dir(out_dir)
+    manifest_path = Path(manifest_path).absolute()
+    out_dir, manifest_path = Path(out_dir).resolve(), manifest_path.parent.resolve() / manifest_path.name
+    _check_manifest(manifest_path, out_dir)  # before anything is written or removed
+    _prepare_out_dir(out_dir, manifest_path)
     # the manifest goes first and comes back last (atomically): a generator killed half-way leaves
     # no manifest that points at half-written files
     manifest_path.unlink(missing_ok=True)
@@ -393,4 +445,5 @@ def make_demo_cohort(out_dir: Path, manifest_path: Path, spec: CohortSpec | None
         rows.append(_manifest_row(plan, image, manifest_path.parent))
     table = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
     write_csv(manifest_path, table)
+    _write_marker(out_dir, manifest_path, hashlib.sha256(manifest_path.read_bytes()).hexdigest())
     return table
