@@ -158,7 +158,8 @@ def choose_points(
     run_dir: Any, cfg: WorkflowConfig, outer: pd.DataFrame, inner: pd.DataFrame, n_points: int, seal: str
 ) -> dict[int, dict[str, Any]]:
     """Per outer fold: each point's pooled inner validation AUC and best epochs, and the choice."""
-    patients = pd.read_csv(run_dir / PATIENTS_FILE, dtype={PATIENT_ID: str}).set_index(PATIENT_ID)[TARGET]
+    table = runfolder.read_table(run_dir / PATIENTS_FILE, run_dir, (PATIENT_ID, TARGET), dtype={PATIENT_ID: str})
+    patients: pd.Series = table.set_index(PATIENT_ID)[TARGET]
     choices = {}
     for fold in sorted(int(str(f)) for f in outer[FOLD].unique()):
         n_inner = int(inner.loc[inner[FOLD] == fold, INNER].nunique())
@@ -169,7 +170,9 @@ def choose_points(
                 folder = run_dir / inner_folder(fold, i, p)
                 record = runfolder.job_record(folder / FOLD_DONE_FILE, seal)
                 epochs.append(int(record["best_epoch"]))
-                preds = pd.read_csv(folder / PREDICTIONS_FILE, dtype={PATIENT_ID: str, IMAGE_ID: str})
+                preds = runfolder.read_table(
+                    folder / PREDICTIONS_FILE, run_dir, (PATIENT_ID, ROLE), dtype={PATIENT_ID: str, IMAGE_ID: str}
+                )
                 val = preds[preds[ROLE] == "val"]
                 frames.append(val.assign(target=val[PATIENT_ID].map(patients).to_numpy()))
             per_point.append({"point": p, "inner_auc": _pooled_auc(frames), "best_epochs": epochs})
@@ -210,7 +213,7 @@ def chosen_config(run_dir: Path, cfg: WorkflowConfig) -> WorkflowConfig | None:
     path = run_dir / NESTED_FILE
     if cfg.validation.scheme != "nested" or not path.is_file():
         return cfg
-    record = json.loads(path.read_text())
+    record = runfolder.read_record(path, run_dir)
     chosen = [record["points"][f["point"]] for f in record["folds"]]
     kinds = [{k: v for k, v in p.items() if not k.startswith("train.")} for p in chosen]
     if any(k != kinds[0] for k in kinds):

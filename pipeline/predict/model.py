@@ -115,7 +115,7 @@ def model_files(run_dir: Path, leakage_key: bytes) -> dict[str, bytes]:
     for name in (RESOLVED_CONFIG_FILE, METRICS_FILE, SPLITS_FILE, DATA_HASHES_FILE):
         if not (run_dir / name).is_file():
             raise CohortnetError(f"{run_dir} is not a finished run: {name} is missing")
-    splits = pd.read_csv(run_dir / SPLITS_FILE, dtype={PATIENT_ID: str})
+    splits = runfolder.read_table(run_dir / SPLITS_FILE, run_dir, (PATIENT_ID, ROLE, "fold"), dtype={PATIENT_ID: str})
     cfg = _trained_config(run_dir)
     # a study of several members reports their mean (its models are the ensemble) or, with
     # evaluation.ensemble none, its first member (whose folds are then the model)
@@ -176,9 +176,9 @@ def _study_members(run_dir: Path, splits: pd.DataFrame, key: bytes) -> dict[str,
     them is not leakage."""
     seen = set(splits.loc[splits[ROLE].isin(["train", "val"]), PATIENT_ID])
     test_only = set(splits[PATIENT_ID]) - seen
-    hashes = pd.read_csv(run_dir / DATA_HASHES_FILE, dtype=str)
+    hashes = runfolder.read_table(run_dir / DATA_HASHES_FILE, run_dir, (IMAGE_ID, "sha256"), dtype=str)
     if test_only:
-        scored = pd.read_csv(run_dir / PREDICTIONS_FILE, dtype=str, usecols=[IMAGE_ID, PATIENT_ID])
+        scored = runfolder.read_table(run_dir / PREDICTIONS_FILE, run_dir, (IMAGE_ID, PATIENT_ID), dtype=str)
         unseen = set(scored.loc[scored[PATIENT_ID].isin(test_only), IMAGE_ID])
         hashes = hashes[~hashes[IMAGE_ID].isin(unseen)]
     return {
@@ -194,11 +194,11 @@ def _json(value: Any) -> bytes:
 
 
 def _model_info(run_dir: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
-    metrics = json.loads((run_dir / METRICS_FILE).read_text())
+    metrics = runfolder.read_record(run_dir / METRICS_FILE, run_dir)
     if metrics.get("task") != "binary" or metrics.get("threshold") is None:
         raise CohortnetError(f"{run_dir}: only binary studies with a locked threshold can be exported")
     env_path = run_dir / ENVIRONMENT_FILE
-    env = json.loads(env_path.read_text()) if env_path.is_file() else {}
+    env = runfolder.read_record(env_path, run_dir) if env_path.is_file() else {}
     return {
         "format_version": FORMAT_VERSION,
         "study_run": run_dir.name,
