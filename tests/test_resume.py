@@ -18,6 +18,27 @@ import torch
 
 from pipeline.cli import main
 
+# ``cohortnet run`` that, once fold 1 has saved its first epoch (last.pt written), touches
+# $SAVED_MARKER and waits: the test kills it there, at the same point every time however loaded the
+# machine is (polling for last.pt instead could kill an epoch or two later, or after the fold).
+STOP_AFTER_FOLD_1_EPOCH_1 = """
+import os, sys, time
+from pathlib import Path
+import pipeline.training as training
+from pipeline.cli import main
+
+save = training._save_training_state
+
+def save_then_wait(path, model, optimizer, scheduler, state, *args):
+    save(path, model, optimizer, scheduler, state, *args)
+    if path.parent.name == "fold_1" and state.epoch == 1:
+        Path(os.environ["SAVED_MARKER"]).touch()
+        time.sleep(3600)
+
+training._save_training_state = save_then_wait
+sys.exit(main(sys.argv[1:]))
+"""
+
 
 @pytest.mark.parametrize("amp", ["off", "bf16"])
 def test_sigkill_then_rerun_matches_an_uninterrupted_run(
@@ -33,17 +54,26 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(
     assert main(["run", str(wf), "--run-id", "full"]) == 0
 
     run = tmp_path / "reports" / "tiny" / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "pipeline", "run", str(wf), "--run-id", "killed"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    # kill as soon as fold 1 has saved an epoch: fold 0 is complete, fold 1 is in the middle
-    while not (run / "fold_1" / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait(timeout=60) == -signal.SIGKILL, "the run finished before it could be killed"
+    saved = tmp_path / "fold_1_saved_epoch_1"  # outside the run folder
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SAVED_MARKER": str(saved)}
+    cmd = [sys.executable, "-c", STOP_AFTER_FOLD_1_EPOCH_1, "run", str(wf), "--run-id", "killed"]
+    err = tmp_path / "killed.stderr"
+    with err.open("wb") as stderr:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        # fold 0 is complete and fold 1 has saved its first epoch; the run waits there to be killed
+        deadline = time.monotonic() + 500
+        while not saved.exists():
+            assert proc.poll() is None, f"the run ended before fold 1 saved an epoch: {err.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, "fold 1 never saved an epoch"
+            time.sleep(0.05)
+        assert (run / "fold_0" / "done.json").is_file()
+        assert not (run / "fold_1" / "done.json").exists()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
     state = torch.load(run / "fold_1" / "last.pt", weights_only=True)
-    assert 1 <= state["epoch"] < 4
+    assert state["epoch"] == 1
     assert not (run / "predictions.csv").exists()
 
     assert main(["run", str(wf), "--run-id", "killed"]) == 0

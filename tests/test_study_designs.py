@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -125,7 +126,8 @@ def test_test_time_augmentation_scores_the_mean_of_the_views_and_reports_the_sin
     tmp_path: Path, make_cohort: Callable[..., Path], make_workflow: Callable[..., Path]
 ) -> None:
     manifest = make_cohort(n_patients=12)
-    wf = make_workflow(manifest, evaluation={"tta": "flips"}, report={"explain": {"cases": 0}})
+    # fp32 throughout (train.amp: off), so predict must reproduce the study's scores to rounding
+    wf = make_workflow(manifest, train={"amp": "off"}, evaluation={"tta": "flips"}, report={"explain": {"cases": 0}})
     assert main(["run", str(wf), "--run-id", "r"]) == 0
     run = tmp_path / "reports" / "tiny" / "r"
     preds = pd.read_csv(run / "predictions.csv")
@@ -139,15 +141,23 @@ def test_test_time_augmentation_scores_the_mean_of_the_views_and_reports_the_sin
     assert 'id="tta"' in html
     # predict applies the study's test-time augmentation: the test patients score as in the study
     new = pd.read_csv(manifest)
-    assert main(
-        ["predict", str(run), str(manifest), "--out", str(tmp_path / "p"), "--allow-study-patients", "--no-progress"]
-    ) in (0, 8)
+    predict = ["predict", str(run), str(manifest), "--out", str(tmp_path / "p"), "--allow-study-patients"]
+    assert main([*predict, "--no-progress"]) == 0  # every image scored (8: some were excluded)
     predicted = pd.read_csv(tmp_path / "p" / "predictions.csv").set_index("image_id")
-    folds = pd.read_csv(run / "predictions.csv").set_index("image_id")
-    fold_cols = {int(c.removeprefix("score_fold_")): c for c in predicted.columns if c.startswith("score_fold_")}
-    for image_id, row in folds.iterrows():
-        assert predicted.loc[image_id, fold_cols[int(row["fold"])]] == pytest.approx(row["score"], abs=0.02)
     assert len(new) == len(predicted)
+    folds = pd.read_csv(run / "predictions.csv")
+    fold_cols = {int(c.removeprefix("score_fold_")): c for c in predicted.columns if c.startswith("score_fold_")}
+    mine = np.array(
+        [predicted.loc[i, fold_cols[int(f)]] for i, f in zip(folds["image_id"], folds["fold"], strict=True)]
+    )
+    study, single = folds["score"].to_numpy(), folds["score_single_view"].to_numpy()
+    tolerance = 1e-6
+    np.testing.assert_allclose(mine, study, rtol=0, atol=tolerance)
+    # where the mean over the views and the single view differ by more than the tolerance, predict's
+    # score is the mean: without its views it would be the single view's
+    apart = np.abs(study - single) > 10 * tolerance
+    assert apart.any()
+    assert (np.abs(mine - study) < np.abs(mine - single))[apart].all()
 
 
 @pytest.mark.timeout(600)
@@ -182,10 +192,17 @@ def test_folds_on_a_local_dask_cluster_equal_the_sequential_run(
     assert {p: p.stat().st_mtime_ns for p in models} == models
 
 
-def test_cluster_tasks_of_two_studies_never_share_a_key(tmp_path: Path) -> None:
+def test_cluster_tasks_of_two_studies_never_share_a_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from pipeline.fanout import _task_id
 
     a, b = tmp_path / "a" / "tiny" / "r", tmp_path / "b" / "tiny" / "r"  # the same run id
+    key = _task_id(a, "seal")
+    assert len(key) == 16
+    assert int(key, 16) >= 0
     assert _task_id(a, "seal") != _task_id(b, "seal")
     assert _task_id(a, "seal") != _task_id(a, "other seal")
-    assert _task_id(a, "seal") == _task_id(a, "seal")
+    # the same folder and seal, spelt another way, name the same task: the key is the resolved path
+    monkeypatch.chdir(tmp_path)
+    assert _task_id(Path("a") / "tiny" / "r", "".join(["se", "al"])) == key
+    assert _task_id(tmp_path / "b" / ".." / "a" / "tiny" / "r", "seal") == key
+    assert _task_id(Path("b/tiny/r"), "seal") == _task_id(b, "seal") != key
