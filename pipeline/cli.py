@@ -3,8 +3,10 @@
 Thin by design: each command lives in ``pipeline/commands/<name>.py`` with ``configure(parser)``
 (declares its arguments) and ``run(args) -> int`` (calls one function). This module parses
 arguments, sets up privacy-safe logging and maps known errors to exit codes without a traceback.
-Exit codes: 0 success, 1 unexpected failure, 2 invalid arguments, workflow or manifest; other
-codes are documented by the command that returns them.
+Exit codes: 0 success, 1 unexpected failure, 2 invalid arguments, workflow or manifest, 130
+interrupted (Ctrl-C); other codes are documented by the command that returns them. An unexpected
+exception is one line through the redacting logger (its traceback too, only with ``-v``): a raw
+Python traceback could name a patient-named data folder.
 """
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ COMMANDS: dict[str, str] = {
     "bench": "measure speed and memory (training data path, statistics, ingestion)",
 }
 
+# commands that keep their finished work in a folder when interrupted, and how to resume
+RESUMABLE: dict[str, str] = {
+    "run": "completed folds are kept in the run folder; the same command with its --run-id resumes",
+    "predict": "the chunks scored so far are kept in the --out folder; the same command resumes",
+}
+
 log = logging.getLogger("pipeline")
 
 
@@ -52,15 +60,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.logs import setup_logging
 
     setup_logging(verbose=args.verbose)
-    module = importlib.import_module(f"pipeline.commands.{args.command}")
     try:
+        module = importlib.import_module(f"pipeline.commands.{args.command}")
         return int(module.run(args))
     except CohortnetError as exc:
         log.error("%s", exc)
         return exc.exit_code
     except KeyboardInterrupt:
-        log.error("interrupted; completed work is kept in the run folder")
+        kept = RESUMABLE.get(args.command)
+        log.error("%s", f"interrupted; {kept}" if kept else "interrupted")
         return 130
+    except Exception as exc:  # a bug: one redacted line, not a raw traceback (it may name a data folder)
+        return internal_error(exc, args.verbose)
+
+
+def internal_error(exc: Exception, verbose: bool) -> int:
+    """Log an unexpected exception as one line through the redacting logger (with ``verbose``, its
+    traceback as well, redacted the same way); exit code 1."""
+    message = " ".join(str(exc).split())
+    line = f"internal error: {type(exc).__name__}: {message}" if message else f"internal error: {type(exc).__name__}"
+    if verbose:
+        log.error("%s", line, exc_info=(type(exc), exc, exc.__traceback__))
+    else:
+        log.error("%s; rerun with -v for the traceback", line)
+    return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -80,7 +80,7 @@ def test_one_fold_or_the_best_fold_can_be_chosen(study: Path, tmp_path: Path, ma
     assert "score_fold_0" not in one.columns
     assert (one["score"] == one["score_fold_1"]).all()
     x = tmp_path / "x"
-    assert main(["predict", str(study), str(manifest), "--out", str(x), "--folds", "7", "--no-progress"]) == 1
+    assert main(["predict", str(study), str(manifest), "--out", str(x), "--folds", "7", "--no-progress"]) == 2
     assert not (x / "predict.json").exists()  # refused before the folder is stamped with fold 7
     assert main(["predict", str(study), str(manifest), "--out", str(x), "--folds", "0", "--no-progress"]) == 0
 
@@ -238,7 +238,7 @@ def test_a_damaged_or_altered_archive_is_refused(study: Path, tmp_path: Path, ca
     assert main(["export", "--verify", str(altered)]) == 2
     assert "model.json does not match its recorded SHA-256" in caplog.text
     (tmp_path / "plain.zip").write_text("not a zip")
-    assert main(["predict", str(tmp_path / "plain.zip"), str(tmp_path), "--out", str(tmp_path / "o")]) == 1
+    assert main(["predict", str(tmp_path / "plain.zip"), str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     from pipeline.predict.archive import write_archive
 
     info = json.loads(members.pop("model.json"))

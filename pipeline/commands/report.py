@@ -12,11 +12,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--browser", help="the Chromium executable for --pdf (default: chromium on PATH)")
 
 
+def _check_arguments(args: argparse.Namespace) -> None:
+    """A run folder that exists, and --browser only with --pdf (it would be ignored): exit 2."""
+    from pipeline.errors import ValidationError
+
+    problems = []
+    if not args.run_dir.exists():
+        problems.append(f"{args.run_dir}: no such run folder")
+    elif not args.run_dir.is_dir():
+        problems.append(f"{args.run_dir} is not a folder (a run folder is reports/<study>/<run_id>)")
+    if args.browser is not None and not args.pdf:
+        problems.append("--browser is the Chromium for --pdf: add --pdf, or drop --browser")
+    if problems:
+        raise ValidationError(problems, "report arguments")
+
+
 def run(args: argparse.Namespace) -> int:
     from pipeline.reporting.html import fmt
     from pipeline.schema import PDF_FILE, REPORT_FILE
     from pipeline.study import check_run_complete, finalize_run
 
+    _check_arguments(args)
     check_run_complete(args.run_dir)
     if args.pdf:
         from pipeline.reporting.pdf import find_browser

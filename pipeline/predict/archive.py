@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import IO
 
 from pipeline import __version__
-from pipeline.errors import CohortnetError, ValidationError
+from pipeline.errors import ValidationError
 from pipeline.predict.model import LEAKAGE_FILE, MODEL_INFO_FILE, key_file_for, model_files, new_leakage_key
 from pipeline.reporting import artifacts
 from pipeline.resources import physical_memory
@@ -102,9 +102,15 @@ def write_archive(files: dict[str, bytes], out: Path) -> dict[str, str]:
 
 def read_archive(path: Path) -> dict[str, bytes]:
     """The verified files of an archive (name -> bytes); ValidationError listing every problem."""
-    if not zipfile.is_zipfile(path):
-        raise CohortnetError(f"{path}: not a cohortnet model archive (not a zip file)")
     what = f"model archive {path}"
+    if not path.exists():
+        raise ValidationError(["no such file"], what)
+    if not path.is_file():
+        raise ValidationError(["not a file (a model archive is the model.zip of `cohortnet export`)"], what)
+    if not os.access(path, os.R_OK):
+        raise ValidationError(["cannot be read (permission denied)"], what)
+    if not zipfile.is_zipfile(path):
+        raise ValidationError(["not a zip file (truncated, or not a cohortnet model archive)"], what)
     try:
         zf = zipfile.ZipFile(path)
     except _DAMAGED as exc:

@@ -105,8 +105,10 @@ def open_model(source: Path, leakage_key_file: Path | None = None) -> StudyModel
         return dataclasses.replace(model, image_roots=study_image_roots(source), from_run_dir=True)
     from pipeline.predict.archive import read_archive
 
+    if not source.exists():
+        raise ValidationError([f"{source}: no such run folder or model archive"], "predict arguments")
     if not source.is_file():
-        raise CohortnetError(f"{source}: neither a run folder nor a model archive")
+        raise ValidationError([f"{source}: neither a run folder nor a model archive"], "predict arguments")
     model = dataclasses.replace(StudyModel.from_files(read_archive(source)), expected_key_file=key_file_for(source))
     if model.patient_scheme == PLAIN_DIGEST and model.leaked_patients:
         log.warning(
@@ -158,10 +160,50 @@ def chosen_folds(model: StudyModel, folds: str) -> list[int]:
     try:
         fold = int(folds)
     except ValueError:
-        raise CohortnetError(f"--folds must be all, best or a fold number, got {folds!r}") from None
+        raise ValidationError([_FOLDS_SYNTAX.format(folds)], "predict arguments") from None
     if fold not in model.states:
-        raise CohortnetError(f"--folds {fold}: the model has no fold {fold} (its folds: {list(model.states)})")
+        raise ValidationError(
+            [f"--folds {fold}: the model has no fold {fold} (its folds: {list(model.states)})"], "predict arguments"
+        )
     return [fold]
+
+
+_FOLDS_SYNTAX = "--folds must be all, best or a fold number, got {!r}"
+
+
+def option_problems(options: PredictOptions) -> list[str]:
+    """What is wrong with ``options`` on this machine (checked before anything is read or written):
+    every problem, each naming its command-line option."""
+    problems = []
+    if options.folds not in ("all", "best") and not options.folds.strip().lstrip("-").isdigit():
+        problems.append(_FOLDS_SYNTAX.format(options.folds))
+    if options.chunk < 1:
+        problems.append(f"--chunk must be at least 1 (images per part file), got {options.chunk}")
+    if options.workers is not None and options.workers < 0:
+        problems.append(f"--workers must be 0 (preprocess in this process) or more, got {options.workers}")
+    if options.device == "cuda" and not torch.cuda.is_available():
+        problems.append("--device cuda: no CUDA device is available on this machine (use --device auto or cpu)")
+    return problems
+
+
+def out_problems(out: Path) -> list[str]:
+    """``--out`` must be a folder, or not exist yet."""
+    if out.exists() and not out.is_dir():
+        return [f"{out} exists and is not a folder (--out names the prediction folder)"]
+    return []
+
+
+def register_data_roots(cohort: Cohort, model: StudyModel) -> None:
+    """The cohort's data folders (the manifest's folder, which holds the images or, for a scanned
+    folder, the links to them; the study's image roots) are redacted as ``<path>`` in logs and
+    warnings from here on, as ``cohortnet scan`` does for its root: a reader's message names the
+    file it reads, and export folders are often named after the patient. Called once the leakage
+    guard has spoken (its refusal names the manifest) and before any image is decoded."""
+    from pipeline.privacy import register_root
+
+    # absolute only: a relative "." would be registered as given too, and redact every dot of every message
+    for root in {cohort.manifest_path.resolve().parent, *(Path(r).resolve() for r in model.image_roots)}:
+        register_root(root)
 
 
 def shard_of(patient_id: str, n: int) -> int:
@@ -171,7 +213,7 @@ def shard_of(patient_id: str, n: int) -> int:
 
 def take_shard(cohort: Cohort, i: int, n: int) -> Cohort:
     if not 0 <= i < n:
-        raise CohortnetError(f"--shard {i}/{n}: the index must be between 0 and {n - 1}")
+        raise ValidationError([f"--shard {i}/{n}: the index must be between 0 and {n - 1}"], "predict arguments")
     table = cohort.table
     mine = table[table[PATIENT_ID].map(lambda p: shard_of(p, n)) == i].reset_index(drop=True)
     return dataclasses.replace(cohort, table=mine)
@@ -271,6 +313,9 @@ class PredictResult:
 
 def predict_cohort(model: StudyModel, cohort: Cohort, out: Path, options: PredictOptions) -> PredictResult:
     """Score every image of ``cohort`` into ``out`` (resumable; see the module docstring)."""
+    problems = option_problems(options) + out_problems(out)
+    if problems:
+        raise ValidationError(problems, "predict arguments")
     folds = chosen_folds(model, options.folds)
     if options.leakage_key_file is not None:  # a shard on a worker opened the archive without it
         model = keyed(model, options.leakage_key_file)
@@ -278,6 +323,7 @@ def predict_cohort(model: StudyModel, cohort: Cohort, out: Path, options: Predic
         cohort = take_shard(cohort, *options.shard)
     found = leakage(model, cohort)
     refuse_leakage(found, options.allow_study_patients, cohort.manifest_path)
+    register_data_roots(cohort, model)
     out.mkdir(parents=True, exist_ok=True)
     with runfolder.locked(out):
         artifacts.clean_stale_temporaries(out)
@@ -329,7 +375,7 @@ def _score_all(model: StudyModel, cohort: Cohort, ledger: Ledger, folds: list[in
     cfg = model.config
     transform = deterministic_transforms(cfg.data, cfg.model.spatial_dims)
     items = ImageItems(todo)
-    chunk = max(1, options.chunk)
+    chunk = options.chunk  # at least 1: option_problems
     loader = guarded_chain(items, transform, options.workers, lookahead=chunk, pin=device.type == "cuda")
     from pipeline.inference import mirror_views
 
