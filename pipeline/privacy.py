@@ -421,7 +421,10 @@ class Redactor:
                 self._phrase_re = None  # rebuilt on the next redact(): registering stays O(1)
 
     def register_root(self, root: str | Path) -> None:
-        variants = {str(Path(root)), str(Path(root).resolve())}
+        # the path as given only when it reads as a path: a bare relative "data" or "." would
+        # match ordinary text ("data.spatial_size", "AUC 0.95"); the resolved path always
+        given = str(Path(root))
+        variants = {str(Path(root).resolve())} | ({given} if "/" in given.strip("./") else set())
         with self._lock:
             self._roots = sorted(set(self._roots) | variants, key=len, reverse=True)
             pattern = "|".join(re.escape(r) for r in self._roots)

@@ -63,6 +63,21 @@ def test_redactor_removes_values_phrases_and_paths_but_not_lookalikes() -> None:
     assert "Janet" in out
 
 
+def test_a_relative_root_is_redacted_by_its_resolved_path_not_as_ordinary_text(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``cohortnet scan . --out m.csv`` registers "."; "data" is a word of the config keys."""
+    (tmp_path / "data" / "Doe_Jane").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    r = Redactor()
+    r.register_root(".")
+    r.register_root("data")
+    r.register_root("data/Doe_Jane")
+    assert r.redact("AUC 0.95, data.spatial_size [28, 28]") == "AUC 0.95, data.spatial_size [28, 28]"
+    assert "Doe_Jane" not in r.redact(f"cannot read {tmp_path}/data/Doe_Jane/1.dcm")
+    assert "Doe_Jane" not in r.redact("cannot read data/Doe_Jane/1.dcm")  # a root given with a separator, as given
+
+
 def test_descriptions_are_cleaned_against_the_headers_identifiers() -> None:
     assert clean_description("T1 AXIAL post", ["Doe^Jane"]) == "T1 AXIAL post"
     assert clean_description("Jane T1", ["Doe^Jane"]) == "[redacted]"
