@@ -58,6 +58,25 @@ def test_the_generator_replaces_only_its_own_manifest(tmp_path: Path) -> None:
         assert path.read_text() == text
 
 
+def test_the_demo_manifest_is_its_own_after_its_image_folder_was_deleted(tmp_path: Path) -> None:
+    """The marker says "safe to delete": deleting the images and rerunning ``make demo`` works, while
+    a CSV with the demo's header whose images lie elsewhere is still refused."""
+    import shutil
+
+    from pipeline.synthetic import CohortSpec, make_demo_cohort
+
+    spec = CohortSpec(n_patients=4, matrix=16)
+    images, manifest = tmp_path / "demo", tmp_path / "demo.csv"
+    first = make_demo_cohort(images, manifest, spec)
+    shutil.rmtree(images)
+    pd.testing.assert_frame_equal(first, make_demo_cohort(images, manifest, spec))
+    shutil.rmtree(images)
+    moved = first.assign(image="../elsewhere/" + first["image"])
+    moved.to_csv(manifest, index=False)
+    with pytest.raises(ValidationError, match="not written by the demo generator"):
+        make_demo_cohort(images, manifest, spec)
+
+
 # --------------------------------------------------------------------------- damaged run folders
 
 

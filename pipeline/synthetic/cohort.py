@@ -374,12 +374,12 @@ def _is_own_manifest(manifest_path: Path, out_dir: Path) -> bool:
     """Whether the generator wrote the file at ``manifest_path``: the image folder's marker names it
     (with its content hash, when the generator got to record it). A marker from before the marker
     named its manifest accepts a CSV with exactly the demo's header."""
-    try:
-        marker = (out_dir / _MARKER).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
     if not manifest_path.is_file() or manifest_path.is_symlink():
         return False
+    try:
+        marker = (out_dir / _MARKER).read_text(encoding="utf-8", errors="replace")
+    except OSError:  # the image folder was deleted ("safe to delete"): a demo manifest still reads as one
+        return _reads_as_demo(manifest_path, out_dir)
     named = [line.removeprefix(_MANIFEST_LINE) for line in marker.splitlines() if line.startswith(_MANIFEST_LINE)]
     if not named:  # a marker from before it named the manifest
         with manifest_path.open(encoding="utf-8", errors="replace") as fh:
@@ -388,6 +388,21 @@ def _is_own_manifest(manifest_path: Path, out_dir: Path) -> bool:
     if (out_dir / relative).resolve() != manifest_path.resolve():
         return False
     return not sha256 or hashlib.sha256(manifest_path.read_bytes()).hexdigest() == sha256
+
+
+def _reads_as_demo(manifest_path: Path, out_dir: Path) -> bool:
+    """A manifest without its image folder is the demo's when it has exactly the demo's header and
+    every image points into ``out_dir`` (where the generator writes them)."""
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(manifest_path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError):
+        return False
+    if list(table.columns) != list(MANIFEST_COLUMNS) or table.empty:
+        return False
+    root = Path(os.path.abspath(out_dir))
+    return all(Path(os.path.abspath(manifest_path.parent / i)).is_relative_to(root) for i in table[schema.IMAGE])
 
 
 def _check_manifest(manifest_path: Path, out_dir: Path) -> None:
