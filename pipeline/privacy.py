@@ -85,7 +85,9 @@ _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9.]*")
 _MIN_TOKEN = 3
 _NAME_GROUPS = 3  # family, given and middle names; prefix and suffix ("Dr", "Jr") are not identifying
 _SHORT_NAME = re.compile(r"[A-Za-z]{1,2}")  # "Li", "Wu": matched only within the whole name
-_GAP = "[^a-z0-9]*"  # between the words of a phrase (lower-cased text, or IGNORECASE)
+# between the words of a phrase (lower-cased text, or IGNORECASE): at least one separator ("Ng^Bo",
+# "Wu, Li"), never none: "Ng^Lu" must not redact "LUNG", nor "Bo^Ne" "BONE"
+_GAP = "[^a-z0-9]+"
 PHRASE_TOKENS = 3
 MAX_PHRASES = 100_000
 REDACTED = "[redacted]"
@@ -456,7 +458,12 @@ class Redactor:
             text = self._phrase_re.sub(REDACTED, text)
         if self._dates:  # a registered date however written: "01.01.1970", "1970-01-01", "1/1/70"
             dates = self._dates
-            text = _DATE.sub(lambda m: REDACTED if _valid(_candidates(m.groupdict())) & dates else m.group(0), text)
+
+            # only what reads as a date (``_is_calendar_date``: "1.2.70" in "monai 1.2.70" does not)
+            def _date(m: re.Match[str]) -> str:
+                return REDACTED if _is_calendar_date(m) and _valid(_candidates(m.groupdict())) & dates else m.group(0)
+
+            text = _DATE.sub(_date, text)
         if not self._tokens:
             return text
         registered = self._tokens

@@ -154,6 +154,13 @@ def test_another_date_is_not_the_headers_but_no_description_keeps_a_date() -> No
         assert clean_description(dated, []) == "[redacted]"
 
 
+def test_a_log_line_keeps_version_numbers_that_spell_a_registered_date() -> None:
+    r = Redactor()
+    r.register_values(["19700102"])
+    assert r.redact("monai 1.2.70, torch 2.1.0") == "monai 1.2.70, torch 2.1.0"
+    assert r.redact("born 02.01.1970") == "born [redacted]"
+
+
 @pytest.mark.parametrize(
     "protocol",
     [
@@ -173,8 +180,8 @@ def test_protocol_words_are_not_dates(protocol: str) -> None:
 @pytest.mark.parametrize(
     ("name", "written"),
     [
-        ("Ng^Bo", "CT Ng^Bo f/u"), ("Ng^Bo", "CT NgBo f/u"), ("Ng^Bo", "CT Ng_Bo"), ("Ng^Bo", "Bo, Ng T1"),
-        ("Li^Wu", "CT Wu, Li"), ("Li^Wu", "Li-Wu T2"), ("Li^Wu", "LIWU T2"), ("Li^Wu", "Li. Wu"),
+        ("Ng^Bo", "CT Ng^Bo f/u"), ("Ng^Bo", "CT Ng_Bo"), ("Ng^Bo", "Bo, Ng T1"),
+        ("Li^Wu", "CT Wu, Li"), ("Li^Wu", "Li-Wu T2"), ("Li^Wu", "Li. Wu"),
         ("Doe^John^W", "John W. Doe"),
     ],
 )  # fmt: skip
@@ -183,7 +190,7 @@ def test_a_short_name_matches_whatever_separates_its_parts(name: str, written: s
     r = Redactor()
     r.register_values([name])
     assert "[redacted]" in r.redact(written)
-    assert not {"ng", "bo", "li", "wu", "ngbo", "liwu"} & set(re.split(r"[^a-z]+", r.redact(written).lower()))
+    assert not {"ng", "bo", "li", "wu"} & set(re.split(r"[^a-z]+", r.redact(written).lower()))
 
 
 @pytest.mark.parametrize(
@@ -194,6 +201,12 @@ def test_a_short_name_matches_whatever_separates_its_parts(name: str, written: s
         ("Ng^Bo", "NGBOX scout"),
         ("Ng^Bo", "ANG BO3 T2"),
         ("Li^Wu", "Li 3 Wu"),
+        # short parts run together are not a name: they spell ordinary protocol words
+        ("Ng^Lu", "LUNG 1.25 MM"),
+        ("Bo^Ne", "BONE 1.0"),
+        ("An^Gio", "CT ANGIO HEAD"),
+        ("Ho^Me", "Home"),
+        ("Li^Wu", "LIWU T2"),
     ],
 )
 def test_a_short_name_without_separators_is_still_a_whole_word(name: str, kept: str) -> None:
