@@ -10,6 +10,7 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,19 +30,49 @@ MISSING = "missing"  # the content hash recorded for an image that is not there 
 
 
 def content_hash(path: Path | str) -> str:
-    """SHA-256 of a file, or of a folder (a DICOM series) as the hash of its files' hashes in
-    sorted order, or ``MISSING``. File names are left out: a series copied or re-exported under
-    other names (``cohortnet scan``'s layout, a PACS export) is the same content, and the leakage
-    guard must recognise it."""
+    """SHA-256 of a file, or of a folder (a DICOM series) as the hash of its top-level files'
+    hashes in sorted order (the files the loader reads: ``pipeline.io.loader`` takes a series
+    folder's own files, not those of its subfolders), or ``MISSING``. File names are left out: a
+    series copied or re-exported under other names (``cohortnet scan``'s layout, a PACS export) is
+    the same content, and the leakage guard must recognise it."""
     path = Path(path)
     if path.is_file():
         return file_sha256(path)
     if not path.is_dir():
         return MISSING
+    return _series_digest(file_sha256(p) for p in path.iterdir() if p.is_file())
+
+
+def _series_digest(file_hashes: Iterable[str]) -> str:
     digest = hashlib.sha256(b"series\n")
-    for file_hash in sorted(file_sha256(p) for p in path.rglob("*") if p.is_file()):
+    for file_hash in sorted(file_hashes):
         digest.update(file_hash.encode())
     return digest.hexdigest()
+
+
+def legacy_content_hash(path: Path | str) -> str:
+    """The content hash of versions before the name-free one, which models made then (format-1
+    archives, the ``data_hashes.csv`` of older run folders) hold: a file's SHA-256 as now; a folder's
+    over, for every file at any depth in sorted order, its relative name and then its SHA-256."""
+    return content_hashes(path)[1]
+
+
+def content_hashes(path: Path | str) -> tuple[str, str]:
+    """(``content_hash``, ``legacy_content_hash``) of ``path``, each file read once (the legacy hash
+    reads a series' subfolders too)."""
+    path = Path(path)
+    if path.is_file():
+        digest = file_sha256(path)
+        return digest, digest
+    if not path.is_dir():
+        return MISSING, MISSING
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    hashes = {p: file_sha256(p) for p in files}
+    legacy = hashlib.sha256()
+    for child in files:
+        legacy.update(str(child.relative_to(path)).encode())
+        legacy.update(hashes[child].encode())
+    return _series_digest(h for p, h in hashes.items() if p.parent == path), legacy.hexdigest()
 
 
 def image_hashes(image_ids: list[str], paths: list[str]) -> dict[str, str]:

@@ -62,20 +62,43 @@ def test_a_vanished_image_is_recorded_as_missing_not_as_an_empty_file(tmp_path: 
 
 def test_a_series_hash_is_its_files_content_not_their_names(tmp_path: Path) -> None:
     """A series re-exported under other file names (scan's layout, a PACS export) is the same
-    content, so the leakage guard recognises it; a changed or missing slice is not."""
+    content, so the leakage guard recognises it; a changed or missing slice is not. Only the
+    series folder's own files count, those the loader reads: not a subfolder's."""
     original, renamed, changed = (tmp_path / n for n in ("orig", "renamed", "changed"))
     for folder in (original, renamed, changed):
         (folder / "sub").mkdir(parents=True)
     (original / "IM1.dcm").write_bytes(b"slice one")
-    (original / "sub" / "IM2.dcm").write_bytes(b"slice two")
+    (original / "IM2.dcm").write_bytes(b"slice two")
+    (original / "sub" / "IM3.dcm").write_bytes(b"not read by the loader")
     (renamed / "00001.dcm").write_bytes(b"slice two")
-    (renamed / "sub" / "00000.dcm").write_bytes(b"slice one")
+    (renamed / "00000.dcm").write_bytes(b"slice one")
     (changed / "IM1.dcm").write_bytes(b"slice one")
     (changed / "IM2.dcm").write_bytes(b"slice 2")
     assert content_hash(original) == content_hash(renamed)
     assert content_hash(changed) != content_hash(original)
+    (renamed / "sub" / "00002.dcm").write_bytes(b"another subfolder file")
+    assert content_hash(renamed) == content_hash(original)
     (renamed / "00001.dcm").unlink()
     assert content_hash(renamed) != content_hash(original)
+
+
+def test_the_legacy_series_hash_is_the_old_names_and_hashes_at_every_depth(tmp_path: Path) -> None:
+    import hashlib
+
+    from pipeline.provenance import content_hashes, file_sha256, legacy_content_hash
+
+    series = tmp_path / "s"
+    (series / "sub").mkdir(parents=True)
+    (series / "b.dcm").write_bytes(b"two")
+    (series / "sub" / "a.dcm").write_bytes(b"one")
+    expected = hashlib.sha256()
+    for rel in ("b.dcm", "sub/a.dcm"):
+        expected.update(rel.encode())
+        expected.update(file_sha256(series / rel).encode())
+    assert legacy_content_hash(series) == expected.hexdigest()
+    assert content_hashes(series) == (content_hash(series), expected.hexdigest())
+    assert legacy_content_hash(series / "b.dcm") == content_hash(series / "b.dcm") == file_sha256(series / "b.dcm")
+    assert legacy_content_hash(tmp_path / "gone") == MISSING
 
 
 @pytest.mark.parametrize(

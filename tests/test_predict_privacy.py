@@ -306,3 +306,190 @@ def test_a_scanned_folder_is_named_by_the_lines_of_its_scan_manifest(
     assert predict(study.archive, raw, tmp_path / "p") == 2
     scan_manifest = tmp_path / "p" / "scan" / "manifest.csv"
     assert f"manifest lines 2-3 of {scan_manifest}" in caplog.text
+
+
+def shared_copy(study: Study, folder: Path, key: bool = False) -> Path:
+    """The archive copied into ``folder`` (with its key beside it when ``key``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(study.archive, folder / "model.zip")
+    if key:
+        shutil.copy(study.key, folder / "model.zip.leakage-key")
+    return folder / "model.zip"
+
+
+def provenance(folder: Path) -> dict[str, Any]:
+    return dict(json.loads((folder / "provenance.json").read_text()))
+
+
+def test_a_series_is_refused_by_the_legacy_hash_an_older_model_holds(study: Study, tmp_path: Path) -> None:
+    """Models made before the name-free series hash hold the old one (names and hashes at every
+    depth): a series they used is still recognised."""
+    from pipeline.predict.archive import write_archive
+    from pipeline.provenance import content_hash, legacy_content_hash
+
+    cohort = tmp_path / "cohort"
+    series = cohort / "series1"
+    (series / "sub").mkdir(parents=True)
+    (series / "IM1.dcm").write_bytes(b"slice one")
+    (series / "sub" / "IM2.dcm").write_bytes(b"slice two")
+    pd.DataFrame({"patient_id": ["Z1"], "image": ["series1"], "label": [1]}).to_csv(cohort / "m.csv", index=False)
+    assert legacy_content_hash(series) != content_hash(series)
+    files = members(study.archive)
+    files.pop("archive.json")
+    leakage = json.loads(files["leakage.json"])
+    files["leakage.json"] = json.dumps(
+        {**leakage, "images": [*leakage["images"], legacy_content_hash(series)]}
+    ).encode()
+    old = tmp_path / "old" / "model.zip"
+    write_archive(files, old)
+    shutil.copy(study.key, tmp_path / "old" / "model.zip.leakage-key")
+    from pipeline.predict.run import leakage as find_leakage
+    from pipeline.predict.run import open_model, read_cohort
+
+    model = open_model(old)
+    found = find_leakage(model, read_cohort(cohort / "m.csv", model))
+    assert list(found["why"]) == ["image"]
+    assert predict(old, cohort / "m.csv", tmp_path / "p") == 2
+
+
+def test_the_patient_check_is_recorded_reported_and_compared(
+    study: Study, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pipeline.reporting.compare import RunResults, _independence, _study_patients
+
+    clean = write_cohort(tmp_path / "clean", ["N000", "N001", "N002", "N003"], seed=21)
+    shared = shared_copy(study, tmp_path / "received")
+    assert predict(shared, clean, tmp_path / "p") == 0
+    assert provenance(tmp_path / "p")["patient_check"] == "not run (no leakage key)"
+    assert "patient-id check was not run (not run (no leakage key))" in (tmp_path / "p" / "report.html").read_text()
+    assert predict(study.archive, clean, tmp_path / "k") == 0
+    assert provenance(tmp_path / "k")["patient_check"] == "run"
+    assert "patient-check" not in (tmp_path / "k" / "report.html").read_text()
+
+    def run_of(folder: Path) -> RunResults:
+        return RunResults(
+            "B", "x/y", "prediction", {}, "label", "1", 0.5, {}, pd.DataFrame(), **_study_patients(folder)
+        )
+
+    checks, problems, warnings = _independence([run_of(tmp_path / "p")], False)
+    assert not problems
+    assert not checks[0]["passed"]
+    assert "held-out patients only" not in checks[0]["detail"]
+    assert any("cannot be confirmed by id" in w for w in warnings)
+    checks, problems, warnings = _independence([run_of(tmp_path / "k")], False)
+    assert checks[0]["passed"]
+    assert checks[0]["detail"] == "held-out patients only"
+    assert not warnings
+
+
+def test_merged_shards_carry_their_patient_check_and_must_agree_on_it(study: Study, tmp_path: Path) -> None:
+    clean = write_cohort(tmp_path / "clean", [f"N{k:03d}" for k in range(6)], seed=22)
+    shared = shared_copy(study, tmp_path / "received")
+    assert predict(shared, clean, tmp_path / "s0", "--shard", "0/2") == 0
+    assert predict(shared, clean, tmp_path / "s1", "--shard", "1/2") == 0
+    assert predict(shared, clean, tmp_path / "k1", "--shard", "1/2", "--leakage-key-file", str(study.key)) == 0
+    assert provenance(tmp_path / "k1")["patient_check"] == "run"
+    merge = ["predict", "--merge", str(tmp_path / "s0"), str(tmp_path / "k1"), "--out", str(tmp_path / "bad")]
+    assert main(merge) == 2
+    assert not (tmp_path / "bad" / "provenance.json").exists()
+    assert main(["predict", "--merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "m")]) == 0
+    assert provenance(tmp_path / "m")["patient_check"] == "not run (no leakage key)"
+
+
+def test_an_unreadable_key_beside_the_archive_is_taken_as_absent_but_a_given_one_is_an_error(
+    study: Study, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another user's key (mode 0600): a PermissionError, simulated (tests may run as root)."""
+    import builtins
+
+    archive = shared_copy(study, tmp_path / "b", key=True)
+    key = archive.with_name("model.zip.leakage-key")
+    real_open = builtins.open
+
+    def fake_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(file) == str(key):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    clean = write_cohort(tmp_path / "clean", ["N000", "N001"], seed=23)
+    assert predict(archive, clean, tmp_path / "p") == 0
+    assert f"the patient-id check was not run: the leakage key beside the archive, {key}, cannot be read" in caplog.text
+    assert provenance(tmp_path / "p")["patient_check"] == "not run (no leakage key)"
+    caplog.clear()
+    assert predict(archive, clean, tmp_path / "q", "--leakage-key-file", str(key)) == 2
+    assert f"{key}: the leakage key file cannot be read (Permission denied)" in caplog.text
+
+
+def test_a_failed_export_leaves_the_old_archive_and_its_key(
+    study: Study, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.errors import CohortnetError
+    from pipeline.predict import archive as archive_module
+
+    archive = shared_copy(study, tmp_path / "share", key=True)
+    before = {p.name: p.read_bytes() for p in archive.parent.iterdir()}
+
+    def broken(files: dict[str, bytes], out: Path) -> dict[str, str]:
+        raise CohortnetError(f"{out}: no space left on device")
+
+    monkeypatch.setattr(archive_module, "write_archive", broken)
+    assert main(["export", str(study.run), str(archive)]) != 0
+    assert {p.name: p.read_bytes() for p in archive.parent.iterdir()} == before  # no new key, no temporary
+
+
+def test_a_dask_shard_after_the_drivers_check_neither_reads_the_key_nor_checks_again(
+    study: Study, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The driver ran the guard (``leakage_checked``): a worker without the driver's key path (here
+    a damaged key beside the archive, and a key path that does not exist) scores its share, quietly."""
+    import torch
+
+    from pipeline.predict.fanout import predict_share
+    from pipeline.predict.run import PredictOptions, leakage, open_model, read_cohort
+
+    manifest = mixed_cohort(tmp_path / "mixed")
+    driver = open_model(study.archive)  # the driver's check, with the key
+    found = leakage(driver, read_cohort(manifest, driver))
+    assert len(found) == 2
+    archive = shared_copy(study, tmp_path / "w")
+    archive.with_name("model.zip.leakage-key").write_text("damaged\n")
+    options = PredictOptions(
+        workers=0,
+        progress=False,
+        shard=(0, 1),
+        allow_study_patients=True,
+        leakage_key_file=tmp_path / "driver-only.key",
+        leakage_checked=True,
+        patient_check="run",
+        study_images=frozenset(found["image_id"]),
+    )
+    threads = torch.get_num_threads()
+    try:
+        predict_share(str(archive), str(manifest), str(tmp_path / "s"), options)
+    finally:
+        torch.set_num_threads(threads)
+    assert "was not run" not in caplog.text
+    assert "leakage guard" not in caplog.text
+    prov = provenance(tmp_path / "s")
+    assert prov["patient_check"] == "run"
+    assert prov["study_patients_predicted"] == 2
+
+
+def test_image_root_lets_a_manifest_point_outside_its_folder(
+    study: Study, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_cohort(tmp_path / "imgs", ["N100", "N101"], seed=24)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    images = [str(tmp_path / "imgs" / "images" / f"{p}_0.nii.gz") for p in ("N100", "N101")]
+    pd.DataFrame({"patient_id": ["N100", "N101"], "image": images}).to_csv(elsewhere / "m.csv", index=False)
+    assert predict(study.archive, elsewhere / "m.csv", tmp_path / "p") == 2
+    assert "give its folder with --image-root DIR to allow it" in caplog.text
+    assert "data.image_roots" not in caplog.text
+    monkeypatch.chdir(tmp_path)  # relative to the working directory
+    assert predict(study.archive, elsewhere / "m.csv", tmp_path / "p", "--image-root", "imgs") == 0
+    assert predict(study.run, elsewhere / "m.csv", tmp_path / "r", "--image-root", "imgs") == 0
+    caplog.clear()
+    assert predict(study.archive, elsewhere / "m.csv", tmp_path / "x", "--image-root", "nowhere") == 2
+    assert "--image-root nowhere: no such folder" in caplog.text

@@ -38,6 +38,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="F",
         help="a model.zip's leakage key, for its patient-id check (default: MODEL.zip.leakage-key beside it, if there)",
     )
+    add(
+        "--image-root",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder besides the manifest's own where its images may lie (repeatable)",
+    )
     add("--retry-failed", action="store_true", help="try again the images that failed in an earlier run")
     add("--pseudonymize-key-file", type=Path, help="key for pseudonymous ids when INPUT is a folder to scan")
     add("--shard", metavar="I/N", help="score share I of N (0-based; I=auto reads SLURM_ARRAY_TASK_ID)")
@@ -104,16 +112,28 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _fan_out(args: argparse.Namespace, model: Any, cohort: Any, options: Any) -> Any:
-    """The leakage guard here, once, then the shards on the cluster."""
+    """The leakage guard here, once, then the shards on the cluster: they are told it ran (and
+    what it found), so no worker reads the key file or checks again."""
+    import dataclasses
+
     from pipeline.errors import ValidationError
     from pipeline.predict.fanout import dask_predict
-    from pipeline.predict.run import chosen_folds, leakage, refuse_leakage
+    from pipeline.predict.run import chosen_folds, leakage, patient_check, refuse_leakage
+    from pipeline.schema import IMAGE_ID
 
     if options.shard is not None:
         raise ValidationError(["--dask makes its own shards; drop --shard"], "predict")
     chosen_folds(model, options.folds)  # a fold the model lacks is refused before any shard is started
-    refuse_leakage(leakage(model, cohort), options.allow_study_patients, cohort.manifest_path)
-    return dask_predict(args.model, cohort.manifest_path, args.out, options, args.dask, args.dask_shards)
+    found = leakage(model, cohort)
+    refuse_leakage(found, options.allow_study_patients, cohort.manifest_path)
+    checked = dataclasses.replace(
+        options,
+        leakage_key_file=None,
+        leakage_checked=True,
+        patient_check=patient_check(model),
+        study_images=frozenset(found[IMAGE_ID].astype(str)),
+    )
+    return dask_predict(args.model, cohort.manifest_path, args.out, checked, args.dask, args.dask_shards)
 
 
 def _merge_problems(args: argparse.Namespace) -> list[str]:
@@ -128,6 +148,7 @@ def _merge_problems(args: argparse.Namespace) -> list[str]:
             ("--device", args.device != "auto"),
             ("--allow-study-patients", args.allow_study_patients),
             ("--leakage-key-file", args.leakage_key_file is not None),
+            ("--image-root", bool(args.image_root)),
             ("--retry-failed", args.retry_failed),
             ("--pseudonymize-key-file", args.pseudonymize_key_file is not None),
             ("--shard", args.shard is not None),
@@ -167,6 +188,12 @@ def _argument_problems(args: argparse.Namespace) -> list[str]:
         problems.append(f"--dask-shards must be at least 1, got {args.dask_shards}")
     if args.dask is not None and args.shard is not None:
         problems.append("--dask makes its own shards; drop --shard")
+    problems += [f"--image-root {d}: no such folder" for d in args.image_root if not d.is_dir()]
+    if args.image_root and args.input is not None and args.input.is_dir():
+        problems.append(
+            f"--image-root applies only when INPUT is a manifest; {args.input} is a folder to scan (its images "
+            "are where the scan finds them): drop the option, or give the manifest"
+        )
     return problems
 
 
@@ -193,6 +220,7 @@ def _options(args: argparse.Namespace, problems: list[str]) -> Any:
         progress=not args.no_progress,
         shard=shard,
         leakage_key_file=args.leakage_key_file.resolve() if archive and args.leakage_key_file else None,
+        image_roots=tuple(str(d.resolve()) for d in args.image_root),  # relative to the working directory
     )
 
 
@@ -216,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
     problems += option_problems(options)
     if problems:  # every problem at once, before a model is opened or a folder scanned
         raise ValidationError(problems, "predict arguments")
-    model = open_model(args.model, args.leakage_key_file)
+    model = open_model(args.model, args.leakage_key_file, options.image_roots)
     chosen_folds(model, options.folds)  # a fold the model lacks, before a folder is scanned
     cohort = read_cohort(_manifest(args), model)
     result = _fan_out(args, model, cohort, options) if args.dask else predict_cohort(model, cohort, args.out, options)

@@ -3,13 +3,14 @@
 The archive holds the files of ``pipeline.predict.model.model_files`` plus ``archive.json``, which
 lists the SHA-256 of every other file. ``export_model`` draws a random leakage key for it and
 writes the key beside the archive, ``model.zip.leakage-key`` (hex text, mode 0600 from its first
-byte, atomically), never inside: the archive can be shared without revealing which patient ids
-trained the model, and whoever holds the key can test whether a given id did (it stays with the
-data controller). ``read_archive`` verifies the archive before anything in it
-is parsed: only the expected names (no paths that leave the archive), the declared sizes within
-this machine's memory budget (checked before decompressing), every hash as listed, nothing
-missing and nothing extra. The weights are state_dicts read with ``torch.load(weights_only=True)``
-and the config is plain YAML, so nothing in an archive can run code.
+byte, renamed into place once the archive is written), never inside: the archive can be shared
+without revealing which patient ids trained the model, and whoever holds the key can test
+whether a given id did (it stays with the data controller). ``read_archive`` verifies the
+archive before anything in it is parsed: only the expected names (no paths that leave the
+archive), the declared sizes within this machine's memory budget (checked before
+decompressing), every hash as listed, nothing missing and nothing extra. The weights are
+state_dicts read with ``torch.load(weights_only=True)`` and the config is plain YAML, so nothing
+in an archive can run code.
 """
 
 from __future__ import annotations
@@ -43,17 +44,23 @@ _DEFAULT_LIMIT = 16 << 30  # bytes of decompressed content when the machine's me
 
 def export_model(run_dir: Path, out: Path) -> tuple[dict[str, str], Path]:
     """Write ``out`` (atomically) from a finished run folder, and its leakage key beside it
-    (``key_file_for(out)``); returns name -> SHA-256 and the key file. The key goes first: an
-    archive is never left without the key its digests were made with."""
+    (``key_file_for(out)``); returns name -> SHA-256 and the key file. The key is written to a
+    temporary file first and renamed into place only once the archive has been: an export that
+    fails leaves an earlier archive with its own key, and no archive is left without its key."""
     key = new_leakage_key()
     files = model_files(run_dir, key)
-    key_file = write_leakage_key(key_file_for(out), key)
-    return write_archive(files, out), key_file
+    key_file = key_file_for(out)
+    staged = _stage_leakage_key(key_file, key)
+    try:
+        hashes = write_archive(files, out)
+        _install(staged, key_file)
+    finally:
+        staged.unlink(missing_ok=True)
+    return hashes, key_file
 
 
-def write_leakage_key(path: Path, key: bytes) -> Path:
-    """``key`` as hex text in ``path``: a temporary file that ``mkstemp`` creates with mode 0600,
-    synced and renamed over ``path``, so no other user can read it at any moment."""
+def _stage_leakage_key(path: Path, key: bytes) -> Path:
+    """``key`` in a synced temporary file beside ``path``, mode 0600 from its creation."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".tmp_{path.name}.", dir=path.parent)
@@ -65,19 +72,26 @@ def write_leakage_key(path: Path, key: bytes) -> Path:
             fh.write(key.hex() + "\n")
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         raise artifacts.explain_os_error(exc, path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return Path(tmp)
+
+
+def _install(staged: Path, path: Path) -> None:
+    """Rename ``staged`` over ``path`` (atomic) and sync the folder."""
+    try:
+        os.replace(staged, path)
+    except OSError as exc:
+        raise artifacts.explain_os_error(exc, path) from None
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    return path
 
 
 def write_archive(files: dict[str, bytes], out: Path) -> dict[str, str]:

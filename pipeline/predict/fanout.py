@@ -42,14 +42,17 @@ def shard_folder(out: Path, i: int, n: int) -> Path:
 def predict_share(source: str, manifest: str, out: str, options: PredictOptions, roots: tuple[str, ...] = ()) -> str:
     """One task: share ``options.shard`` of the cohort, on a worker (arguments are plain values).
     First of all, the worker's logs and warnings are redacted as the driver's are (``roots``: the
-    driver's registered data roots; the worker registers the values of the headers it reads)."""
+    driver's registered data roots; the worker registers the values of the headers it reads).
+    With ``options.leakage_checked`` (the driver ran the leakage guard on the whole cohort) the
+    archive's key is not looked for and the shard is not checked again: a worker need not see
+    the driver's key file, and says nothing of a key it was never meant to read."""
     setup_worker(roots)
     import torch
 
     from pipeline.predict.run import open_model, predict_cohort, read_cohort
 
     torch.set_num_threads(1)  # a worker per core: no oversubscription
-    model = open_model(Path(source))
+    model = open_model(Path(source), image_roots=options.image_roots, keyless=options.leakage_checked)
     predict_cohort(model, read_cohort(Path(manifest), model), Path(out), options)
     return out
 

@@ -5,7 +5,8 @@ count; every index 0..N-1 must be there exactly once, and every shard must be fi
 accounts for every image of its share and its tables are written). Anything else is refused with
 every problem listed, so a missing or half-done shard is never merged into a result. A finished
 shard's tables must all come from its last run (the ``predict_id`` of its ``provenance.json``) and
-must not hold an image both predicted and excluded. The merged tables carry the merged
+must not hold an image both predicted and excluded, and the shards' leakage guards must agree on
+their ``patient_check`` (carried to the merged provenance). The merged tables carry the merged
 provenance's ``predict_id``; it lists the shards' own ids under ``shards``.
 """
 
@@ -25,6 +26,7 @@ from pipeline.reporting import artifacts
 from pipeline.schema import EXCLUDED_FILE, IMAGE_ID, PATIENT_ID, PER_PATIENT_FILE, PREDICTIONS_FILE, PROVENANCE_FILE
 
 _SAME = ("model_sha256", "config_sha256", "manifest_sha256", "folds", "threshold")
+UNRECORDED = "not recorded"  # the patient_check of a shard made before it was recorded
 
 
 def _shard_problems(folders: list[Path]) -> tuple[list[str], list[dict[str, Any]]]:
@@ -95,6 +97,15 @@ def merge_shards(folders: list[Path], out: Path) -> PredictResult:
         raise ValidationError(problems, "shards to merge")
     order = sorted(range(len(folders)), key=lambda k: stamps[k]["shard"][0])
     provs = [json.loads((folders[k] / PROVENANCE_FILE).read_text()) for k in order]
+    checks = sorted({str(p.get("patient_check", UNRECORDED)) for p in provs})
+    if len(checks) > 1:  # one shard checked patient ids, another did not: the merged claim would be false
+        raise ValidationError(
+            [
+                f"the shards differ in their leakage guard's patient_check ({'; '.join(checks)}): rerun the shards "
+                "with the same model archive and leakage key"
+            ],
+            "shards to merge",
+        )
 
     label = provs[0]["model"]["label_col"]
 
@@ -110,6 +121,7 @@ def merge_shards(folders: list[Path], out: Path) -> PredictResult:
         "model": provs[0]["model"],
         **{k: provs[0].get(k) for k in ("study", "study_headline")},
         "study_patients_predicted": sum(int(p.get("study_patients_predicted") or 0) for p in provs),
+        "patient_check": checks[0],
     }
     prov = {"predict_id": hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16], **record}
     for frame in (images, patients, excluded):  # every table carries the merged prediction's id

@@ -91,13 +91,23 @@ def key_file_for(archive: Path) -> Path:
     return archive.with_name(archive.name + LEAKAGE_KEY_SUFFIX)
 
 
+class LeakageKeyUnreadable(ValidationError):
+    """A key file this user may not read (another user's, mode 0600): predict takes the key found
+    beside an archive as absent then, and refuses only a ``--leakage-key-file`` it cannot read."""
+
+
 def read_leakage_key(path: Path) -> bytes:
-    """The key of a key file (64 hexadecimal characters); a clear error naming the file otherwise."""
+    """The key of a key file (64 hexadecimal characters); a clear error naming the file otherwise
+    (``LeakageKeyUnreadable`` when permission to read it is denied)."""
     try:
         with open(path, "rb") as fh:
             text = fh.read(256).decode("ascii").strip()
     except FileNotFoundError:
         raise ValidationError([f"{path}: no such leakage key file"], "leakage key") from None
+    except PermissionError as exc:
+        raise LeakageKeyUnreadable(
+            [f"{path}: the leakage key file cannot be read ({exc.strerror or 'permission denied'})"], "leakage key"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         why = exc.strerror if isinstance(exc, OSError) else "not text"
         raise ValidationError([f"{path}: the leakage key file cannot be read ({why})"], "leakage key") from None
@@ -263,6 +273,7 @@ class StudyModel:
     image_roots: tuple[str, ...] = ()
     from_run_dir: bool = False
     expected_key_file: Path | None = None  # an archive's: where its key is looked for by default
+    key_unavailable: str | None = None  # why the key at ``expected_key_file`` was not used ("cannot be read ...")
 
     @classmethod
     def from_files(cls, files: Mapping[str, bytes]) -> StudyModel:

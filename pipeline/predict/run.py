@@ -44,6 +44,7 @@ from pipeline.predict.model import (
     HMAC_DIGEST,
     LEAKAGE_KEY_SUFFIX,
     PLAIN_DIGEST,
+    LeakageKeyUnreadable,
     StudyModel,
     key_file_for,
     model_files,
@@ -51,7 +52,7 @@ from pipeline.predict.model import (
     read_leakage_key,
     study_image_roots,
 )
-from pipeline.provenance import content_hash, file_sha256, git_commit
+from pipeline.provenance import content_hash, content_hashes, file_sha256, git_commit
 from pipeline.reporting import artifacts
 from pipeline.schema import (
     EXCLUDED_FILE,
@@ -80,7 +81,12 @@ class PredictOptions:
     ``allow_study_patients``: predict patients or images the study trained or validated on (the
     outputs then say so); ``retry_failed``: try again the images that failed before; ``shard``:
     (i, N) scores only the patients of share i of N (``merge_shards`` joins the N folders);
-    ``leakage_key_file``: the archive's leakage key (read again where a shard runs)."""
+    ``leakage_key_file``: the archive's leakage key (read again where a ``--shard`` run opens it);
+    ``image_roots``: folders (absolute) besides the manifest's own where its images may lie
+    (``--image-root``); ``leakage_checked``: the leakage guard ran on the whole cohort before this
+    share was handed out (``--dask``: a worker shard neither checks again nor reads the key), with
+    ``patient_check`` its ``PATIENT_CHECK`` value and ``study_images`` the ids of the images it
+    found (predicted under ``--allow-study-patients``)."""
 
     folds: str = "all"
     chunk: int = 256
@@ -91,25 +97,50 @@ class PredictOptions:
     progress: bool = True
     shard: tuple[int, int] | None = None  # (i, N): this run's share, 0 <= i < N, grouped by patient
     leakage_key_file: Path | None = None
+    image_roots: tuple[str, ...] = ()
+    leakage_checked: bool = False
+    patient_check: str | None = None
+    study_images: frozenset[str] = frozenset()
 
 
-def open_model(source: Path, leakage_key_file: Path | None = None) -> StudyModel:
+# provenance.json's "patient_check": whether the cohort's patient ids were compared with the study's
+CHECK_RUN = "run"
+CHECK_NO_KEY = "not run (no leakage key)"
+CHECK_PLAIN = "plain sha256 (format 1)"
+PATIENT_CHECKS = (CHECK_RUN, CHECK_NO_KEY, CHECK_PLAIN)
+
+
+def patient_check(model: StudyModel) -> str:
+    """How ``leakage`` compares this model's study patients with a cohort's (``PATIENT_CHECKS``)."""
+    if model.patient_scheme == PLAIN_DIGEST:
+        return CHECK_PLAIN
+    return CHECK_RUN if model.checks_patients else CHECK_NO_KEY
+
+
+def open_model(
+    source: Path, leakage_key_file: Path | None = None, image_roots: Sequence[str] = (), keyless: bool = False
+) -> StudyModel:
     """A run folder (its patient check keyed with a random key made now, in memory) or a
     ``model.zip`` (verified first; keyed with ``leakage_key_file``, else with the key file
-    beside it when there is one)."""
+    beside it when there is one and it can be read). ``image_roots`` (``--image-root``) extend
+    where a new manifest's images may lie; ``keyless``: the leakage guard ran elsewhere (a
+    ``--dask`` worker's shard), no key is looked for."""
+    extra = tuple(str(r) for r in image_roots)
     if source.is_dir():
         if leakage_key_file is not None:
             log.warning("--leakage-key-file is for a model archive: a run folder's patients are checked without it")
         key = new_leakage_key()
         model = StudyModel.from_files(model_files(source, key)).with_leakage_key(key, "the run folder's key")
-        return dataclasses.replace(model, image_roots=study_image_roots(source), from_run_dir=True)
+        return dataclasses.replace(model, image_roots=(*study_image_roots(source), *extra), from_run_dir=True)
     from pipeline.predict.archive import read_archive
 
     if not source.exists():
         raise ValidationError([f"{source}: no such run folder or model archive"], "predict arguments")
     if not source.is_file():
         raise ValidationError([f"{source}: neither a run folder nor a model archive"], "predict arguments")
-    model = dataclasses.replace(StudyModel.from_files(read_archive(source)), expected_key_file=key_file_for(source))
+    model = StudyModel.from_files(read_archive(source))
+    # an archive's own roots (a format-1 config's are the study machine's) mean nothing here: --image-root only
+    model = dataclasses.replace(model, expected_key_file=key_file_for(source), image_roots=extra)
     if model.patient_scheme == PLAIN_DIGEST and model.leaked_patients:
         log.warning(
             "%s is a format-1 model archive: it lists the study's patients by the plain SHA-256 of their ids, "
@@ -118,10 +149,17 @@ def open_model(source: Path, leakage_key_file: Path | None = None) -> StudyModel
             "and share the new archive, without its .leakage-key file",
             source,
         )
-    key_file = leakage_key_file or key_file_for(source)
-    if leakage_key_file is None and not key_file.is_file():
+    if keyless:
+        return model
+    if leakage_key_file is not None:
+        return keyed(model, leakage_key_file)  # given explicitly: any problem with it is an error
+    key_file = key_file_for(source)
+    if not key_file.is_file():
         return model  # the patient check does not run: ``leakage`` says so
-    return keyed(model, key_file)
+    try:
+        return keyed(model, key_file)
+    except LeakageKeyUnreadable:  # another user's key (mode 0600): as if it were not there, and said so
+        return dataclasses.replace(model, key_unavailable="cannot be read (permission denied)")
 
 
 def keyed(model: StudyModel, key_file: Path) -> StudyModel:
@@ -135,11 +173,16 @@ def read_cohort(manifest: Path, model: StudyModel) -> Cohort:
     """The cohort to predict; labelled (external validation) when the study's label column holds
     values. The labels are read as they are, not by the study's rules: every row is scored, blank
     labels included, and ``external_metrics`` says whether the labelled patients can be evaluated.
-    Image paths are relative to the manifest's folder and must stay under it (or under a run
-    folder's ``data.image_roots``: an archive carries no roots of the study machine).
-    Each row keeps its manifest line (``LINE``) for the leakage guard's messages."""
+    Image paths are relative to the manifest's folder and must stay under it, or under
+    ``model.image_roots`` (a run folder's ``data.image_roots``, and ``--image-root``: an archive
+    carries no roots of the study machine). Each row keeps its manifest line (``LINE``) for the
+    leakage guard's messages."""
     label = model.info["label_col"]
-    cohort = load_manifest(manifest, label_col=None, image_roots=model.image_roots)
+    try:
+        cohort = load_manifest(manifest, label_col=None, image_roots=model.image_roots)
+    except ValidationError as exc:  # the study's advice (data.image_roots) is not predict's
+        problems = [p.replace(_STUDY_ROOTS_ADVICE, _PREDICT_ROOTS_ADVICE) for p in exc.problems]
+        raise ValidationError(problems, exc.what) from None
     table = cohort.table.assign(**{LINE: cohort.table.index + 2})  # the numbering of load_manifest's messages
     cohort = dataclasses.replace(cohort, table=table)
     if label not in table.columns or not (table[label].str.strip() != "").any():
@@ -149,6 +192,10 @@ def read_cohort(manifest: Path, model: StudyModel) -> Cohort:
     return dataclasses.replace(
         cohort, table=table, label_col=label, positive=model.info["positive"], extra_columns=extra
     )
+
+
+_STUDY_ROOTS_ADVICE = "list its folder in data.image_roots to allow it"
+_PREDICT_ROOTS_ADVICE = "give its folder with --image-root DIR to allow it"
 
 
 def chosen_folds(model: StudyModel, folds: str) -> list[int]:
@@ -250,14 +297,21 @@ def leakage(model: StudyModel, cohort: Cohort) -> pd.DataFrame:
     was part of the study, with their manifest line; a warning when the patient check cannot run."""
     table = cohort.table
     if not model.checks_patients:
+        where = model.expected_key_file or f"MODEL.zip{LEAKAGE_KEY_SUFFIX}"
+        why = (
+            f"the leakage key beside the archive, {where}, {model.key_unavailable}"
+            if model.key_unavailable
+            else "the leakage key of this model archive is not available"
+        )
         log.warning(
-            "the patient-id check was not run: the leakage key of this model archive is not available (give it "
-            "with --leakage-key-file F, or put it beside the archive as %s); only images the study used are "
-            "recognised, by their content",
-            model.expected_key_file or f"MODEL.zip{LEAKAGE_KEY_SUFFIX}",
+            "the patient-id check was not run: %s (give it with --leakage-key-file F, or put it beside the archive "
+            "as %s); only images the study used are recognised, by their content",
+            why,
+            where,
         )
     by_patient = model.study_patients(table[PATIENT_ID])
-    by_image = table["path"].map(content_hash).isin(model.leaked_images)
+    leaked = model.leaked_images
+    by_image = table["path"].map(lambda p: image_leaked(p, leaked)).astype(bool)
     found = table[by_patient | by_image]
     lines = found[LINE] if LINE in found.columns else pd.Series(found.index + 2, index=found.index)
     return pd.DataFrame(
@@ -268,6 +322,15 @@ def leakage(model: StudyModel, cohort: Cohort) -> pd.DataFrame:
             LINE: lines.astype(int),
         }
     )
+
+
+def image_leaked(path: str | Path, leaked: frozenset[str]) -> bool:
+    """Whether the image's content is one the study used. A series folder is matched by its
+    hash and by the legacy one (names and hashes of its files at every depth), which the models
+    made before the name-free hash hold (format-1 archives, older run folders' data_hashes.csv)."""
+    if Path(path).is_dir():
+        return any(h in leaked for h in content_hashes(path))
+    return content_hash(path) in leaked
 
 
 def line_ranges(lines: Sequence[int] | pd.Series, limit: int = MAX_RANGES) -> str:
@@ -317,12 +380,17 @@ def predict_cohort(model: StudyModel, cohort: Cohort, out: Path, options: Predic
     if problems:
         raise ValidationError(problems, "predict arguments")
     folds = chosen_folds(model, options.folds)
-    if options.leakage_key_file is not None:  # a shard on a worker opened the archive without it
-        model = keyed(model, options.leakage_key_file)
     if options.shard is not None:
         cohort = take_shard(cohort, *options.shard)
-    found = leakage(model, cohort)
-    refuse_leakage(found, options.allow_study_patients, cohort.manifest_path)
+    if options.leakage_checked:  # a --dask worker's shard: the driver checked the whole cohort
+        found = cohort.table[cohort.table[IMAGE_ID].isin(options.study_images)]
+        check = options.patient_check or CHECK_NO_KEY
+    else:
+        if options.leakage_key_file is not None:  # a --shard run given the key file
+            model = keyed(model, options.leakage_key_file)
+        found = leakage(model, cohort)
+        refuse_leakage(found, options.allow_study_patients, cohort.manifest_path)
+        check = patient_check(model)
     register_data_roots(cohort, model)
     out.mkdir(parents=True, exist_ok=True)
     with runfolder.locked(out):
@@ -331,7 +399,7 @@ def predict_cohort(model: StudyModel, cohort: Cohort, out: Path, options: Predic
         _check_stamp(out, stamp)
         ledger = Ledger.open(out)
         _score_all(model, cohort, ledger, folds, options)
-        return _write_outputs(model, cohort, ledger, stamp, found)
+        return _write_outputs(model, cohort, ledger, stamp, (found, check))
 
 
 def _pending(cohort: Cohort, ledger: Ledger, retry_failed: bool) -> pd.DataFrame:
@@ -449,7 +517,7 @@ def _ensemble(
     return out
 
 
-def _provenance(model: StudyModel, stamp: dict[str, Any], found: pd.DataFrame) -> dict[str, Any]:
+def _provenance(model: StudyModel, stamp: dict[str, Any], found: pd.DataFrame, check: str) -> dict[str, Any]:
     from pipeline.reporting.build import study_text  # matplotlib comes with it: imported when needed
 
     record = {
@@ -463,19 +531,21 @@ def _provenance(model: StudyModel, stamp: dict[str, Any], found: pd.DataFrame) -
         "code": {"cohortnet": __version__, "git_commit": git_commit()},
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "study_patients_predicted": int(found[PATIENT_ID].nunique()),
+        "patient_check": check,  # study_patients_predicted counts image matches only unless "run" or format 1
     }
     digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
     return {"predict_id": digest[:16], **record}
 
 
 def _write_outputs(
-    model: StudyModel, cohort: Cohort, ledger: Ledger, stamp: dict[str, Any], found: pd.DataFrame
+    model: StudyModel, cohort: Cohort, ledger: Ledger, stamp: dict[str, Any], guard: tuple[pd.DataFrame, str]
 ) -> PredictResult:
-    """Merge the parts; write the tables, provenance and (labelled cohorts) metrics.json."""
+    """Merge the parts; write the tables, provenance and (labelled cohorts) metrics.json.
+    ``guard``: the rows the leakage guard found and its ``patient_check``."""
     from pipeline.evaluation.table import aggregate_by_patient
 
     out = ledger.folder
-    prov = _provenance(model, stamp, found)
+    prov = _provenance(model, stamp, *guard)
     parts = [pd.read_csv(p, dtype={IMAGE_ID: str, PATIENT_ID: str}) for p in ledger.parts()]
     images = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[IMAGE_ID, PATIENT_ID, SCORE])
     order = {i: k for k, i in enumerate(cohort.table[IMAGE_ID])}

@@ -446,7 +446,19 @@ def external_summary(prov: dict[str, Any], metrics: dict[str, Any]) -> dict[str,
             else "The study fitted no recalibration: the scores are the models' own probabilities."
         ),
         "study_patients": int(prov.get("study_patients_predicted") or 0),
+        "patient_check_text": _patient_check_text(prov.get("patient_check")),
     }
+
+
+def _patient_check_text(check: Any) -> str | None:
+    """The sentence the report shows when predict's leakage guard did not compare patient ids."""
+    if not str(check or "").startswith("not run"):
+        return None
+    return (
+        f"The leakage guard's patient-id check was not run ({check}): only images the study used were "
+        "recognised, by their content, so patients who trained or validated the study's models may have been "
+        "scored with new images; these figures cannot be confirmed as an independent validation."
+    )
 
 
 def calibration_statement(cal: dict[str, Any]) -> str:

@@ -92,6 +92,7 @@ class RunResults:
     splits: pd.DataFrame | None = None
     unlabelled: int = 0  # patients without a label, left out (prediction folders)
     study_patients: int = 0  # patients the models trained or validated on (provenance.json)
+    patient_check: str | None = None  # predict's leakage guard on patient ids (provenance.json; None: not recorded)
 
 
 @dataclass
@@ -197,15 +198,21 @@ def load_run(folder: Path, key: str) -> RunResults:
         patients=patients,
         splits=splits,
         unlabelled=unlabelled,
-        study_patients=_study_patients(folder) if kind == "prediction" else 0,
+        **(_study_patients(folder) if kind == "prediction" else {}),
     )
 
 
-def _study_patients(folder: Path) -> int:
+def _study_patients(folder: Path) -> dict[str, Any]:
     """How many of a prediction's patients trained or validated the study's models (predict's
-    ``--allow-study-patients``; 0 in an older provenance.json without the count)."""
+    ``--allow-study-patients``; 0 in an older provenance.json without the count) and whether its
+    leakage guard compared patient ids (``patient_check``; without a model archive's key it
+    recognised the study's images only)."""
     prov = json.loads((folder / PROVENANCE_FILE).read_text())
-    return int(prov.get("study_patients_predicted") or 0)
+    check = prov.get("patient_check")
+    return {
+        "study_patients": int(prov.get("study_patients_predicted") or 0),
+        "patient_check": None if check is None else str(check),
+    }
 
 
 def load_runs(folders: Sequence[Path]) -> list[RunResults]:
@@ -281,8 +288,18 @@ def _independence(
         if run.kind != "prediction":
             continue
         n = run.study_patients
+        unchecked = (run.patient_check or "").startswith("not run")
         detail = f"{n} patient(s) trained or validated the models that scored them" if n else "held-out patients only"
-        checks.append(_check(f"predictions of held-out patients {run.key}", n == 0, detail))
+        if unchecked:
+            detail = (
+                f"{n} patient(s) recognised by image content; their patient ids were not checked ({run.patient_check})"
+            )
+            warnings.append(
+                f"{run.key} ({run.name}): the leakage guard's patient-id check was not run ({run.patient_check}): "
+                "only the study's images were recognised, so the independence of its patients from the study's "
+                "cannot be confirmed by id (predict with the archive's --leakage-key-file to check them)"
+            )
+        checks.append(_check(f"predictions of held-out patients {run.key}", n == 0 and not unchecked, detail))
         if n and not allow_study_patients:
             problems.append(
                 f"{run.key} ({run.name}): {detail} (predicted with --allow-study-patients): its scores are not "
