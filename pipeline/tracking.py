@@ -175,13 +175,19 @@ def _log_files(client: Any, rid: str, run_dir: Path) -> None:
     if shared.is_file():
         client.log_text(rid, shared.read_text(encoding="utf-8"), REPORT_FILE)
     elif (run_dir / REPORT_FILE).is_file():
-        log.warning("no %s in the run folder: no report logged to MLflow (cohortnet report rebuilds it)", shared.name)
+        log.warning(
+            "no %s in the run folder: no report logged to MLflow; the copy was refused when the report was "
+            "built (the error logged then names the column and the cause) or the report was built without tracking",
+            shared.name,
+        )
     metrics = run_dir / redact.REDACTED_METRICS_FILE
     if metrics.is_file():
         client.log_artifact(rid, str(metrics))
     elif (run_dir / METRICS_FILE).is_file():
         log.warning(
-            "no %s in the run folder: no metrics file logged to MLflow (cohortnet report rebuilds it)", metrics.name
+            "no %s in the run folder: no metrics file logged to MLflow; the copy was refused when the report was "
+            "built (the error logged then names the column and the cause) or the report was built without tracking",
+            metrics.name,
         )
 
 

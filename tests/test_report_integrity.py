@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from pipeline.cli import main
-from pipeline.config import EvaluationConfig, TrainConfig, ValidationConfig, WorkflowConfig
+from pipeline.config import EvaluationConfig, TrackingConfig, TrainConfig, ValidationConfig, WorkflowConfig
 from pipeline.reporting import build, cohort, figures, html, redact
 from pipeline.reporting.checklist import RunFacts, fill_checklist
 from pipeline.reporting.html import ReportInputs, render_report
@@ -83,40 +83,41 @@ def _inputs(sections: dict[str, Any] | None = None, per_patient: pd.DataFrame | 
 # --------------------------------------------------------------------------- the redacted copy
 
 
-def _logo_folder(run: Path) -> WorkflowConfig:
-    """A run folder's cohort records, written by hand: six patients of three sites, each site held
-    out by one fold (leave-one-site-out) and kept by the workflow's filter; site is a covariate and
-    a subgroup. Returns the run's workflow."""
+def _logo_folder(run: Path, sites: tuple[str, ...] = SECRETS) -> WorkflowConfig:
+    """A run folder's cohort records, written by hand: two patients of each site (three sites
+    unless told), each site held out by one fold (leave-one-site-out) and kept by the workflow's
+    filter; site is a covariate and a subgroup. Returns the run's workflow."""
     run.mkdir()
+    n = 2 * len(sites)
     patients = pd.DataFrame(
-        {"patient_id": [f"P{i}" for i in range(6)], "target": [i % 2 for i in range(6)], "sex": list("FMFMFM")}
+        {"patient_id": [f"P{i}" for i in range(n)], "target": [i % 2 for i in range(n)], "sex": list("FM" * len(sites))}
     )
-    patients["site"] = [SECRETS[i // 2] for i in range(6)]
+    patients["site"] = [sites[i // 2] for i in range(n)]
     patients.to_csv(run / "patients.csv", index=False)
     pd.DataFrame({"image_id": [f"P{i}#1" for i in range(6)]}).to_csv(run / "data_hashes.csv", index=False)
     rows = []
-    for fold, site in enumerate(SECRETS):
+    for fold, site in enumerate(sites):
         for pid, own in zip(patients["patient_id"], patients["site"], strict=True):
             role = "test" if own == site else "val" if pid in ("P0", "P2") and own != site else "train"
             rows.append({"fold": fold, "patient_id": pid, "role": role, "group": site})
     pd.DataFrame(rows).to_csv(run / "splits.csv", index=False)
     source = {"manifest": {"file": "manifest.csv", "images": 10, "patients": 10}, "scan": None}
-    source |= {"filter": {"rule": cohort.filter_rule(KEEP), "images": 4, "patients": 4}}
-    (run / "flow.json").write_text(json.dumps({**source, "eligible": {"images": 6, "patients": 6}}))
-    (run / "config.yaml").write_text(yaml.safe_dump({"study": "s", "filter": {"site": list(SECRETS)}}))
+    source |= {"filter": {"rule": cohort.filter_rule({"site": sites}), "images": 4, "patients": 4}}
+    (run / "flow.json").write_text(json.dumps({**source, "eligible": {"images": n, "patients": n}}))
+    (run / "config.yaml").write_text(yaml.safe_dump({"study": "s", "filter": {"site": list(sites)}}))
     return _cfg(
-        filter=KEEP,
+        filter={"site": sites},
         validation=ValidationConfig(scheme="leave_one_group_out", group="site"),
         evaluation=EvaluationConfig(subgroups=("site", "sex")),
         report=dataclasses.replace(WorkflowConfig(study="s", manifest=Path("m")).report, covariates=("site", "sex")),
     )
 
 
-def _logo_metrics() -> dict[str, Any]:
+def _logo_metrics(sites: tuple[str, ...] = SECRETS) -> dict[str, Any]:
     groups = [{"value": s, "n": 2, "n_positive": 1, "auc": 1.0, "warnings": [f"subgroup site={s} has 1 positive"]}
-              for s in sorted(SECRETS)]  # fmt: skip
-    sexes = [{"value": v, "n": 3, "n_positive": 0, "auc": None} for v in "FM"]
-    per_fold = [{"fold": f, "n": 2, "n_positive": 1, "auc": 1.0} for f in range(3)]
+              for s in sorted(sites)]  # fmt: skip
+    sexes = [{"value": v, "n": len(sites), "n_positive": 0, "auc": None} for v in "FM"]
+    per_fold = [{"fold": f, "n": 2, "n_positive": 1, "auc": 1.0} for f in range(len(sites))]
     return {
         "auc": 0.75,
         "n_patients": 6,
@@ -127,11 +128,11 @@ def _logo_metrics() -> dict[str, Any]:
     }
 
 
-def _logo_inputs(run: Path, cfg: WorkflowConfig) -> tuple[ReportInputs, RunFacts]:
-    metrics = _logo_metrics()
+def _logo_inputs(run: Path, cfg: WorkflowConfig, sites: tuple[str, ...] = SECRETS) -> tuple[ReportInputs, RunFacts]:
+    metrics = _logo_metrics(sites)
     sections = build.cohort_sections(run, cfg)
     facts = RunFacts(cfg, metrics, {}, cohort=sections)
-    training = {str(f): {"best_epoch": 1, "best_val_auc": 1.0, "held_out": s} for f, s in enumerate(SECRETS)}
+    training = {str(f): {"best_epoch": 1, "best_val_auc": 1.0, "held_out": s} for f, s in enumerate(sites)}
     inputs = dataclasses.replace(
         _inputs(sections), metrics=metrics, fold_training=training, checklist=fill_checklist(facts)
     )
@@ -244,6 +245,147 @@ def test_the_write_time_check_reads_the_text_not_the_figures() -> None:
         html.check_redacted_page("<p>at st mary&#39;s hospital</p>", redaction)  # an entity is the character
     with pytest.raises(redact.RedactionError, match=re.escape("report_redacted.html is not written")):
         html.check_redacted_page('<td title="fold 0: Royal Infirmary">', redaction)
+
+
+def _shared_copy(run: Path, sites: tuple[str, ...], **changes: Any) -> tuple[str | None, redact.Redaction]:
+    """The redacted copy that ``build.write_redacted`` writes for a hand-built leave-one-site-out
+    folder of ``sites`` (tracking on; ``changes``: to the inputs), or None when it wrote none; and
+    the value map it used (the build's own, drawn under a spy)."""
+    cfg = dataclasses.replace(_logo_folder(run, sites), tracking=TrackingConfig(mlflow="local"))
+    inputs, facts = _logo_inputs(run, cfg, sites)
+    used: list[redact.Redaction] = []
+    real = build.redaction_of
+
+    def spy(*args: Any) -> redact.Redaction:
+        used.append(real(*args))
+        return used[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(build, "redaction_of", spy)
+        build.write_redacted(run, dataclasses.replace(inputs, **changes), facts)
+    path = run / redact.REDACTED_REPORT_FILE
+    return (path.read_text(encoding="utf-8") if path.is_file() else None), used[0]
+
+
+def _shown(page: str, value: str) -> bool:
+    """Whether ``value`` stands in ``page`` where the data put it: a fold's held-out group (the fold
+    table, Table 1's columns, the checklist's counts), a Table 1 row, a subgroup row, the filter's
+    rule, a ``site=<value>`` warning."""
+    text, v = redact.page_text(page).lower(), re.escape(value.lower())
+    places = (rf"\d+: {v} held out", rf"fold \d+: {v}(?!\w)", rf"site={v}(?!\w)", rf"[{{,] ?{v}[,}}]")
+    rows = (f'<td class="l">site</td><td class="l">{value.lower()}</td>', f'1.4rem">{value.lower()}</td>')
+    return any(re.search(p, text) for p in places) or any(r in page.lower() for r in rows)
+
+
+def test_sites_named_by_ordinary_words_are_labelled_and_the_copy_is_written(tmp_path: Path) -> None:
+    # leave-one-site-out over sites whose names are also the report's words ("the test set",
+    # "internal validation", the split summary's "test" role): the old check refused every such copy
+    sites = ("Main", "North", "Test", "Internal")
+    page, redaction = _shared_copy(tmp_path / "run", sites, study="internal-external validation at Main")
+    assert page is not None, "the copy was refused"
+    assert (tmp_path / "run" / redact.REDACTED_METRICS_FILE).is_file()
+    labels = redaction.labels["site"]
+    assert sorted(labels.values()) == ["site 1", "site 2", "site 3", "site 4"]
+    text = redact.page_text(page)
+    for fold, site in enumerate(sites):
+        assert not _shown(page, site), site
+        assert f"{fold}: {labels[site]} held out" in text  # the fold table
+        assert f'<td class="l">{labels[site]}</td><td>2</td>' in page  # the subgroup table
+        assert f"subgroup site={labels[site]} has 1 positive" in text  # the warnings
+    assert f"<th>fold 0: {labels['Main']}</th>" in page  # Table 1's columns
+    assert "site in {site 1, site 2, site 3, site 4}" in text  # the filter's rule
+    assert [s for s in ("Main", "North") if re.search(rf"\b{s}\b", text, re.IGNORECASE)] == []  # anywhere
+    # the report's own words stand: the study's prose, the scheme's, the split summary's role
+    assert f"internal-external validation at {labels['Main']}" in text
+    assert "each site is the test set of one fold" in text
+    assert '<td class="l">test</td>' in page
+    shared = json.loads((tmp_path / "run" / redact.REDACTED_METRICS_FILE).read_text())
+    assert sorted(g["value"] for g in shared["subgroups"]["site"]["groups"]) == sorted(labels.values())
+    assert [redact.ordinary(s) for s in sites] == [False, False, True, True]  # what tells them apart
+
+
+def test_values_that_are_the_metrics_keys_rename_no_key(tmp_path: Path) -> None:
+    redaction = redact.Redaction.of({"site": ["images", "folds", "Warnings"]}, salt=SALT)
+    tree = {"images": 3, "folds": {"per_fold": [{"fold": 0, "held_out": "images"}]}, "warnings": ["site=folds"]}
+    out = redaction.json(tree)
+    assert list(out) == ["images", "folds", "warnings"]  # the keys as they are
+    assert out["warnings"] == [f"site={redaction.labels['site']['folds']}"]  # a value where it stands
+    metrics = redaction.metrics({**_logo_metrics(("images", "folds", "Warnings")), "images": 6})
+    assert {"images", "folds", "warnings", "subgroups", "auc"} <= set(metrics)
+    assert sorted(g["value"] for g in metrics["subgroups"]["site"]["groups"]) == ["site 1", "site 2", "site 3"]
+    # and the whole copy: written, its metrics' keys intact
+    page, _ = _shared_copy(tmp_path / "run", ("images", "folds", "auc"))
+    assert page is not None
+    shared = json.loads((tmp_path / "run" / redact.REDACTED_METRICS_FILE).read_text())
+    assert {"auc", "folds", "subgroups", "warnings"} <= set(shared)
+
+
+def test_a_failing_copy_is_logged_by_its_type_and_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> str:
+        raise KeyError("Kings College Hospital")
+
+    monkeypatch.setattr(build, "render_report", broken)
+    with caplog.at_level("ERROR", logger=build.__name__):
+        page, _ = _shared_copy(tmp_path / "run", SECRETS)
+    assert page is None  # the study stands: no copy, no exception
+    assert (tmp_path / "run" / redact.REDACTED_METRICS_FILE).is_file()  # the other copy is its own
+    assert "KeyError" in caplog.text
+    assert "site" in caplog.text
+    assert [s for s in SECRETS if s in caplog.text] == []  # never the value
+
+
+def test_sites_already_named_like_labels_get_labels_of_another_stem(tmp_path: Path) -> None:
+    sites = ("Site 1", "Site 2", "site 3")
+    page, redaction = _shared_copy(tmp_path / "run", sites)
+    assert page is not None, "the copy was refused"
+    labels = redaction.labels["site"]
+    assert sorted(labels.values()) == ["site #1", "site #2", "site #3"]
+    assert {v.lower() for v in labels.values()}.isdisjoint(s.lower() for s in sites)
+    text = redact.page_text(page)
+    for site in sites:
+        assert f"{labels[site]} held out" in text
+        assert not re.search(rf"(?<![\w#]){site}(?!\w)", text.replace("site 1, site 2, …", ""), re.IGNORECASE)
+    # the stem is per column and only when needed; a label never spells another column's value either
+    other = redact.Redaction.of({"site": ["A1", "B2"], "scanner": ["site 1", "X"]}, salt=SALT)
+    assert sorted(other.labels["site"].values()) == ["site #1", "site #2"]
+    assert sorted(other.labels["scanner"].values()) == ["scanner 1", "scanner 2"]
+    assert other.found(" ".join(v for labels in other.labels.values() for v in labels.values())) == []
+
+
+def test_a_value_outside_the_vocabulary_in_an_unknown_field_is_still_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    sites = ("Kings College Hospital", "Test", "North")
+    assert not redact.ordinary(sites[0])
+    real = build.redacted_inputs
+
+    def leaky(*args: Any) -> ReportInputs:  # a field the map does not know of, filled after it ran
+        return dataclasses.replace(real(*args), model_text="resnet10 pretrained at Kings College\nHospital")
+
+    monkeypatch.setattr(build, "redacted_inputs", leaky)
+    with caplog.at_level("ERROR", logger=build.__name__):
+        page, _ = _shared_copy(tmp_path / "run", sites)
+    assert page is None  # refused
+    assert "column(s) site in clear" in caplog.text
+    assert [s for s in sites if s in caplog.text] == []
+    redaction = redact.Redaction.of({"site": sites}, salt=SALT)
+    leaks = (
+        '<td title="KINGS COLLEGE HOSPITAL">x</td>',
+        '<img alt="kings college hospital" src="x">',
+        "<p>at Kings&#32;College Hospital</p>",  # an entity is the character
+        "<p><b>Kings</b> College\n Hospital</p>",  # across tags and lines
+        "<td>1</td><td>Kings College Hospital</td>",
+    )
+    for where in leaks:
+        with pytest.raises(redact.RedactionError):
+            html.check_redacted_page(where, redaction)
+    # no tag, style, script or figure data, nor the report's own words, is read as a value
+    html.check_redacted_page(
+        '<style>.test { north: 0 }</style><script>var north = "test";</script><p class="north">the test patients</p>',
+        redaction,
+    )
 
 
 # --------------------------------------------------------------------------- checklist answers

@@ -122,24 +122,44 @@ def write_report(
 def write_redacted(run_dir: Path, inputs: ReportInputs, facts: RunFacts) -> None:
     """With tracking on, the copies that go to the MLflow store: ``report_redacted.html`` (no patient,
     image or path; the sensitive columns' values as labels) and ``metrics_redacted.json``, through one
-    value map (``redact.Redaction``). A copy that would still show a value in clear is not written
-    (logged as an error: the run folder stands). Without tracking, no stale copy is left."""
+    value map (``redact.Redaction``). A copy that would still show a value in clear, or whose build
+    fails at all, is not written (logged as an error naming the columns, never a value: the run
+    folder and its report stand, and tracking logs no copy). Without tracking, no stale copy is left."""
     targets = (run_dir / REDACTED_REPORT_FILE, run_dir / REDACTED_METRICS_FILE)
     for path in targets:
         path.unlink(missing_ok=True)  # a rebuild without tracking (or a refused copy) leaves no older one
     if not facts.cfg.tracking.mlflow:
         return
-    redaction = redaction_of(run_dir, facts.cfg, inputs.metrics)
-    shared = redacted_inputs(run_dir, inputs, facts, redaction)
+
+    def failed(what: str, exc: Exception) -> None:
+        if isinstance(exc, RedactionError):  # its message names the columns, never a value
+            log.error("%s", exc)
+        else:  # any other message may quote a value (a KeyError's key): its type only
+            columns = ", ".join(sensitive_columns(facts.cfg)) or "none"
+            log.error(
+                "%s is not written: building it failed (%s); its sensitive columns: %s",
+                what,
+                type(exc).__name__,
+                columns,
+            )
+
+    try:
+        redaction = redaction_of(run_dir, facts.cfg, inputs.metrics)
+        shared = redacted_inputs(run_dir, inputs, facts, redaction)
+    except Exception as exc:  # tracking never fails a study: no copy, the run folder stands
+        failed(f"{REDACTED_REPORT_FILE} (nor {REDACTED_METRICS_FILE})", exc)
+        return
     try:
         artifacts.write_text(targets[0], render_report(run_dir, shared, redact=True))  # which checks the page
-    except RedactionError as exc:
-        log.error("%s", exc)
+    except Exception as exc:
+        targets[0].unlink(missing_ok=True)
+        failed(REDACTED_REPORT_FILE, exc)
     try:  # the JSON's text as read (non-ASCII as itself, not escaped) is what is checked
         redaction.refuse(json.dumps(shared.metrics, ensure_ascii=False, default=str), REDACTED_METRICS_FILE)
         artifacts.write_json(targets[1], shared.metrics)
-    except RedactionError as exc:
-        log.error("%s", exc)
+    except Exception as exc:
+        targets[1].unlink(missing_ok=True)
+        failed(REDACTED_METRICS_FILE, exc)
 
 
 def redaction_of(run_dir: Path, cfg: WorkflowConfig, metrics: dict[str, Any]) -> Redaction:
