@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import blob_volume, write_nifti
+from volumes import blob_volume, write_nifti
 
 from pipeline.cli import main
 
