@@ -306,7 +306,7 @@ def test_scan_checks_its_output_before_scanning(tmp_path: Path, capsys: pytest.C
 
 
 def test_convert_refuses_to_overwrite_its_source(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from conftest import write_nifti
+    from volumes import write_nifti
 
     source = write_nifti(tmp_path / "x.nii.gz", np.ones((4, 4, 4), np.float32))
     before = source.read_bytes()
