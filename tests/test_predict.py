@@ -10,17 +10,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from cohorts import cohort_factory, copy_of, workflow_factory
 
 from pipeline.cli import main
 
 FOLD_COLS = ["score_fold_0", "score_fold_1"]
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 2-fold study of 12 patients (one with two scans), trained once for the module."""
+    base = tmp_path_factory.mktemp("predict_study")
+    manifest = cohort_factory(base)(n_patients=12, second_scan=(0,))
+    assert main(["run", str(workflow_factory(base)(manifest)), "--run-id", "s1"]) == 0
+    return base
+
+
 @pytest.fixture
-def study(tmp_path: Path, make_cohort: Callable[..., Path], make_workflow: Callable[..., Path]) -> Path:
-    manifest = make_cohort(n_patients=12, second_scan=(0,))
-    assert main(["run", str(make_workflow(manifest)), "--run-id", "s1"]) == 0
-    return tmp_path / "reports" / "tiny" / "s1"
+def study(trained: Path, tmp_path: Path) -> Path:
+    """The test's own copy of the trained study (its cohort, workflow and run folder s1)."""
+    return copy_of(trained, tmp_path) / "reports" / "tiny" / "s1"
 
 
 def new_cohort(make_cohort: Callable[..., Path], n: int = 6, folder: str = "new", labels: bool = True) -> Path:

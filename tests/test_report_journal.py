@@ -4,25 +4,26 @@ standardised differences, the readable calibration plot and the TRIPOD+AI / CLAI
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from cohorts import cohort_factory, workflow_factory
 
 from pipeline.cli import main
 from pipeline.evaluation.calibration import calibration_summary, quantile_reliability_bins
 from pipeline.reporting import checklist, cohort
 
 
-@pytest.fixture
-def flow_run(tmp_path: Path, make_cohort: Callable[..., Path], make_workflow: Callable[..., Path]) -> Path:
+@pytest.fixture(scope="module")
+def flow_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A k-fold study where the filter drops site B's patients, one image does not load and
     cohortnet scan had excluded two series (and skipped a file that is not an image) before the
-    manifest."""
-    manifest = make_cohort(n_patients=20, second_scan=(1, 4))
+    manifest. Trained once for the module; the tests only read it."""
+    base = tmp_path_factory.mktemp("flow")
+    manifest = cohort_factory(base)(n_patients=20, second_scan=(1, 4))
     table = pd.read_csv(manifest)
     table["sex"] = np.where(table.index % 2, "F", "M")
     table["age"] = 40 + table.index
@@ -37,9 +38,11 @@ def flow_run(tmp_path: Path, make_cohort: Callable[..., Path], make_workflow: Ca
             "message": ["", "", ""],
         }
     ).to_csv(manifest.with_name("manifest.exclusions.csv"), index=False)
-    wf = make_workflow(manifest, filter={"site": ["A"]}, report={"covariates": ["age", "sex"], "explain": {"cases": 0}})
+    wf = workflow_factory(base)(
+        manifest, filter={"site": ["A"]}, report={"covariates": ["age", "sex"], "explain": {"cases": 0}}
+    )
     assert main(["run", str(wf), "--run-id", "r"]) == 0
-    return tmp_path / "reports" / "tiny" / "r"
+    return base / "reports" / "tiny" / "r"
 
 
 def test_the_flow_accounts_for_every_image_and_patient(flow_run: Path) -> None:

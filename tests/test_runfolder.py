@@ -11,17 +11,26 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from cohorts import cohort_factory, copy_of, workflow_factory
 
 from pipeline.cli import main
 from pipeline.runfolder import LOCK_FILE, locked
 
 
-@pytest.fixture
-def finished(tmp_path: Path, make_cohort: Callable[..., Path], make_workflow: Callable[..., Path]) -> tuple[Path, Path]:
-    """(workflow, run folder) of a finished 2-fold run with id ``r``."""
-    wf = make_workflow(make_cohort(n_patients=8), train={"epochs": 1, "batch_size": 4, "amp": "off"})
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding a finished 2-fold run with id ``r``, trained once for the module."""
+    base = tmp_path_factory.mktemp("runfolder_study")
+    wf = workflow_factory(base)(cohort_factory(base)(n_patients=8), train={"epochs": 1, "batch_size": 4, "amp": "off"})
     assert main(["run", str(wf), "--run-id", "r"]) == 0
-    return wf, tmp_path / "reports" / "tiny" / "r"
+    return base
+
+
+@pytest.fixture
+def finished(trained: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """(workflow, run folder) of the test's own copy of the finished run ``r``."""
+    copy_of(trained, tmp_path)
+    return tmp_path / "wf.yaml", tmp_path / "reports" / "tiny" / "r"
 
 
 def test_resume_with_another_config_is_refused_with_a_diff(
