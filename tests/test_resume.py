@@ -49,7 +49,7 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(
         manifest,
         data={"spatial_size": [16, 16, 16], "augment": {"flip": True, "intensity": True, "noise": True}},
         model={"arch": "resnet10", "spatial_dims": 3, "stem_stride": 2, "dropout": 0.2},
-        train={"epochs": 4, "batch_size": 4, "deterministic": True, "device": "cpu", "num_threads": 1, "amp": amp},
+        train={"epochs": 2, "batch_size": 4, "deterministic": True, "device": "cpu", "num_threads": 1, "amp": amp},
     )
     assert main(["run", str(wf), "--run-id", "full"]) == 0
 
